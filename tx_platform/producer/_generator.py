@@ -1,0 +1,239 @@
+"""Deterministic synthetic card transactions.
+
+Entity pools (customers with accounts and cards, merchants) are built once with Faker; records
+are then sampled from the pools with a plain :class:`random.Random`, which is fast and makes the
+same seed produce the same records, UUIDs included.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from faker import Faker
+
+from tx_platform.contract import Record
+from tx_platform.errors import ConfigError
+from tx_platform.producer._catalog import (
+    ATM_MCC,
+    CATEGORIES,
+    COUNTRIES,
+    COUNTRY_BY_CODE,
+    HOURLY_PROFILE,
+    TRANSFER_MCC,
+    Category,
+    Country,
+)
+
+#: Channel mix of card activity (ECOM is decided per merchant category, see Category.ecom_share).
+_ATM_SHARE = 0.06
+_TRANSFER_SHARE = 0.04
+_REFUND_SHARE = 0.02
+_ABROAD_SHARE = 0.05
+_CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class Place:
+    """A real place, from Faker's geographic data."""
+
+    city: str
+    country: str
+    latitude: float
+    longitude: float
+
+
+@dataclass(frozen=True)
+class Merchant:
+    """A merchant with its category and location."""
+
+    merchant_id: str
+    name: str
+    category: Category
+    place: Place
+
+
+@dataclass(frozen=True)
+class Card:
+    """A card, the account it debits and the customer who holds it."""
+
+    card_id: str
+    account_id: str
+    customer_id: str
+    customer_name: str
+    home: Place
+
+
+@dataclass(frozen=True)
+class Pools:
+    """All entities records are sampled from."""
+
+    cards: tuple[Card, ...]
+    merchants_by_country: dict[str, tuple[Merchant, ...]]
+    merchant_cum_weights: dict[str, tuple[float, ...]]
+    atms_by_country: dict[str, tuple[Merchant, ...]]
+    transfer_hubs: dict[str, Merchant]
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _place(fake: Faker, country: str) -> Place:
+    lat, lon, city, code, _tz = fake.local_latlng(country_code=country)
+    return Place(city=city, country=code, latitude=float(lat), longitude=float(lon))
+
+
+def build_pools(seed: int, customers: int = 2_000, merchants: int = 600) -> Pools:
+    """Build the entity pools for ``seed`` (deterministic)."""
+    if customers < 1 or merchants < len(COUNTRIES):
+        msg = f"need at least 1 customer and {len(COUNTRIES)} merchants"
+        raise ConfigError(msg)
+    rng = random.Random(f"pools-{seed}")
+    fakers = {c.code: Faker(c.locale) for c in COUNTRIES}
+    for i, fake in enumerate(fakers.values()):
+        fake.seed_instance(seed * 1_000 + i)
+    country_weights = [c.weight for c in COUNTRIES]
+
+    cards: list[Card] = []
+    for n in range(customers):
+        country = rng.choices(COUNTRIES, weights=country_weights)[0]
+        fake = fakers[country.code]
+        customer_id = f"C{n:07d}"
+        home = _place(fake, country.code)
+        name = fake.name()
+        for a in range(1 + (rng.random() < 0.2)):
+            account_id = f"A{n:07d}{a}"
+            for _ in range(1 + (rng.random() < 0.3)):
+                card_id = f"K{rng.getrandbits(48):015d}"
+                cards.append(Card(card_id, account_id, customer_id, name, home))
+
+    by_country: dict[str, list[Merchant]] = {c.code: [] for c in COUNTRIES}
+    category_weights = [c.weight for c in CATEGORIES]
+    for n in range(merchants):
+        # every country gets merchants; the rest follow the customer distribution
+        country = COUNTRIES[n] if n < len(COUNTRIES) else rng.choices(COUNTRIES, country_weights)[0]
+        fake = fakers[country.code]
+        category = rng.choices(CATEGORIES, weights=category_weights)[0]
+        merchant = Merchant(f"M{n:06d}", fake.company(), category, _place(fake, country.code))
+        by_country[country.code].append(merchant)
+
+    atms = {
+        c.code: tuple(
+            Merchant(f"T{c.code}{i:03d}", f"{c.code} ATM network {i}", ATM_MCC, _place(fakers[c.code], c.code))
+            for i in range(3)
+        )
+        for c in COUNTRIES
+    }
+    hubs = {
+        c.code: Merchant(f"X{c.code}000", f"{c.code} transfer hub", TRANSFER_MCC, _place(fakers[c.code], c.code))
+        for c in COUNTRIES
+    }
+    merchants_by_country = {k: tuple(v) for k, v in by_country.items()}
+    cum_weights = {
+        k: tuple(itertools.accumulate(m.category.weight for m in v)) for k, v in merchants_by_country.items()
+    }
+    return Pools(tuple(cards), merchants_by_country, cum_weights, atms, hubs)
+
+
+class _DiurnalClock:
+    """Maps record ``i`` of ``count`` to a time in ``[start, start + span)``.
+
+    Stratified inverse-CDF sampling over the hourly profile: times increase with ``i`` (a stream
+    is roughly ordered), follow the daily rhythm, and need no sorting or memory of past records.
+    """
+
+    def __init__(self, start: datetime, span: timedelta, rng: random.Random) -> None:
+        self._start = start
+        minutes = max(1, int(span.total_seconds() // 60))
+        weights = [HOURLY_PROFILE[(start + timedelta(minutes=m)).hour] for m in range(minutes)]
+        self._cdf = list(itertools.accumulate(weights))
+        self._total = self._cdf[-1]
+        self._rng = rng
+
+    def at(self, i: int, count: int) -> datetime:
+        target = (i + self._rng.random()) / count * self._total
+        minute = bisect.bisect_left(self._cdf, target)
+        below = self._cdf[minute - 1] if minute else 0.0
+        fraction = (target - below) / (self._cdf[minute] - below)
+        offset_ms = int((minute + fraction) * 60_000)
+        return self._start + timedelta(milliseconds=offset_ms)
+
+
+def _amount(rng: random.Random, category: Category, country: Country) -> Decimal:
+    usd = math.exp(rng.gauss(math.log(category.median_usd), category.sigma))
+    if category is ATM_MCC:
+        usd = max(20.0, round(usd / 20.0) * 20.0)
+    local = Decimal(str(usd * country.usd_rate)).quantize(country.minor_unit, rounding=ROUND_HALF_UP)
+    return max(local, country.minor_unit).quantize(_CENT)
+
+
+def generate(
+    count: int,
+    seed: int,
+    start: datetime,
+    span: timedelta = timedelta(hours=24),
+    pools: Pools | None = None,
+) -> Iterator[Record]:
+    """Yield ``count`` transaction records spread over ``[start, start + span)``.
+
+    The same ``(count, seed, start, span)`` always yields the same records.
+    """
+    if count < 0:
+        msg = "count must be >= 0"
+        raise ConfigError(msg)
+    if start.tzinfo is None:
+        msg = "start must be timezone-aware (UTC)"
+        raise ConfigError(msg)
+    if span <= timedelta(0):
+        msg = "span must be positive"
+        raise ConfigError(msg)
+    pools = pools or build_pools(seed)
+    rng = random.Random(f"records-{seed}")
+    clock = _DiurnalClock(start.astimezone(UTC), span, rng)
+    cards = pools.cards
+    country_codes = tuple(pools.merchants_by_country)
+    for i in range(count):
+        card = cards[int(rng.random() * len(cards))]
+        home = card.home.country
+        where = rng.choice(country_codes) if rng.random() < _ABROAD_SHARE else home
+        roll = rng.random()
+        if roll < _ATM_SHARE:
+            merchant = rng.choice(pools.atms_by_country[where])
+            channel, tx_type = "ATM", "WITHDRAWAL"
+        elif roll < _ATM_SHARE + _TRANSFER_SHARE:
+            merchant = pools.transfer_hubs[home]
+            where = home
+            channel, tx_type = "TRANSFER", "TRANSFER"
+        else:
+            candidates = pools.merchants_by_country[where]
+            cum = pools.merchant_cum_weights[where]
+            merchant = candidates[bisect.bisect_left(cum, rng.random() * cum[-1])]
+            channel = "ECOM" if rng.random() < merchant.category.ecom_share else "POS"
+            tx_type = "REFUND" if rng.random() < _REFUND_SHARE else "PURCHASE"
+        country = COUNTRY_BY_CODE[where]
+        place = merchant.place
+        yield {
+            "transaction_id": _uuid(rng),
+            "account_id": card.account_id,
+            "customer_id": card.customer_id,
+            "card_id": card.card_id,
+            "merchant_id": merchant.merchant_id,
+            "merchant_category": merchant.category.mcc,
+            "amount": _amount(rng, merchant.category, country),
+            "currency": country.currency,
+            "channel": channel,
+            "transaction_type": tx_type,
+            "country": place.country,
+            "city": place.city,
+            "latitude": place.latitude,
+            "longitude": place.longitude,
+            "event_time": clock.at(i, count),
+        }

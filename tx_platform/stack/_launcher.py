@@ -1,0 +1,241 @@
+"""The local stack: Kafka (KRaft) and PostgreSQL as child processes under one state directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tx_platform.config import STACK_ENV_FILE
+from tx_platform.errors import StackError
+from tx_platform.stack._artifacts import Artifacts, resolve_artifacts
+from tx_platform.stack._kafka import KafkaNode, broker_ready, new_cluster_id
+from tx_platform.stack._postgres import (
+    ANALYST_ROLE,
+    DAGSTER_DB,
+    DAGSTER_ROLE,
+    PIPELINE_ROLE,
+    SUPERUSER,
+    WAREHOUSE_DB,
+    PostgresService,
+)
+
+_LAYOUT_FILE = "stack.json"
+_SECRETS_FILE = "secrets.json"
+
+DAGSTER_YAML = """\
+# Dagster instance of the local stack (written by `txp stack up`): runs, events and schedules
+# live in PostgreSQL through dagster-postgres, in the stack's own `dagster` database.
+storage:
+  postgres:
+    postgres_url:
+      env: TXP_DAGSTER_PG_URL
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 2
+telemetry:
+  enabled: false
+"""
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """Ports and topology of a local stack; fixed when the state directory is first used."""
+
+    kafka_port: int = 9092
+    controller_port: int = 9093
+    postgres_port: int = 5433
+    brokers: int = 1
+    controllers: int = 1
+    cluster_id: str = field(default_factory=new_cluster_id)
+
+    @property
+    def combined(self) -> bool:
+        """One node that is both controller and broker (the default laptop topology)."""
+        return self.brokers == 1 and self.controllers == 1
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One line of `txp stack status`."""
+
+    name: str
+    running: bool
+    pid: int | None
+    ports: tuple[int, ...]
+    log_file: Path
+
+
+class LocalStack:
+    """Start, stop and inspect the local stack kept under ``state_dir``."""
+
+    def __init__(self, state_dir: Path, jars_dir: Path, layout: StackLayout | None = None) -> None:
+        self.state_dir = state_dir
+        self.jars_dir = jars_dir
+        self.layout = self._load_layout(layout)
+        self.passwords = self._load_secrets()
+
+    # -- state --------------------------------------------------------------------------------
+    def _load_layout(self, requested: StackLayout | None) -> StackLayout:
+        path = self.state_dir / _LAYOUT_FILE
+        if path.exists():
+            stored = StackLayout(**json.loads(path.read_text()))
+            if requested is not None and (
+                requested.kafka_port,
+                requested.postgres_port,
+                requested.brokers,
+                requested.controllers,
+            ) != (stored.kafka_port, stored.postgres_port, stored.brokers, stored.controllers):
+                msg = (
+                    f"the stack in {self.state_dir} was created with {stored}; to change ports or topology "
+                    "run `txp stack down --purge` first, or use another --state-dir"
+                )
+                raise StackError(msg)
+            return stored
+        return requested or StackLayout()
+
+    def _load_secrets(self) -> dict[str, str]:
+        path = self.state_dir / _SECRETS_FILE
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        return {role: secrets.token_urlsafe(18) for role in (SUPERUSER, PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE)}
+
+    def _persist(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # the state dir must be traversable when Postgres runs as another user (root -> nobody)
+        self.state_dir.chmod(0o755)
+        (self.state_dir / _LAYOUT_FILE).write_text(json.dumps(asdict(self.layout), indent=2))
+        secrets_path = self.state_dir / _SECRETS_FILE
+        secrets_path.write_text(json.dumps(self.passwords, indent=2))
+        secrets_path.chmod(0o600)
+
+    # -- services -----------------------------------------------------------------------------
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def postgres(self) -> PostgresService:
+        return PostgresService(
+            root=self.state_dir / "postgres",
+            port=self.layout.postgres_port,
+            log_file=self.logs_dir / "postgres.log",
+            passwords=self.passwords,
+        )
+
+    def kafka_nodes(self) -> list[KafkaNode]:
+        """Nodes 1..controllers are controllers; brokers follow (or node 1 does both)."""
+        layout = self.layout
+        if layout.combined:
+            return [
+                KafkaNode(1, self.state_dir / "kafka-1", self.logs_dir / "kafka-1.log", layout.kafka_port, layout.controller_port)
+            ]
+        nodes = [
+            KafkaNode(i + 1, self.state_dir / f"kafka-{i + 1}", self.logs_dir / f"kafka-{i + 1}.log", None, layout.controller_port + 100 * i)
+            for i in range(layout.controllers)
+        ]
+        for b in range(layout.brokers):
+            node_id = layout.controllers + b + 1
+            nodes.append(
+                KafkaNode(node_id, self.state_dir / f"kafka-{node_id}", self.logs_dir / f"kafka-{node_id}.log", layout.kafka_port + 100 * b, None)
+            )
+        return nodes
+
+    @property
+    def bootstrap(self) -> str:
+        """Bootstrap servers of the running cluster."""
+        return ",".join(f"127.0.0.1:{n.broker_port}" for n in self.kafka_nodes() if n.broker_port)
+
+    def _voters(self) -> str:
+        return ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.kafka_nodes() if n.controller_port)
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.state_dir / "dagster_home"
+
+    def env(self) -> dict[str, str]:
+        """Connection settings of this stack as TXP_* variables."""
+        replication = min(3, self.layout.brokers)
+        return {
+            "TXP_KAFKA_BOOTSTRAP": self.bootstrap,
+            "TXP_SCHEMA_REGISTRY_URL": "http://127.0.0.1:8081",
+            "TXP_POSTGRES_DSN": self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB),
+            "TXP_ANALYST_DSN": self.postgres.dsn(ANALYST_ROLE, WAREHOUSE_DB),
+            "TXP_SPARK_MASTER": "local[*]",
+            "TXP_PROMETHEUS_URL": "http://127.0.0.1:9090",
+            "TXP_TOPIC_REPLICATION": str(replication),
+            "TXP_STATE_DIR": str(self.state_dir),
+            "TXP_DAGSTER_PG_URL": self.postgres.dsn(DAGSTER_ROLE, DAGSTER_DB),
+            "DAGSTER_HOME": str(self.dagster_home),
+        }
+
+    def export_lines(self) -> str:
+        """`export NAME=value` lines for `eval "$(txp stack env)"`."""
+        return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in self.env().items())
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def up(self, timeout: float = 90.0) -> Artifacts:
+        """Start every service that is not running; wait until each is ready. Idempotent."""
+        artifacts = resolve_artifacts(self.jars_dir)
+        self._persist()
+        self.postgres.start(timeout=timeout)
+        nodes = self.kafka_nodes()
+        replication = min(3, self.layout.brokers)
+        for node in nodes:
+            node.start(artifacts, self._voters(), replication, self.layout.cluster_id)
+        brokers = [n for n in nodes if n.broker_port]
+        bootstrap = self.bootstrap
+        for node in brokers:
+            node.process.wait_ready(
+                lambda: broker_ready(bootstrap, len(brokers)), timeout, f"Kafka metadata on {bootstrap}"
+            )
+        self.dagster_home.mkdir(parents=True, exist_ok=True)
+        (self.dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
+        env_lines = "\n".join(f"{k}={v}" for k, v in self.env().items() if k.startswith("TXP_"))
+        env_file = self.state_dir / STACK_ENV_FILE
+        env_file.write_text(env_lines + "\n")
+        env_file.chmod(0o600)
+        return artifacts
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop every service (brokers before controllers before Postgres). Returns what was stopped."""
+        stopped = []
+        for node in sorted(self.kafka_nodes(), key=lambda n: n.broker_port is None):
+            if node.process.stop(timeout=45):
+                stopped.append(node.name)
+        if self.postgres.process.stop(timeout=30):
+            stopped.append("postgres")
+        (self.state_dir / STACK_ENV_FILE).unlink(missing_ok=True)
+        if purge and self.state_dir.exists():
+            import shutil
+
+            shutil.rmtree(self.state_dir)
+        return stopped
+
+    def status(self) -> list[ServiceStatus]:
+        """Each service with its pid (None when down), ports and log file."""
+        rows = []
+        for node in self.kafka_nodes():
+            pid = node.process.pid()
+            ports = tuple(p for p in (node.broker_port, node.controller_port) if p)
+            rows.append(ServiceStatus(node.name, pid is not None, pid, ports, node.log_file))
+        pg = self.postgres
+        pid = pg.process.pid()
+        rows.append(ServiceStatus("postgres", pid is not None, pid, (pg.port,), pg.log_file))
+        return rows
+
+
+def stack_from_env(state_dir: Path | None = None, jars_dir: Path | None = None) -> LocalStack:
+    """The stack named by TXP_STATE_DIR (or the default state dir)."""
+    from tx_platform.config import load_settings
+
+    settings = load_settings()
+    return LocalStack(
+        state_dir or Path(os.environ.get("TXP_STATE_DIR", settings.state_dir)),
+        jars_dir or settings.jars_dir,
+    )
