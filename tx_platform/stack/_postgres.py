@@ -106,6 +106,7 @@ class PostgresService:
         """Initialise on first use, start, wait until it accepts connections, create roles and dbs."""
         proc = self.process
         if proc.pid() is not None:
+            self._bootstrap()  # idempotent: repairs a stack whose first start was interrupted
             return
         if port_in_use(self.port):
             msg = f"port {self.port} on 127.0.0.1 is already in use — stop what uses it or choose another port"

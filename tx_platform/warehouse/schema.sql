@@ -1,0 +1,87 @@
+-- Warehouse tables written by the pipeline role. Applied idempotently by `ensure_schema`.
+-- The `transactions` columns are tested against the Avro contract (transaction.avsc).
+
+CREATE TABLE IF NOT EXISTS transactions (
+    transaction_id    uuid             PRIMARY KEY,
+    account_id        text             NOT NULL,
+    customer_id       text             NOT NULL,
+    card_id           text             NOT NULL,
+    merchant_id       text             NOT NULL,
+    merchant_category text             NOT NULL CHECK (merchant_category ~ '^[0-9]{4}$'),
+    amount            numeric(18,2)    NOT NULL,
+    currency          text             NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
+    channel           text             NOT NULL CHECK (channel IN ('POS', 'ECOM', 'ATM', 'TRANSFER')),
+    transaction_type  text             NOT NULL CHECK (transaction_type IN ('PURCHASE', 'REFUND', 'WITHDRAWAL', 'TRANSFER')),
+    country           text             NOT NULL CHECK (country ~ '^[A-Z]{2}$'),
+    city              text             NOT NULL,
+    latitude          double precision NOT NULL CHECK (latitude BETWEEN -90 AND 90),
+    longitude         double precision NOT NULL CHECK (longitude BETWEEN -180 AND 180),
+    event_time        timestamptz      NOT NULL,
+    -- where the record came from: lets every row be traced to exactly one Kafka record
+    kafka_topic       text             NOT NULL,
+    kafka_partition   integer          NOT NULL,
+    kafka_offset      bigint           NOT NULL,
+    ingested_at       timestamptz      NOT NULL DEFAULT now(),
+    UNIQUE (kafka_topic, kafka_partition, kafka_offset)
+);
+CREATE INDEX IF NOT EXISTS transactions_event_time_idx ON transactions (event_time);
+
+-- Records the sink rejected, with the raw bytes and why. One row per Kafka record, like above.
+CREATE TABLE IF NOT EXISTS quarantine (
+    kafka_topic      text        NOT NULL,
+    kafka_partition  integer     NOT NULL,
+    kafka_offset     bigint      NOT NULL,
+    kafka_timestamp  timestamptz,
+    raw_key          bytea,
+    raw_value        bytea,
+    error_code       text        NOT NULL,
+    reason           text        NOT NULL,
+    seen_at          timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset)
+);
+
+-- Offsets the sink has committed, in the same transaction as the rows they cover.
+-- Records in [first_offset, next_offset) of a partition are all in transactions or quarantine.
+CREATE TABLE IF NOT EXISTS sink_offsets (
+    topic        text        NOT NULL,
+    partition    integer     NOT NULL,
+    first_offset bigint      NOT NULL,
+    next_offset  bigint      NOT NULL,
+    batch_id     bigint      NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, partition),
+    CHECK (next_offset >= first_offset)
+);
+
+-- One row per committed micro-batch: an audit trail of what each batch did.
+CREATE TABLE IF NOT EXISTS sink_batches (
+    id           bigserial   PRIMARY KEY,
+    topic        text        NOT NULL,
+    batch_id     bigint      NOT NULL,
+    records      bigint      NOT NULL,
+    inserted     bigint      NOT NULL,
+    quarantined  bigint      NOT NULL,
+    skipped      bigint      NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Daily activity per merchant and currency (amounts are never summed across currencies).
+CREATE TABLE IF NOT EXISTS daily_merchant_summary (
+    day               date          NOT NULL,
+    merchant_id       text          NOT NULL,
+    currency          text          NOT NULL,
+    merchant_category text          NOT NULL,
+    country           text          NOT NULL,
+    transaction_count bigint        NOT NULL,
+    purchase_count    bigint        NOT NULL,
+    refund_count      bigint        NOT NULL,
+    total_amount      numeric(18,2) NOT NULL,
+    purchase_amount   numeric(18,2) NOT NULL,
+    refund_amount     numeric(18,2) NOT NULL,
+    avg_amount        numeric(18,2) NOT NULL,
+    unique_cards      bigint        NOT NULL,
+    first_event_time  timestamptz   NOT NULL,
+    last_event_time   timestamptz   NOT NULL,
+    computed_at       timestamptz   NOT NULL DEFAULT now(),
+    PRIMARY KEY (day, merchant_id, currency)
+);
