@@ -64,31 +64,54 @@ def topic_partitions(bootstrap: str, topic: str, timeout: float = 15.0) -> list[
     return sorted(info.partitions)
 
 
-class TransactionSink:
-    """Builds and runs the streaming query for one topic."""
+@dataclass(frozen=True)
+class SinkConfig:
+    """What the sink needs to know; built from Settings (CLI) or from Dagster resources."""
 
-    def __init__(self, spark: SparkSession, settings: Settings) -> None:
-        self.spark = spark
-        self.settings = settings
-        self.contract = load_contract()
-        self.stats = SinkStats()
+    kafka_bootstrap: str
+    dsn: str = field(repr=False)
+    topic: str
+    checkpoint_root: str
+    max_offsets_per_trigger: int = 200_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SinkConfig:
+        """Sink settings from the platform settings."""
+        return cls(
+            kafka_bootstrap=settings.kafka_bootstrap,
+            dsn=settings.dsn(),
+            topic=settings.topic,
+            checkpoint_root=str(settings.checkpoint_root),
+            max_offsets_per_trigger=settings.max_offsets_per_trigger,
+        )
 
     @property
     def checkpoint(self) -> str:
-        return str(self.settings.checkpoint_root / f"sink-{self.settings.topic}")
+        """Checkpoint location of this topic's query."""
+        return f"{self.checkpoint_root.rstrip('/')}/sink-{self.topic}"
+
+
+class TransactionSink:
+    """Builds and runs the streaming query for one topic."""
+
+    def __init__(self, spark: SparkSession, config: SinkConfig) -> None:
+        self.spark = spark
+        self.config = config
+        self.contract = load_contract()
+        self.stats = SinkStats()
 
     def starting_offsets(self) -> str:
         """Offsets committed in Postgres for every partition (earliest where none), as Spark JSON."""
-        partitions = topic_partitions(self.settings.kafka_bootstrap, self.settings.topic)
-        conn = connect(self.settings.dsn())
+        partitions = topic_partitions(self.config.kafka_bootstrap, self.config.topic)
+        conn = connect(self.config.dsn)
         try:
-            committed = committed_offsets(conn, self.settings.topic)
+            committed = committed_offsets(conn, self.config.topic)
         finally:
             conn.close()
         if not committed:
             return "earliest"
         # -2 is Spark's "earliest" for a partition without committed offsets
-        return json.dumps({self.settings.topic: {str(p): committed.get(p, -2) for p in partitions}})
+        return json.dumps({self.config.topic: {str(p): committed.get(p, -2) for p in partitions}})
 
     def _process_batch(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -107,9 +130,9 @@ class TransactionSink:
                 if current is None
                 else PartitionRange(min(current.first, offset), max(current.last, offset))
             )
-        conn = connect(self.settings.dsn())
+        conn = connect(self.config.dsn)
         try:
-            result = commit_batch(conn, self.settings.topic, batch_id, good_lines, bad_lines, ranges)
+            result = commit_batch(conn, self.config.topic, batch_id, good_lines, bad_lines, ranges)
         finally:
             conn.close()
         elapsed = time.monotonic() - started
@@ -127,20 +150,20 @@ class TransactionSink:
 
     def start(self, available_now: bool = True, processing_time: str = "5 seconds") -> StreamingQuery:
         """Start the query; AvailableNow processes what is there and stops, else runs continuously."""
-        ensure_schema(self.settings.dsn())
+        ensure_schema(self.config.dsn)
         stream = (
             self.spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", self.settings.kafka_bootstrap)
-            .option("subscribe", self.settings.topic)
+            .option("kafka.bootstrap.servers", self.config.kafka_bootstrap)
+            .option("subscribe", self.config.topic)
             .option("startingOffsets", self.starting_offsets())
-            .option("maxOffsetsPerTrigger", self.settings.max_offsets_per_trigger)
+            .option("maxOffsetsPerTrigger", self.config.max_offsets_per_trigger)
             .option("failOnDataLoss", "true")
             .load()
         )
         writer = (
             stream.writeStream.queryName(QUERY_NAME)
             .foreachBatch(self._process_batch)
-            .option("checkpointLocation", self.checkpoint)
+            .option("checkpointLocation", self.config.checkpoint)
         )
         writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=processing_time)
         return writer.start()

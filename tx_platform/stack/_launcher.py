@@ -170,7 +170,10 @@ class LocalStack:
             "TXP_PROMETHEUS_URL": "http://127.0.0.1:9090",
             "TXP_TOPIC_REPLICATION": str(replication),
             "TXP_STATE_DIR": str(self.state_dir),
-            "TXP_DAGSTER_PG_URL": self.postgres.dsn(DAGSTER_ROLE, DAGSTER_DB),
+            # explicit driver: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which we do not ship
+            "TXP_DAGSTER_PG_URL": self.postgres.dsn(DAGSTER_ROLE, DAGSTER_DB).replace(
+                "postgresql://", "postgresql+psycopg2://", 1
+            ),
             "DAGSTER_HOME": str(self.dagster_home),
         }
 

@@ -1,0 +1,239 @@
+"""The `txp` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tx_platform.config import PROJECT_ROOT, load_settings
+from tx_platform.errors import TxPlatformError
+
+err = Console(stderr=True)
+out = Console()
+
+_ENV = {"show_envvar": True}
+
+
+def _stack(state_dir: Path | None, **layout: int):  # noqa: ANN202 - LocalStack, imported lazily
+    from tx_platform.stack import LocalStack, StackLayout
+
+    settings = load_settings()
+    requested = StackLayout(**layout) if layout else None
+    return LocalStack(state_dir or settings.state_dir, settings.jars_dir, requested)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """tx_platform: real-time card transactions through Kafka, Spark and PostgreSQL, run by Dagster."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("py4j", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# -- stack -------------------------------------------------------------------------------------
+@cli.group()
+def stack() -> None:
+    """Start, stop and inspect the local stack (Kafka KRaft, PostgreSQL)."""
+
+
+_state_option = click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="TXP_STATE_DIR",
+    default=None,
+    help=f"Where data, logs and pid files live [default: {PROJECT_ROOT / '.txp'}].",
+    **_ENV,
+)
+
+
+@stack.command("setup")
+@click.option("--force", is_flag=True, help="Resolve again even when the cache looks complete.")
+def stack_setup(force: bool) -> None:
+    """Check Java and PostgreSQL, resolve JVM artifacts with Maven (skipped when cached)."""
+    from tx_platform.stack import require_java, resolve_artifacts
+    from tx_platform.stack._postgres import find_pg_bindir
+
+    settings = load_settings()
+    require_java()
+    bindir = find_pg_bindir()
+    with err.status("resolving JVM artifacts with Maven…"):
+        artifacts = resolve_artifacts(settings.jars_dir, force=force)
+    jars = sum(1 for _ in artifacts.root.rglob("*.jar"))
+    out.print(f"[green]ok[/] java, PostgreSQL ({bindir}), {jars} jars in {artifacts.root}")
+
+
+@stack.command("up")
+@_state_option
+@click.option("--kafka-port", default=9092, show_default=True, envvar="TXP_STACK_KAFKA_PORT", **_ENV)
+@click.option("--controller-port", default=9093, show_default=True, envvar="TXP_STACK_CONTROLLER_PORT", **_ENV)
+@click.option("--postgres-port", default=5433, show_default=True, envvar="TXP_STACK_POSTGRES_PORT", **_ENV)
+@click.option("--brokers", default=1, show_default=True, help="Kafka brokers (>1: separate controller nodes).")
+@click.option("--controllers", default=1, show_default=True, help="KRaft controllers.")
+def stack_up(state_dir: Path | None, kafka_port: int, controller_port: int, postgres_port: int, brokers: int, controllers: int) -> None:  # noqa: E501
+    """Start every service that is not running and wait until each is ready (idempotent)."""
+    s = _stack(
+        state_dir,
+        kafka_port=kafka_port,
+        controller_port=controller_port,
+        postgres_port=postgres_port,
+        brokers=brokers,
+        controllers=controllers,
+    )
+    with err.status("starting the local stack…"):
+        s.up()
+    _print_status(s)
+    out.print(f'connection settings: [bold]eval "$(txp stack env)"[/] (state in {s.state_dir})')
+
+
+@stack.command("down")
+@_state_option
+@click.option("--purge", is_flag=True, help="Also delete all data (topics, tables, checkpoints).")
+def stack_down(state_dir: Path | None, purge: bool) -> None:
+    """Stop every service of the local stack; nothing is left running."""
+    s = _stack(state_dir)
+    stopped = s.down(purge=purge)
+    out.print(f"stopped: {', '.join(stopped) or 'nothing was running'}" + (" (data purged)" if purge else ""))
+
+
+@stack.command("status")
+@_state_option
+def stack_status(state_dir: Path | None) -> None:
+    """Show each service with its state, pid, ports and log file. Exit 1 if any is down."""
+    s = _stack(state_dir)
+    _print_status(s)
+    if not all(row.running for row in s.status()):
+        sys.exit(1)
+
+
+@stack.command("env")
+@_state_option
+def stack_env(state_dir: Path | None) -> None:
+    """Print `export` lines for the stack's connection settings: eval "$(txp stack env)"."""
+    click.echo(_stack(state_dir).export_lines())
+
+
+def _print_status(s) -> None:  # noqa: ANN001
+    table = Table("service", "state", "pid", "ports", "log")
+    for row in s.status():
+        state = "[green]running[/]" if row.running else "[red]stopped[/]"
+        table.add_row(row.name, state, str(row.pid or "-"), ",".join(map(str, row.ports)), str(row.log_file))
+    out.print(table)
+
+
+# -- produce -----------------------------------------------------------------------------------
+@cli.command()
+@click.option("--count", "-n", default=10_000, show_default=True, type=click.IntRange(min=0), help="Records to send.")
+@click.option("--rate", "-r", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Records/s; 0 = unthrottled.")  # noqa: E501
+@click.option("--seed", "-s", default=42, show_default=True, help="Same seed and start, same records (UUIDs too).")
+@click.option(
+    "--start",
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    default=None,
+    help="UTC time of the first record [default: now minus --span-hours].",
+)
+@click.option("--span-hours", default=24.0, show_default=True, type=click.FloatRange(min=0.01), help="Time the records spread over.")  # noqa: E501
+@click.option("--bootstrap", envvar="TXP_KAFKA_BOOTSTRAP", default=None, help="Kafka bootstrap servers.", **_ENV)
+@click.option("--topic", envvar="TXP_TOPIC", default=None, help="Topic [default: transactions].", **_ENV)
+def produce(count: int, rate: float, seed: int, start: datetime | None, span_hours: float, bootstrap: str | None, topic: str | None) -> None:  # noqa: E501
+    """Produce seeded synthetic card transactions into Kafka."""
+    from tx_platform.contract import json_serializer
+    from tx_platform.producer import TransactionProducer, build_pools, generate
+    from tx_platform.producer import produce as produce_records
+
+    settings = load_settings()
+    span = timedelta(hours=span_hours)
+    first = start.replace(tzinfo=UTC) if start else datetime.now(UTC) - span
+    producer = TransactionProducer(bootstrap or settings.kafka_bootstrap, topic or settings.topic, json_serializer)
+    producer.check_reachable()
+    with err.status("building entity pools…"):
+        pools = build_pools(seed)
+    columns = (
+        TextColumn("[bold]producing"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.speed:>8.0f} rec/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=err, transient=False) as progress:
+        task = progress.add_task("produce", total=count)
+        report = produce_records(
+            generate(count, seed, first, span, pools),
+            producer,
+            rate=rate,
+            on_progress=lambda n: progress.advance(task, n),
+        )
+    out.print(f"delivered {report.delivered} of {report.sent}, failed {report.failed} → topic {producer.topic}")
+
+
+# -- sink --------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--available-now/--continuous", default=False, show_default=True, help="Process what is there and stop, or run until Ctrl+C.")  # noqa: E501
+@click.option("--trigger", default="5 seconds", show_default=True, help="Micro-batch interval when continuous.")
+def sink(available_now: bool, trigger: str) -> None:
+    """Run the Spark streaming sink in this process (spark-submit spark_jobs/sink/main.py does the same)."""
+    from spark_jobs.sink.main import run
+
+    run(available_now=available_now, trigger=trigger)
+
+
+# -- demo / dev --------------------------------------------------------------------------------
+@cli.command()
+@click.option("--count", "-n", default=10_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", "-s", default=42, show_default=True)
+@click.option("--reset/--no-reset", default=True, show_default=True, help="Start from empty topics and tables.")
+@_state_option
+def demo(count: int, seed: int, reset: bool, state_dir: Path | None) -> None:
+    """Headless end to end: stack up, produce, materialize every asset, run every check.
+
+    The last line printed is one JSON object; exit status 1 if a check failed or counts disagree.
+    """
+    from tx_platform.demo import run_demo, summary_json
+
+    summary = run_demo(_stack(state_dir), count=count, seed=seed, reset=reset, log=lambda m: err.print(f"[dim]demo[/] {m}"))
+    click.echo(summary_json(summary))
+    if not summary.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--port", default=3000, show_default=True, envvar="TXP_DAGSTER_PORT", **_ENV)
+@_state_option
+def dev(port: int, state_dir: Path | None) -> None:
+    """Start the local stack, then `dagster dev` on http://127.0.0.1:PORT (Ctrl+C stops Dagster only)."""
+    s = _stack(state_dir)
+    with err.status("starting the local stack…"):
+        s.up()
+    _print_status(s)
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or shutil.which("dagster")
+    if dagster is None:
+        raise click.ClickException("dagster is not installed in this environment — run `make setup`")
+    env = {**os.environ, **s.env()}
+    argv = [dagster, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+    out.print(f"Dagster UI: [bold]http://127.0.0.1:{port}[/]  (stack keeps running; `make down` stops it)")
+    os.execvpe(dagster, argv, env)  # noqa: S606 - replaces this process with dagster dev
+
+
+def main() -> None:
+    """Console-script entry point: domain errors print without a traceback."""
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("[red]aborted[/]")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except TxPlatformError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(1)

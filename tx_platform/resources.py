@@ -1,0 +1,117 @@
+"""Dagster resources. Values come from ``EnvVar`` (TXP_*), so the same definitions run anywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from dagster import ConfigurableResource
+from psycopg2.extensions import connection as Connection
+from pydantic import Field
+
+from tx_platform.errors import ServiceUnavailableError
+from tx_platform.warehouse import committed_offsets, connect, ensure_schema
+
+
+class KafkaResource(ConfigurableResource):
+    """Admin access to the Kafka cluster: topics and end offsets."""
+
+    bootstrap_servers: str = Field(description="Kafka bootstrap servers (TXP_KAFKA_BOOTSTRAP).")
+    timeout_seconds: float = 20.0
+
+    def _admin(self) -> AdminClient:
+        return AdminClient({"bootstrap.servers": self.bootstrap_servers})
+
+    def ensure_topic(self, name: str, partitions: int, replication: int, config: dict[str, str] | None = None) -> bool:
+        """Create ``name`` if missing. Returns True when it was created now."""
+        admin = self._admin()
+        try:
+            existing = admin.list_topics(timeout=self.timeout_seconds).topics
+        except KafkaException as exc:
+            msg = f"Kafka did not answer on {self.bootstrap_servers} ({exc}) — is the stack up? run `make up`"
+            raise ServiceUnavailableError(msg) from exc
+        if name in existing:
+            return False
+        futures = admin.create_topics([NewTopic(name, partitions, replication, config=config or {})])
+        try:
+            futures[name].result(timeout=self.timeout_seconds)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" in str(exc):
+                return False
+            raise
+        return True
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """High watermark per partition (the offset the next record will get)."""
+        consumer = Consumer(
+            {"bootstrap.servers": self.bootstrap_servers, "group.id": "txp-offset-probe", "enable.auto.commit": False}
+        )
+        try:
+            metadata = consumer.list_topics(topic=topic, timeout=self.timeout_seconds)
+            info = metadata.topics.get(topic)
+            if info is None or info.error is not None:
+                msg = f"topic {topic!r} does not exist — materialize kafka/{topic} first"
+                raise ServiceUnavailableError(msg)
+            result = {}
+            for partition in sorted(info.partitions):
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=self.timeout_seconds
+                )
+                result[partition] = int(high)
+            return result
+        except KafkaException as exc:
+            msg = f"Kafka did not answer on {self.bootstrap_servers} ({exc}) — is the stack up? run `make up`"
+            raise ServiceUnavailableError(msg) from exc
+        finally:
+            consumer.close()
+
+
+class PostgresResource(ConfigurableResource):
+    """The warehouse database, as the pipeline role."""
+
+    dsn: str = Field(description="libpq URL of the warehouse (TXP_POSTGRES_DSN).")
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A connection whose transaction commits on success; closed afterwards."""
+        conn = connect(self.dsn)
+        try:
+            with conn:
+                yield conn
+        finally:
+            conn.close()
+
+    def ensure_schema(self) -> None:
+        """Create the warehouse tables if missing."""
+        ensure_schema(self.dsn)
+
+    def committed_offsets(self, topic: str) -> dict[int, int]:
+        """Next offset per partition the sink has committed with its rows."""
+        with self.connection() as conn:
+            return committed_offsets(conn, topic)
+
+    def scalar(self, query: str, params: tuple[object, ...] = ()) -> object:
+        """First column of the first row of ``query``."""
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            row = cur.fetchone()
+            return None if row is None else row[0]
+
+
+class PipelineConfig(ConfigurableResource):
+    """Names and knobs of the pipeline (topics, checkpoints, batch size)."""
+
+    topic: str = "transactions"
+    dlq_topic: str = "transactions.dlq"
+    topic_partitions: int = 3
+    topic_replication: int = 1
+    checkpoint_root: str = Field(description="Directory (or URI) of Spark checkpoints.")
+    max_offsets_per_trigger: int = 200_000
+    lag_threshold: int = 1
+
+
+def compute_lag(end_offsets: dict[int, int], committed: dict[int, int]) -> dict[int, int]:
+    """Lag per partition: end offset minus the offset committed to Postgres (0 when none yet)."""
+    return {p: max(0, end - committed.get(p, 0)) for p, end in end_offsets.items()}
