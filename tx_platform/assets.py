@@ -165,15 +165,16 @@ def daily_merchant_summary(
         recon = daily_reconciliation(conn, day)
     yield MaterializeResult(metadata={"day": str(day), "dagster/row_count": MetadataValue.int(rows)})
 
+    schema_meta: dict[str, MetadataValue]
     try:
         daily_merchant_summary_schema().validate(frame, lazy=True)
-        schema_ok, schema_meta = True, {"rows": len(frame)}
+        schema_ok, schema_meta = True, {"rows": MetadataValue.int(len(frame))}
     except SchemaErrors as exc:
         cases = exc.failure_cases
         schema_ok = False
         schema_meta = {
-            "rows": len(frame),
-            "failure_cases": int(len(cases)),
+            "rows": MetadataValue.int(len(frame)),
+            "failure_cases": MetadataValue.int(len(cases)),
             "first_failures": MetadataValue.text(cases.head(10).to_string()),
         }
     yield AssetCheckResult(check_name="matches_schema", passed=schema_ok, metadata=schema_meta)

@@ -30,9 +30,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TXP_", frozen=True, extra="ignore")
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
-    schema_registry_url: str = Field(
-        "http://127.0.0.1:8081", description="Confluent-compatible schema registry URL."
-    )
+    schema_registry_url: str = Field("http://127.0.0.1:8081", description="Confluent-compatible schema registry URL.")
     postgres_dsn: SecretStr = Field(
         SecretStr("postgresql://txp_pipeline@127.0.0.1:5433/txp"),
         description="libpq URL of the warehouse database (the pipeline's role).",
@@ -44,9 +42,7 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(3, ge=1, description="Partitions of a topic we create.")
     topic_replication: int = Field(1, ge=1, description="Replication factor of a topic we create.")
     lag_threshold: int = Field(1, ge=1, description="Lag (records) at which the sensor runs the sink.")
-    max_offsets_per_trigger: int = Field(
-        200_000, ge=1, description="Upper bound of records in one sink micro-batch."
-    )
+    max_offsets_per_trigger: int = Field(200_000, ge=1, description="Upper bound of records in one sink micro-batch.")
     state_dir: Path = Field(default_factory=default_state_dir, description="Local stack state.")
     checkpoint_dir: Path | None = Field(None, description="Spark checkpoint root.")
     jars_dir: Path = Field(PROJECT_ROOT / ".cache" / "jars", description="Maven-resolved jars.")

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
@@ -138,11 +139,14 @@ def run_demo(
     summary.produced = report.delivered
     summary.amount_sum_expected = str(expected)
 
-    timed("sink", lambda: run(AssetSelection.groups("warehouse") - AssetSelection.assets("warehouse/daily_merchant_summary")))
+    timed(
+        "sink",
+        lambda: run(AssetSelection.groups("warehouse") - AssetSelection.assets("warehouse/daily_merchant_summary")),
+    )
     days = sorted({(start + timedelta(hours=h)).date().isoformat() for h in (0, 24)})
     summary.partitions = days
     for day in days:
-        timed(f"daily_merchant_summary[{day}]", lambda day=day: run(AssetSelection.groups("analytics"), day))
+        timed(f"daily_merchant_summary[{day}]", partial(run, AssetSelection.groups("analytics"), day))
 
     conn = connect(settings.dsn())
     try:

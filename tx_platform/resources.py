@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -92,7 +93,7 @@ class PostgresResource(ConfigurableResource):
         with self.connection() as conn:
             return committed_offsets(conn, topic)
 
-    def scalar(self, query: str, params: tuple[object, ...] = ()) -> object:
+    def scalar(self, query: str, params: tuple[object, ...] = ()) -> Any:  # noqa: ANN401 - any SQL value
         """First column of the first row of ``query``."""
         with self.connection() as conn, conn.cursor() as cur:
             cur.execute(query, params)

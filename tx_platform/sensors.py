@@ -15,7 +15,6 @@ from dagster import (
     SkipReason,
     sensor,
 )
-
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from tx_platform.assets import KAFKA_TRANSACTIONS

@@ -17,13 +17,18 @@ from tx_platform.contract import (
     country_codes,
     currency_codes,
 )
+from tx_platform.errors import ContractError
 
 _CORRUPT = "_corrupt_record"
 
 
 def contract_struct(contract: Contract) -> StructType:
     """The Spark struct of the contract, derived from the .avsc (never hand-copied)."""
-    return StructType.fromDDL(contract.spark_ddl())
+    struct = StructType.fromDDL(contract.spark_ddl())
+    if not isinstance(struct, StructType):  # a one-field DDL parses to that field's type
+        msg = "the contract's Spark DDL did not parse to a struct"
+        raise ContractError(msg)
+    return struct
 
 
 def _rules(contract: Contract) -> list[tuple[Column, str, Column]]:
@@ -78,14 +83,19 @@ def _rules(contract: Contract) -> list[tuple[Column, str, Column]]:
             F.concat(F.lit("merchant_category is not a 4-digit ISO 18245 code: "), r["merchant_category"]),
         ),
         (
-            (F.abs(r["latitude"]) > 90) | (F.abs(r["longitude"]) > 180) | F.isnan(r["latitude"]) | F.isnan(r["longitude"]),
+            (F.abs(r["latitude"]) > 90)
+            | (F.abs(r["longitude"]) > 180)
+            | F.isnan(r["latitude"])
+            | F.isnan(r["longitude"]),
             "INVALID_COORDINATES",
             F.lit("latitude/longitude out of range"),
         ),
         (
             r["event_time"] > F.current_timestamp() + F.expr(f"INTERVAL {MAX_FUTURE_SECONDS} SECONDS"),
             "EVENT_TIME_IN_FUTURE",
-            F.concat(F.lit(f"event_time more than {MAX_FUTURE_SECONDS} s in the future: "), r["event_time"].cast("string")),
+            F.concat(
+                F.lit(f"event_time more than {MAX_FUTURE_SECONDS} s in the future: "), r["event_time"].cast("string")
+            ),
         ),
     ]
     return rules

@@ -14,15 +14,14 @@ import time
 from dataclasses import dataclass, field
 
 from confluent_kafka.admin import AdminClient
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql.streaming import StreamingQuery
 from pyspark.errors import StreamingQueryException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.streaming import StreamingQuery
 
 from spark_jobs.sink._decode import decode, render
 from tx_platform.config import Settings
 from tx_platform.contract import load_contract
-from tx_platform.errors import SinkError, ServiceUnavailableError
+from tx_platform.errors import ServiceUnavailableError, SinkError
 from tx_platform.warehouse import (
     PartitionRange,
     commit_batch,
@@ -180,7 +179,7 @@ class TransactionSink:
 def await_query(query: StreamingQuery, timeout: float | None = None) -> None:
     """Wait for the query; surface its exception instead of hanging or failing silently."""
     try:
-        finished = query.awaitTermination(timeout) if timeout else query.awaitTermination()
+        finished = query.awaitTermination(int(timeout)) if timeout else query.awaitTermination()
     except StreamingQueryException as exc:
         msg = f"[SINK_QUERY_FAILED] the streaming sink stopped with an error: {exc}"
         raise SinkError(msg) from exc
@@ -190,5 +189,3 @@ def await_query(query: StreamingQuery, timeout: float | None = None) -> None:
     if error is not None:
         msg = f"[SINK_QUERY_FAILED] the streaming sink stopped with an error: {error}"
         raise SinkError(msg)
-
-

@@ -71,7 +71,9 @@ def daily_merchant_summary_schema() -> pa.DataFrameSchema:
             "last_event_time": pa.Column("datetime64[ns, UTC]"),
         },
         checks=[
-            pa.Check(lambda df: df["purchase_count"] + df["refund_count"] <= df["transaction_count"], name="counts_add_up"),
+            pa.Check(
+                lambda df: df["purchase_count"] + df["refund_count"] <= df["transaction_count"], name="counts_add_up"
+            ),
             pa.Check(lambda df: df["unique_cards"] <= df["transaction_count"], name="cards_le_transactions"),
             pa.Check(lambda df: df["first_event_time"] <= df["last_event_time"], name="time_range_ordered"),
             pa.Check(

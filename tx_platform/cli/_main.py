@@ -16,19 +16,15 @@ from rich.table import Table
 
 from tx_platform.config import PROJECT_ROOT, load_settings
 from tx_platform.errors import TxPlatformError
+from tx_platform.stack import LocalStack, StackLayout
 
 err = Console(stderr=True)
 out = Console()
 
-_ENV = {"show_envvar": True}
 
-
-def _stack(state_dir: Path | None, **layout: int):  # noqa: ANN202 - LocalStack, imported lazily
-    from tx_platform.stack import LocalStack, StackLayout
-
+def _stack(state_dir: Path | None, layout: StackLayout | None = None) -> LocalStack:
     settings = load_settings()
-    requested = StackLayout(**layout) if layout else None
-    return LocalStack(state_dir or settings.state_dir, settings.jars_dir, requested)
+    return LocalStack(state_dir or settings.state_dir, settings.jars_dir, layout)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -56,7 +52,7 @@ _state_option = click.option(
     envvar="TXP_STATE_DIR",
     default=None,
     help=f"Where data, logs and pid files live [default: {PROJECT_ROOT / '.txp'}].",
-    **_ENV,
+    show_envvar=True,
 )
 
 
@@ -78,21 +74,25 @@ def stack_setup(force: bool) -> None:
 
 @stack.command("up")
 @_state_option
-@click.option("--kafka-port", default=9092, show_default=True, envvar="TXP_STACK_KAFKA_PORT", **_ENV)
-@click.option("--controller-port", default=9093, show_default=True, envvar="TXP_STACK_CONTROLLER_PORT", **_ENV)
-@click.option("--postgres-port", default=5433, show_default=True, envvar="TXP_STACK_POSTGRES_PORT", **_ENV)
+@click.option("--kafka-port", default=9092, show_default=True, envvar="TXP_STACK_KAFKA_PORT", show_envvar=True)
+@click.option(
+    "--controller-port", default=9093, show_default=True, envvar="TXP_STACK_CONTROLLER_PORT", show_envvar=True
+)
+@click.option("--postgres-port", default=5433, show_default=True, envvar="TXP_STACK_POSTGRES_PORT", show_envvar=True)
 @click.option("--brokers", default=1, show_default=True, help="Kafka brokers (>1: separate controller nodes).")
 @click.option("--controllers", default=1, show_default=True, help="KRaft controllers.")
-def stack_up(state_dir: Path | None, kafka_port: int, controller_port: int, postgres_port: int, brokers: int, controllers: int) -> None:  # noqa: E501
+def stack_up(
+    state_dir: Path | None, kafka_port: int, controller_port: int, postgres_port: int, brokers: int, controllers: int
+) -> None:  # noqa: E501
     """Start every service that is not running and wait until each is ready (idempotent)."""
-    s = _stack(
-        state_dir,
+    layout = StackLayout(
         kafka_port=kafka_port,
         controller_port=controller_port,
         postgres_port=postgres_port,
         brokers=brokers,
         controllers=controllers,
     )
+    s = _stack(state_dir, layout)
     with err.status("starting the local stack…"):
         s.up()
     _print_status(s)
@@ -126,7 +126,7 @@ def stack_env(state_dir: Path | None) -> None:
     click.echo(_stack(state_dir).export_lines())
 
 
-def _print_status(s) -> None:  # noqa: ANN001
+def _print_status(s: LocalStack) -> None:
     table = Table("service", "state", "pid", "ports", "log")
     for row in s.status():
         state = "[green]running[/]" if row.running else "[red]stopped[/]"
@@ -137,7 +137,9 @@ def _print_status(s) -> None:  # noqa: ANN001
 # -- produce -----------------------------------------------------------------------------------
 @cli.command()
 @click.option("--count", "-n", default=10_000, show_default=True, type=click.IntRange(min=0), help="Records to send.")
-@click.option("--rate", "-r", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Records/s; 0 = unthrottled.")  # noqa: E501
+@click.option(
+    "--rate", "-r", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Records/s; 0 = unthrottled."
+)  # noqa: E501
 @click.option("--seed", "-s", default=42, show_default=True, help="Same seed and start, same records (UUIDs too).")
 @click.option(
     "--start",
@@ -145,10 +147,26 @@ def _print_status(s) -> None:  # noqa: ANN001
     default=None,
     help="UTC time of the first record [default: now minus --span-hours].",
 )
-@click.option("--span-hours", default=24.0, show_default=True, type=click.FloatRange(min=0.01), help="Time the records spread over.")  # noqa: E501
-@click.option("--bootstrap", envvar="TXP_KAFKA_BOOTSTRAP", default=None, help="Kafka bootstrap servers.", **_ENV)
-@click.option("--topic", envvar="TXP_TOPIC", default=None, help="Topic [default: transactions].", **_ENV)
-def produce(count: int, rate: float, seed: int, start: datetime | None, span_hours: float, bootstrap: str | None, topic: str | None) -> None:  # noqa: E501
+@click.option(
+    "--span-hours",
+    default=24.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Time the records spread over.",
+)  # noqa: E501
+@click.option(
+    "--bootstrap", envvar="TXP_KAFKA_BOOTSTRAP", default=None, help="Kafka bootstrap servers.", show_envvar=True
+)
+@click.option("--topic", envvar="TXP_TOPIC", default=None, help="Topic [default: transactions].", show_envvar=True)
+def produce(
+    count: int,
+    rate: float,
+    seed: int,
+    start: datetime | None,
+    span_hours: float,
+    bootstrap: str | None,
+    topic: str | None,
+) -> None:  # noqa: E501
     """Produce seeded synthetic card transactions into Kafka."""
     from tx_platform.contract import json_serializer
     from tx_platform.producer import TransactionProducer, build_pools, generate
@@ -178,7 +196,12 @@ def produce(count: int, rate: float, seed: int, start: datetime | None, span_hou
 
 # -- sink --------------------------------------------------------------------------------------
 @cli.command()
-@click.option("--available-now/--continuous", default=False, show_default=True, help="Process what is there and stop, or run until Ctrl+C.")  # noqa: E501
+@click.option(
+    "--available-now/--continuous",
+    default=False,
+    show_default=True,
+    help="Process what is there and stop, or run until Ctrl+C.",
+)  # noqa: E501
 @click.option("--trigger", default="5 seconds", show_default=True, help="Micro-batch interval when continuous.")
 def sink(available_now: bool, trigger: str) -> None:
     """Run the Spark streaming sink in this process (spark-submit spark_jobs/sink/main.py does the same)."""
@@ -200,14 +223,16 @@ def demo(count: int, seed: int, reset: bool, state_dir: Path | None) -> None:
     """
     from tx_platform.demo import run_demo, summary_json
 
-    summary = run_demo(_stack(state_dir), count=count, seed=seed, reset=reset, log=lambda m: err.print(f"[dim]demo[/] {m}"))
+    summary = run_demo(
+        _stack(state_dir), count=count, seed=seed, reset=reset, log=lambda m: err.print(f"[dim]demo[/] {m}")
+    )
     click.echo(summary_json(summary))
     if not summary.ok:
         sys.exit(1)
 
 
 @cli.command()
-@click.option("--port", default=3000, show_default=True, envvar="TXP_DAGSTER_PORT", **_ENV)
+@click.option("--port", default=3000, show_default=True, envvar="TXP_DAGSTER_PORT", show_envvar=True)
 @_state_option
 def dev(port: int, state_dir: Path | None) -> None:
     """Start the local stack, then `dagster dev` on http://127.0.0.1:PORT (Ctrl+C stops Dagster only)."""
@@ -217,7 +242,8 @@ def dev(port: int, state_dir: Path | None) -> None:
     _print_status(s)
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or shutil.which("dagster")
     if dagster is None:
-        raise click.ClickException("dagster is not installed in this environment — run `make setup`")
+        msg = "dagster is not installed in this environment — run `make setup`"
+        raise click.ClickException(msg)
     env = {**os.environ, **s.env()}
     argv = [dagster, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
     out.print(f"Dagster UI: [bold]http://127.0.0.1:{port}[/]  (stack keeps running; `make down` stops it)")

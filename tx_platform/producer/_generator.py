@@ -87,7 +87,11 @@ def _uuid(rng: random.Random) -> str:
 
 
 def _place(fake: Faker, country: str) -> Place:
-    lat, lon, city, code, _tz = fake.local_latlng(country_code=country)
+    found = fake.local_latlng(country_code=country)
+    if found is None:
+        msg = f"Faker has no places for country {country}"
+        raise ConfigError(msg)
+    lat, lon, city, code, _tz = found
     return Place(city=city, country=code, latitude=float(lat), longitude=float(lon))
 
 
@@ -96,7 +100,7 @@ def build_pools(seed: int, customers: int = 2_000, merchants: int = 600) -> Pool
     if customers < 1 or merchants < len(COUNTRIES):
         msg = f"need at least 1 customer and {len(COUNTRIES)} merchants"
         raise ConfigError(msg)
-    rng = random.Random(f"pools-{seed}")
+    rng = random.Random(f"pools-{seed}")  # noqa: S311 - reproducible synthetic data, not secrets
     fakers = {c.code: Faker(c.locale) for c in COUNTRIES}
     for i, fake in enumerate(fakers.values()):
         fake.seed_instance(seed * 1_000 + i)
@@ -196,7 +200,7 @@ def generate(
         msg = "span must be positive"
         raise ConfigError(msg)
     pools = pools or build_pools(seed)
-    rng = random.Random(f"records-{seed}")
+    rng = random.Random(f"records-{seed}")  # noqa: S311 - reproducible synthetic data, not secrets
     clock = _DiurnalClock(start.astimezone(UTC), span, rng)
     cards = pools.cards
     country_codes = tuple(pools.merchants_by_country)

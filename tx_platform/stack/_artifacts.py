@@ -89,7 +89,7 @@ def require_java() -> str:
     if java is None:
         msg = "Java was not found on PATH — install a JDK 17+ (Debian: `apt-get install openjdk-17-jdk-headless`)"
         raise ArtifactError(msg)
-    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr  # noqa: S603
     try:
         version = out.split('"')[1]
         major = int(version.split(".")[0])
@@ -118,7 +118,7 @@ def resolve_artifacts(root: Path, force: bool = False, quiet: bool = True) -> Ar
     ]  # fmt: skip
     if quiet:
         cmd.insert(1, "-q")
-    result = subprocess.run(cmd, capture_output=quiet, text=True, check=False)
+    result = subprocess.run(cmd, capture_output=quiet, text=True, check=False)  # noqa: S603 - our own argv
     if result.returncode != 0:
         tail = "\n".join((result.stdout or "").splitlines()[-30:])
         msg = f"Maven could not resolve the JVM artifacts (exit {result.returncode}):\n{tail}"

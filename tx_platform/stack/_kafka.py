@@ -80,8 +80,9 @@ class KafkaNode:
         if (self.root / "data" / "meta.properties").exists():
             return
         cmd = [
-            java, "-cp", artifacts.kafka_classpath(), f"-Dlog4j2.configurationFile={KAFKA_CONFIG_DIR / 'log4j2.properties'}",
-            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), "--ignore-formatted",
+            java, "-cp", artifacts.kafka_classpath(),
+            f"-Dlog4j2.configurationFile={KAFKA_CONFIG_DIR / 'log4j2.properties'}", "kafka.tools.StorageTool",
+            "format", "-t", cluster_id, "-c", str(config), "--ignore-formatted",
         ]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:

@@ -133,16 +133,34 @@ class LocalStack:
         layout = self.layout
         if layout.combined:
             return [
-                KafkaNode(1, self.state_dir / "kafka-1", self.logs_dir / "kafka-1.log", layout.kafka_port, layout.controller_port)
+                KafkaNode(
+                    1,
+                    self.state_dir / "kafka-1",
+                    self.logs_dir / "kafka-1.log",
+                    layout.kafka_port,
+                    layout.controller_port,
+                )
             ]
         nodes = [
-            KafkaNode(i + 1, self.state_dir / f"kafka-{i + 1}", self.logs_dir / f"kafka-{i + 1}.log", None, layout.controller_port + 100 * i)
+            KafkaNode(
+                i + 1,
+                self.state_dir / f"kafka-{i + 1}",
+                self.logs_dir / f"kafka-{i + 1}.log",
+                None,
+                layout.controller_port + 100 * i,
+            )
             for i in range(layout.controllers)
         ]
         for b in range(layout.brokers):
             node_id = layout.controllers + b + 1
             nodes.append(
-                KafkaNode(node_id, self.state_dir / f"kafka-{node_id}", self.logs_dir / f"kafka-{node_id}.log", layout.kafka_port + 100 * b, None)
+                KafkaNode(
+                    node_id,
+                    self.state_dir / f"kafka-{node_id}",
+                    self.logs_dir / f"kafka-{node_id}.log",
+                    layout.kafka_port + 100 * b,
+                    None,
+                )
             )
         return nodes
 

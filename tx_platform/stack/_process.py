@@ -105,7 +105,10 @@ class ManagedProcess:
         delay = 0.2
         while True:
             if self.pid() is None:
-                msg = f"{self.name} exited during start-up ({what}); last lines of {self.log_file}:\n{tail(self.log_file)}"
+                msg = (
+                    f"{self.name} exited during start-up ({what}); "
+                    f"last lines of {self.log_file}:\n{tail(self.log_file)}"
+                )
                 raise StackError(msg)
             if check():
                 return

@@ -25,7 +25,8 @@ def describe_dsn(dsn: str) -> str:
 
 def connect(dsn: str, attempts: int = 6, base_delay: float = 0.25) -> Connection:
     """Connect with bounded exponential backoff and jitter; raise ServiceUnavailableError after."""
-    for attempt in range(attempts):
+    attempt = 0
+    while True:
         try:
             return psycopg2.connect(dsn, connect_timeout=5, application_name="tx_platform")
         except psycopg2.OperationalError as exc:
@@ -42,7 +43,7 @@ def connect(dsn: str, attempts: int = 6, base_delay: float = 0.25) -> Connection
                 )
                 raise ServiceUnavailableError(msg) from exc
             time.sleep(base_delay * 2**attempt * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
 @contextmanager

@@ -80,7 +80,7 @@ def commit_batch(
     with conn, conn.cursor() as cur:
         cur.execute("LOCK TABLE sink_offsets IN SHARE ROW EXCLUSIVE MODE")
         cur.execute(
-            "CREATE TEMP TABLE stage_tx ON COMMIT DROP AS SELECT "
+            "CREATE TEMP TABLE stage_tx ON COMMIT DROP AS SELECT "  # noqa: S608 - contract column names
             + ", ".join(tx_cols)
             + " FROM transactions WITH NO DATA"
         )
