@@ -45,7 +45,6 @@ sink_job = define_asset_job(
 daily_summary_job = define_asset_job(
     "daily_merchant_summary_job",
     selection=AssetSelection.assets(DAILY_MERCHANT_SUMMARY),
-    partitions_def=daily_merchant_summary.partitions_def,
     description="Rebuild one day of daily_merchant_summary.",
 )
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from dagster import ConfigurableResource
 from psycopg2.extensions import connection as Connection
@@ -14,6 +15,17 @@ from pydantic import Field
 
 from tx_platform.errors import ServiceUnavailableError
 from tx_platform.warehouse import committed_offsets, connect, ensure_schema
+
+#: Errors that mean "ask again shortly": leadership is moving or the broker is busy.
+_TRANSIENT_CODES = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
 
 
 class KafkaResource(ConfigurableResource):
@@ -42,7 +54,20 @@ class KafkaResource(ConfigurableResource):
             if "TOPIC_ALREADY_EXISTS" in str(exc):
                 return False
             raise
+        self._wait_for_leaders(admin, name)
         return True
+
+    def _wait_for_leaders(self, admin: AdminClient, topic: str) -> None:
+        """Creation returns before partitions have leaders; reads right after would fail."""
+        deadline = time.monotonic() + self.timeout_seconds
+        while time.monotonic() < deadline:
+            info = admin.list_topics(topic=topic, timeout=self.timeout_seconds).topics.get(topic)
+            if info is not None and info.error is None and info.partitions:
+                if all(p.leader >= 0 and p.error is None for p in info.partitions.values()):
+                    return
+            time.sleep(0.2)
+        msg = f"topic {topic!r} was created but its partitions got no leader within {self.timeout_seconds:.0f} s"
+        raise ServiceUnavailableError(msg)
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         """High watermark per partition (the offset the next record will get)."""
@@ -55,18 +80,28 @@ class KafkaResource(ConfigurableResource):
             if info is None or info.error is not None:
                 msg = f"topic {topic!r} does not exist — materialize kafka/{topic} first"
                 raise ServiceUnavailableError(msg)
-            result = {}
-            for partition in sorted(info.partitions):
-                _low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=self.timeout_seconds
-                )
-                result[partition] = int(high)
-            return result
+            return {p: self._high_watermark(consumer, TopicPartition(topic, p)) for p in sorted(info.partitions)}
         except KafkaException as exc:
             msg = f"Kafka did not answer on {self.bootstrap_servers} ({exc}) — is the stack up? run `make up`"
             raise ServiceUnavailableError(msg) from exc
         finally:
             consumer.close()
+
+    def _high_watermark(self, consumer: Consumer, partition: TopicPartition) -> int:
+        # leadership moves (topic just created, broker restart) answer with retriable errors
+        deadline = time.monotonic() + self.timeout_seconds
+        delay = 0.1
+        while True:
+            try:
+                _low, high = consumer.get_watermark_offsets(partition, timeout=self.timeout_seconds)
+                return int(high)
+            except KafkaException as exc:
+                error = exc.args[0]
+                transient = error.retriable() or error.code() in _TRANSIENT_CODES
+                if not transient or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 class PostgresResource(ConfigurableResource):

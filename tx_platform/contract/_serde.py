@@ -50,8 +50,9 @@ def json_serializer(record: Record) -> bytes:
 def json_deserializer(data: bytes) -> Record:
     """Parse JSON bytes back into a record with Decimal amount and aware datetime."""
     try:
-        raw = json.loads(data, parse_float=Decimal)
-        raw["amount"] = Decimal(raw["amount"]).quantize(Decimal("0.01"))
+        raw = json.loads(data)
+        # the amount is re-read from its text, never through a float, so it stays exact
+        raw["amount"] = Decimal(str(raw["amount"])).quantize(Decimal("0.01"))
         raw["event_time"] = datetime.fromisoformat(raw["event_time"].replace("Z", "+00:00"))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         msg = f"not a transaction record: {exc}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -75,12 +76,12 @@ class Artifacts:
 
 
 def _artifact_name(jar_file: str) -> str:
-    """``kafka-clients-3.9.1.jar`` -> ``kafka-clients``."""
-    stem = jar_file.removesuffix(".jar")
-    parts = stem.split("-")
-    while parts and parts[-1][:1].isdigit():
-        parts.pop()
-    return "-".join(parts)
+    """``kafka-clients-3.9.1.jar`` -> ``kafka-clients``; ``spark-sql-kafka-0-10_2.13-4.1.1.jar`` keeps its 0-10_2.13."""
+    match = _JAR_VERSION.match(jar_file)
+    return match.group("name") if match else jar_file.removesuffix(".jar")
+
+
+_JAR_VERSION = re.compile(r"^(?P<name>.+?)-(?P<version>\d+(?:\.\d+)+[\w.\-]*)\.jar$")
 
 
 def require_java() -> str:

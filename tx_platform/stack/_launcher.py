@@ -22,6 +22,7 @@ from tx_platform.stack._postgres import (
     WAREHOUSE_DB,
     PostgresService,
 )
+from tx_platform.warehouse import ensure_schema
 
 _LAYOUT_FILE = "stack.json"
 _SECRETS_FILE = "secrets.json"
@@ -215,6 +216,7 @@ class LocalStack:
             node.process.wait_ready(
                 lambda: broker_ready(bootstrap, len(brokers)), timeout, f"Kafka metadata on {bootstrap}"
             )
+        ensure_schema(self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB))
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         (self.dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
         env_lines = "\n".join(f"{k}={v}" for k, v in self.env().items() if k.startswith("TXP_"))

@@ -84,7 +84,7 @@ def commit_batch(
             + ", ".join(tx_cols)
             + " FROM transactions WITH NO DATA"
         )
-        cur.execute("CREATE TEMP TABLE stage_q (LIKE quarantine) ON COMMIT DROP")
+        cur.execute("CREATE TEMP TABLE stage_q (LIKE quarantine INCLUDING DEFAULTS) ON COMMIT DROP")
         _copy(cur, "stage_tx", tx_cols, transaction_lines)
         _copy(cur, "stage_q", QUARANTINE_COLUMNS, quarantine_lines)
         skipped = 0
@@ -147,5 +147,8 @@ def commit_batch(
 def committed_offsets(conn: Connection, topic: str) -> dict[int, int]:
     """Next offset to read per partition, as committed with the rows."""
     with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('sink_offsets') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return {}  # the sink has never run against this database
         cur.execute("SELECT partition, next_offset FROM sink_offsets WHERE topic = %s", (topic,))
         return {int(p): int(o) for p, o in cur.fetchall()}

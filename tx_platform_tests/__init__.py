@@ -1,0 +1,1 @@
+"""Tests of tx_platform: unit (nothing running), integration and e2e (a real local stack)."""

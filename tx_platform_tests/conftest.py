@@ -1,0 +1,123 @@
+"""Shared fixtures: one real local stack per test session, Spark session, helpers.
+
+The stack runs under ``.txp-test/`` on its own ports (Kafka 19092/19093, Postgres 15433), so the
+suite can run while a development stack (`make up`) is up. Set TXP_TEST_STACK=existing to use the
+stack that TXP_* variables already point at instead of starting one (no start, no stop).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tx_platform.config import PROJECT_ROOT, Settings, load_settings
+
+TEST_STATE_DIR = PROJECT_ROOT / ".txp-test"
+
+
+def assert_eventually(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+@pytest.fixture(scope="session")
+def stack_env() -> Iterator[dict[str, str]]:
+    """Start the test stack once (or use an existing one); export its TXP_* settings to the process."""
+    if os.environ.get("TXP_TEST_STACK") == "existing":
+        yield {k: v for k, v in os.environ.items() if k.startswith("TXP_")}
+        return
+    from tx_platform.stack import LocalStack, StackLayout
+
+    layout = StackLayout(
+        kafka_port=int(os.environ.get("TXP_TEST_KAFKA_PORT", "19092")),
+        controller_port=int(os.environ.get("TXP_TEST_CONTROLLER_PORT", "19093")),
+        postgres_port=int(os.environ.get("TXP_TEST_POSTGRES_PORT", "15433")),
+    )
+    stack = LocalStack(TEST_STATE_DIR, load_settings().jars_dir)
+    stack.down(purge=True)  # every session starts from nothing
+    stack = LocalStack(TEST_STATE_DIR, load_settings().jars_dir, layout)
+    try:
+        stack.up()
+    except Exception:
+        for log in sorted(stack.logs_dir.glob("*.log")):
+            print(f"==== {log}\n{log.read_text(errors='replace')[-4000:]}")  # noqa: T201 - shown on failure
+        stack.down()
+        raise
+    env = stack.env()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def test_stack(stack_env: dict[str, str]):  # noqa: ANN201 - LocalStack
+    """The LocalStack object of the session's stack."""
+    from tx_platform.stack import LocalStack
+
+    return LocalStack(Path(stack_env["TXP_STATE_DIR"]), load_settings().jars_dir)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for topic names and checkpoints of one test."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings(stack_env: dict[str, str], unique: str, tmp_path: Path) -> Settings:
+    """Settings for one test: the session's stack, its own topic and checkpoint directory."""
+    return load_settings(
+        topic=f"tx_{unique}",
+        dlq_topic=f"tx_{unique}.dlq",
+        checkpoint_dir=tmp_path / "checkpoints",
+    )
+
+
+@pytest.fixture(scope="session")
+def spark(stack_env: dict[str, str]):  # noqa: ANN201 - SparkSession
+    """One Spark session for the test session, configured like production."""
+    from pyspark.sql import SparkSession
+
+    from spark_jobs.session import spark_config
+
+    builder = SparkSession.builder
+    for key, value in spark_config(load_settings(), app_name="tx_platform_tests").items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def create_topic(stack_env: dict[str, str]) -> Callable[[str], None]:
+    """Create a topic of 3 partitions on the session's stack."""
+    from tx_platform.resources import KafkaResource
+
+    def _create(name: str, partitions: int = 3) -> None:
+        KafkaResource(bootstrap_servers=stack_env["TXP_KAFKA_BOOTSTRAP"]).ensure_topic(name, partitions, 1)
+
+    return _create

@@ -1,0 +1,37 @@
+import pytest
+
+from tx_platform.checks import LossReport
+from tx_platform.resources import compute_lag
+
+pytestmark = pytest.mark.unit
+
+
+def test_lag_is_end_minus_committed_per_partition() -> None:
+    assert compute_lag({0: 10, 1: 5, 2: 0}, {0: 4, 1: 5}) == {0: 6, 1: 0, 2: 0}
+    assert compute_lag({0: 10}, {0: 12}) == {0: 0}  # never negative
+
+
+def test_loss_report_counts_unexplained_records() -> None:
+    assert LossReport(records_read=10, transactions=7, quarantined=3).unexplained == 0
+    assert LossReport(records_read=10, transactions=7, quarantined=2).unexplained == 1
+
+
+def test_definitions_load_with_the_designed_asset_keys() -> None:
+    from tx_platform.definitions import defs
+
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {
+        "kafka/transactions",
+        "kafka/transactions_dlq",
+        "warehouse/transactions",
+        "warehouse/quarantine",
+        "warehouse/daily_merchant_summary",
+    }
+    assert defs.resolve_sensor_def("kafka_lag_sensor").job_name == "sink_job"
+    checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
+    assert checks == {
+        "no_unexplained_loss",
+        "transactions_match_contract",
+        "matches_schema",
+        "reconciles_with_transactions",
+    }

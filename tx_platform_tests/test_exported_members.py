@@ -1,0 +1,48 @@
+import importlib
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+PUBLIC = {
+    "tx_platform": {
+        "ArtifactError", "ConfigError", "ContractError", "DeliveryError", "ServiceUnavailableError", "Settings",
+        "SinkError", "StackError", "TxPlatformError", "__version__", "load_settings",
+    },
+    "tx_platform.contract": {
+        "ERROR_CODES", "MAX_FUTURE_SECONDS", "MCC_PATTERN", "SUBJECT", "UUID_PATTERN", "Contract", "Field", "Record",
+        "Serializer", "country_codes", "currency_codes", "format_event_time", "json_deserializer", "json_serializer",
+        "load_contract", "parse_contract",
+    },
+    "tx_platform.producer": {
+        "CATEGORIES", "COUNTRIES", "PRODUCER_DEFAULTS", "Category", "Country", "DeliveryReport", "Pools",
+        "TransactionProducer", "build_pools", "generate", "produce",
+    },
+    "tx_platform.stack": {
+        "Artifacts", "LocalStack", "ManagedProcess", "ServiceStatus", "StackLayout", "port_in_use",
+        "pyspark_version", "require_java", "resolve_artifacts", "stack_from_env", "tail",
+    },
+    "tx_platform.checks": {
+        "LossReport", "daily_merchant_summary_schema", "daily_reconciliation", "loss_report", "transactions_schema",
+    },
+    "spark_jobs.sink": {
+        "QUERY_NAME", "SinkConfig", "SinkStats", "TransactionSink", "await_query", "contract_struct", "decode",
+        "render", "topic_partitions",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_all_is_what_we_mean_to_export(module: str) -> None:
+    mod = importlib.import_module(module)
+    assert set(mod.__all__) == PUBLIC[module]
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"{module}.{name} is in __all__ but missing"
+
+
+def test_errors_inherit_the_builtin_they_specialise() -> None:
+    import tx_platform as t
+
+    assert issubclass(t.ConfigError, ValueError) and issubclass(t.ConfigError, t.TxPlatformError)
+    assert issubclass(t.ServiceUnavailableError, ConnectionError)
+    assert issubclass(t.ArtifactError, t.StackError) and issubclass(t.StackError, RuntimeError)

@@ -1,0 +1,97 @@
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from tx_platform.contract import country_codes, currency_codes, load_contract
+from tx_platform.errors import ConfigError
+from tx_platform.producer import COUNTRIES, build_pools, generate
+
+pytestmark = pytest.mark.unit
+
+START = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict]:
+    return list(generate(20_000, seed=7, start=START))
+
+
+def test_same_seed_same_records_uuids_included(records: list[dict]) -> None:
+    again = list(generate(20_000, seed=7, start=START))
+    assert again == records
+    other = list(generate(100, seed=8, start=START))
+    assert {r["transaction_id"] for r in other}.isdisjoint(r["transaction_id"] for r in records)
+
+
+def test_records_have_exactly_the_contract_fields(records: list[dict]) -> None:
+    names = load_contract().field_names
+    assert all(tuple(r) == names for r in records)
+
+
+def test_ids_are_unique_uuid4(records: list[dict]) -> None:
+    ids = [r["transaction_id"] for r in records]
+    assert len(set(ids)) == len(ids)
+    assert all(i[14] == "4" for i in ids)
+
+
+def test_amounts_positive_with_two_decimals_and_local_scale(records: list[dict]) -> None:
+    assert all(r["amount"] > 0 and r["amount"].as_tuple().exponent == -2 for r in records)
+    jpy = [r["amount"] for r in records if r["currency"] == "JPY"]
+    assert jpy and all(a == a.to_integral_value() for a in jpy)  # yen has no minor unit
+    median = sorted(r["amount"] for r in records if r["currency"] == "USD")[len(records) // 10]
+    assert Decimal(5) < median < Decimal(500)
+
+
+def test_currency_matches_country_and_codes_are_iso(records: list[dict]) -> None:
+    by_country = {c.code: c.currency for c in COUNTRIES}
+    assert all(by_country[r["country"]] == r["currency"] for r in records)
+    assert {r["currency"] for r in records} <= currency_codes()
+    assert {r["country"] for r in records} <= country_codes()
+    assert all(len(r["merchant_category"]) == 4 and r["merchant_category"].isdigit() for r in records)
+
+
+def test_channel_and_type_mix(records: list[dict]) -> None:
+    channels = Counter(r["channel"] for r in records)
+    share = {k: v / len(records) for k, v in channels.items()}
+    assert 0.04 < share["ATM"] < 0.08 and 0.025 < share["TRANSFER"] < 0.055
+    assert share["POS"] > share["ECOM"] > share["ATM"]
+    assert all(r["transaction_type"] == "WITHDRAWAL" for r in records if r["channel"] == "ATM")
+    assert all(r["merchant_category"] == "6011" for r in records if r["channel"] == "ATM")
+    refunds = sum(r["transaction_type"] == "REFUND" for r in records) / len(records)
+    assert 0.01 < refunds < 0.03
+
+
+def test_times_ordered_inside_span_with_daily_rhythm(records: list[dict]) -> None:
+    times = [r["event_time"] for r in records]
+    assert times == sorted(times)
+    assert START <= times[0] and times[-1] < START + timedelta(hours=24)
+    assert all(t.tzinfo is not None and t.utcoffset() == timedelta(0) for t in times)
+    hours = Counter(t.hour for t in times)
+    assert hours[18] > 3 * hours[3]  # evening peak against the night trough
+
+
+def test_coordinates_are_real_places(records: list[dict]) -> None:
+    assert all(-90 <= r["latitude"] <= 90 and -180 <= r["longitude"] <= 180 for r in records)
+    assert len({r["city"] for r in records}) > 100
+
+
+def test_pools_are_deterministic_and_cover_every_country() -> None:
+    a, b = build_pools(3, customers=200, merchants=60), build_pools(3, customers=200, merchants=60)
+    assert a == b
+    assert all(a.merchants_by_country[c.code] for c in COUNTRIES)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"count": -1}, "count"),
+        ({"start": datetime(2026, 1, 1)}, "timezone-aware"),  # noqa: DTZ001
+        ({"span": timedelta(0)}, "span"),
+    ],
+)
+def test_bad_arguments_get_clear_errors(kwargs: dict, message: str) -> None:
+    args = {"count": 1, "seed": 1, "start": START} | kwargs
+    with pytest.raises(ConfigError, match=message):
+        list(generate(**args))

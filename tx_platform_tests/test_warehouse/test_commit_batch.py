@@ -1,0 +1,77 @@
+import csv
+import io
+
+import pytest
+
+from tx_platform.config import Settings
+from tx_platform.warehouse import PartitionRange, commit_batch, committed_offsets, connect, ensure_schema
+
+pytestmark = pytest.mark.integration
+
+ROW = ["A1", "C1", "K1", "M1", "5411", "12.34", "EUR", "POS", "PURCHASE", "DE", 'Köln, "Altstadt"', "50.9", "6.9",
+       "2026-01-02T03:04:05.678Z"]  # fmt: skip
+
+
+def _line(values: list[object]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(values)
+    return buffer.getvalue()
+
+
+def _tx(topic: str, tx_id: str, partition: int, offset: int) -> str:
+    return _line([tx_id, *ROW, topic, partition, offset])
+
+
+def _bad(topic: str, partition: int, offset: int) -> str:
+    return _line([topic, partition, offset, "2026-01-02T03:04:05Z", "\\x41", "\\x7b7d", "MALFORMED_RECORD", "why"])
+
+
+def _counts(settings: Settings) -> tuple[int, int]:
+    conn = connect(settings.dsn())
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM transactions WHERE kafka_topic = %s", (settings.topic,))
+        rows = cur.fetchone()[0]
+        cur.execute("SELECT count(*) FROM quarantine WHERE kafka_topic = %s", (settings.topic,))
+        quarantined = cur.fetchone()[0]
+    conn.close()
+    return rows, quarantined
+
+
+def test_replayed_batch_writes_nothing_twice(settings: Settings, unique: str) -> None:
+    ensure_schema(settings.dsn())
+    topic = settings.topic
+    ids = [f"{unique[:8]}-0000-4000-8000-00000000000{i}" for i in range(3)]
+    good = [_tx(topic, ids[0], 0, 0), _tx(topic, ids[1], 0, 1), _tx(topic, ids[2], 1, 0)]
+    bad = [_bad(topic, 1, 1)]
+    ranges = {0: PartitionRange(0, 1), 1: PartitionRange(0, 1)}
+
+    conn = connect(settings.dsn())
+    first = commit_batch(conn, topic, 0, good, bad, ranges)
+    replay = commit_batch(conn, topic, 0, good, bad, ranges)
+    offsets = committed_offsets(conn, topic)
+    conn.close()
+
+    assert (first.inserted, first.quarantined, first.skipped) == (3, 1, 0)
+    assert (replay.inserted, replay.quarantined, replay.skipped) == (0, 0, 4)
+    assert offsets == {0: 2, 1: 2}
+    assert _counts(settings) == (3, 1)
+
+
+def test_same_transaction_id_at_a_new_offset_is_quarantined_as_duplicate(settings: Settings, unique: str) -> None:
+    ensure_schema(settings.dsn())
+    topic = settings.topic
+    tx_id = f"{unique[:8]}-1111-4000-8000-000000000000"
+    conn = connect(settings.dsn())
+    commit_batch(conn, topic, 0, [_tx(topic, tx_id, 0, 0)], [], {0: PartitionRange(0, 0)})
+    result = commit_batch(
+        conn, topic, 1, [_tx(topic, tx_id, 0, 1), _tx(topic, tx_id, 0, 2)], [], {0: PartitionRange(1, 2)}
+    )
+    with conn.cursor() as cur:
+        cur.execute("SELECT kafka_offset, error_code FROM quarantine WHERE kafka_topic = %s ORDER BY 1", (topic,))
+        quarantined = cur.fetchall()
+        cur.execute("SELECT city FROM transactions WHERE kafka_topic = %s", (topic,))
+        (city,) = cur.fetchone()
+    conn.close()
+    assert (result.inserted, result.quarantined) == (0, 2)
+    assert quarantined == [(1, "DUPLICATE_TRANSACTION_ID"), (2, "DUPLICATE_TRANSACTION_ID")]
+    assert city == 'Köln, "Altstadt"'  # CSV quoting survives COPY
