@@ -11,6 +11,7 @@ from tx_platform.errors import (
     ServiceUnavailableError,
     SinkError,
     StackError,
+    TopicNotFoundError,
     TxPlatformError,
 )
 
@@ -25,6 +26,7 @@ __all__ = [
     "Settings",
     "SinkError",
     "StackError",
+    "TopicNotFoundError",
     "TxPlatformError",
     "__version__",
     "load_settings",

@@ -30,6 +30,10 @@ class ServiceUnavailableError(TxPlatformError, ConnectionError):
     """An external service (Kafka, Postgres, the registry) did not answer in time."""
 
 
+class TopicNotFoundError(ServiceUnavailableError):
+    """Kafka answered, but the topic is not there (yet)."""
+
+
 class DeliveryError(TxPlatformError, RuntimeError):
     """Some produced records were not acknowledged by Kafka."""
 

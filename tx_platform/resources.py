@@ -13,7 +13,7 @@ from dagster import ConfigurableResource
 from psycopg2.extensions import connection as Connection
 from pydantic import Field
 
-from tx_platform.errors import ServiceUnavailableError
+from tx_platform.errors import ServiceUnavailableError, TopicNotFoundError
 from tx_platform.warehouse import committed_offsets, connect, ensure_schema
 
 #: Errors that mean "ask again shortly": leadership is moving or the broker is busy.
@@ -78,8 +78,8 @@ class KafkaResource(ConfigurableResource):
             metadata = consumer.list_topics(topic=topic, timeout=self.timeout_seconds)
             info = metadata.topics.get(topic)
             if info is None or info.error is not None:
-                msg = f"topic {topic!r} does not exist — materialize kafka/{topic} first"
-                raise ServiceUnavailableError(msg)
+                msg = f"topic {topic!r} does not exist — materialize kafka/transactions first"
+                raise TopicNotFoundError(msg)
             return {p: self._high_watermark(consumer, TopicPartition(topic, p)) for p in sorted(info.partitions)}
         except KafkaException as exc:
             msg = f"Kafka did not answer on {self.bootstrap_servers} ({exc}) — is the stack up? run `make up`"

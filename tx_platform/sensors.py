@@ -18,6 +18,7 @@ from dagster import (
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from tx_platform.assets import KAFKA_TRANSACTIONS
+from tx_platform.errors import TopicNotFoundError
 from tx_platform.resources import KafkaResource, PipelineConfig, PostgresResource, compute_lag
 
 _ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
@@ -43,7 +44,10 @@ def build_kafka_lag_sensor(
     def kafka_lag_sensor(
         context: SensorEvaluationContext, kafka: KafkaResource, postgres: PostgresResource, pipeline: PipelineConfig
     ) -> SensorResult:
-        end_offsets = kafka.end_offsets(pipeline.topic)
+        try:
+            end_offsets = kafka.end_offsets(pipeline.topic)
+        except TopicNotFoundError as exc:
+            return SensorResult(skip_reason=SkipReason(str(exc)))
         lag_by_partition = compute_lag(end_offsets, postgres.committed_offsets(pipeline.topic))
         lag = sum(lag_by_partition.values())
         events = []

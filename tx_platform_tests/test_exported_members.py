@@ -7,7 +7,7 @@ pytestmark = pytest.mark.unit
 PUBLIC = {
     "tx_platform": {
         "ArtifactError", "ConfigError", "ContractError", "DeliveryError", "ServiceUnavailableError", "Settings",
-        "SinkError", "StackError", "TxPlatformError", "__version__", "load_settings",
+        "SinkError", "StackError", "TopicNotFoundError", "TxPlatformError", "__version__", "load_settings",
     },
     "tx_platform.contract": {
         "ERROR_CODES", "MAX_FUTURE_SECONDS", "MCC_PATTERN", "SUBJECT", "UUID_PATTERN", "Contract", "Field", "Record",

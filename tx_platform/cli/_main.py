@@ -5,14 +5,26 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from tx_platform.config import PROJECT_ROOT, load_settings
 from tx_platform.errors import TxPlatformError
@@ -128,13 +140,22 @@ def stack_env(state_dir: Path | None) -> None:
 
 def _print_status(s: LocalStack) -> None:
     table = Table("service", "state", "pid", "ports", "log")
-    for row in s.status():
+    dagster = s.dagster_status()
+    for row in [*s.status(), *([dagster] if dagster else [])]:
         state = "[green]running[/]" if row.running else "[red]stopped[/]"
         table.add_row(row.name, state, str(row.pid or "-"), ",".join(map(str, row.ports)), str(row.log_file))
     out.print(table)
 
 
 # -- produce -----------------------------------------------------------------------------------
+class _RateColumn(ProgressColumn):
+    """Records per second, once rich has measured it."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("   … rec/s" if speed is None else f"{speed:>8,.0f} rec/s", style="progress.data.speed")
+
+
 @cli.command()
 @click.option("--count", "-n", default=10_000, show_default=True, type=click.IntRange(min=0), help="Records to send.")
 @click.option(
@@ -181,7 +202,7 @@ def produce(
         pools = build_pools(seed)
     columns = (
         TextColumn("[bold]producing"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.speed:>8.0f} rec/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+        _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
     )  # fmt: skip
     with Progress(*columns, console=err, transient=False) as progress:
         task = progress.add_task("produce", total=count)
@@ -244,10 +265,41 @@ def dev(port: int, state_dir: Path | None) -> None:
     if dagster is None:
         msg = "dagster is not installed in this environment — run `make setup`"
         raise click.ClickException(msg)
+    if s.dagster.pid() is not None:
+        msg = f"dagster dev is already running (pid {s.dagster.pid()}) — open http://127.0.0.1:{port}"
+        raise click.ClickException(msg)
     env = {**os.environ, **s.env()}
     argv = [dagster, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
-    out.print(f"Dagster UI: [bold]http://127.0.0.1:{port}[/]  (stack keeps running; `make down` stops it)")
-    os.execvpe(dagster, argv, env)  # noqa: S606 - replaces this process with dagster dev
+    out.print(f"Dagster UI: [bold]http://127.0.0.1:{port}[/]  (Ctrl+C stops Dagster; `make down` stops everything)")
+    # Its own process group, so `txp stack down` can stop it and all its children; SIGINT restored
+    # to the default because a shell's background job inherits it ignored, and dagster dev shuts
+    # down cleanly on SIGINT only. Ctrl+C here is forwarded; a second one kills it.
+    child = subprocess.Popen(  # noqa: S603 - our own argv
+        argv, env=env, start_new_session=True, preexec_fn=_default_sigint
+    )
+    s.dagster.pid_file.write_text(str(child.pid))
+    interrupts = 0
+
+    def _forward(_signum: int, _frame: object) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            err.print("stopping Dagster… (Ctrl+C again to kill it)")
+            os.killpg(child.pid, signal.SIGINT)
+        else:
+            os.killpg(child.pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGINT, _forward)
+    signal.signal(signal.SIGTERM, _forward)
+    try:
+        code = child.wait()
+    finally:
+        s.dagster.pid_file.unlink(missing_ok=True)
+    sys.exit(code)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def main() -> None:

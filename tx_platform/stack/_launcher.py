@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import shlex
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tx_platform.stack._postgres import (
     WAREHOUSE_DB,
     PostgresService,
 )
+from tx_platform.stack._process import ManagedProcess
 from tx_platform.warehouse import ensure_schema
 
 _LAYOUT_FILE = "stack.json"
@@ -177,6 +179,17 @@ class LocalStack:
     def dagster_home(self) -> Path:
         return self.state_dir / "dagster_home"
 
+    @property
+    def dagster(self) -> ManagedProcess:
+        """`dagster dev` when started by `txp dev` (it shuts down cleanly on SIGINT only)."""
+        return ManagedProcess(
+            name="dagster",
+            pid_file=self.state_dir / "dagster.pid",
+            log_file=self.logs_dir / "dagster.log",
+            marker="dagster dev",
+            stop_signal=signal.SIGINT,
+        )
+
     def env(self) -> dict[str, str]:
         """Connection settings of this stack as TXP_* variables."""
         replication = min(3, self.layout.brokers)
@@ -228,6 +241,8 @@ class LocalStack:
     def down(self, purge: bool = False) -> list[str]:
         """Stop every service (brokers before controllers before Postgres). Returns what was stopped."""
         stopped = []
+        if self.dagster.stop(timeout=30):
+            stopped.append("dagster")
         for node in sorted(self.kafka_nodes(), key=lambda n: n.broker_port is None):
             if node.process.stop(timeout=45):
                 stopped.append(node.name)
@@ -251,6 +266,11 @@ class LocalStack:
         pid = pg.process.pid()
         rows.append(ServiceStatus("postgres", pid is not None, pid, (pg.port,), pg.log_file))
         return rows
+
+    def dagster_status(self) -> ServiceStatus | None:
+        """`dagster dev` started by `txp dev`, when it is running."""
+        pid = self.dagster.pid()
+        return None if pid is None else ServiceStatus("dagster", True, pid, (), self.dagster.log_file)
 
 
 def stack_from_env(state_dir: Path | None = None, jars_dir: Path | None = None) -> LocalStack:
