@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from tx_platform.config import Settings
 from tx_platform.stack import resolve_artifacts
 
@@ -24,7 +22,7 @@ def spark_config(settings: Settings, app_name: str = "tx_platform") -> dict[str,
         "spark.sql.shuffle.partitions": "4" if local else "64",
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
         "spark.ui.showConsoleProgress": "false",
-        "spark.ui.enabled": os.environ.get("TXP_SPARK_UI", "false"),
+        "spark.ui.enabled": str(settings.spark_ui).lower(),
     }
     if local:
         # local[*]: the driver and its UI listen on loopback only

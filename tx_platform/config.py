@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     topic_replication: int = Field(1, ge=1, description="Replication factor of a topic we create.")
     lag_threshold: int = Field(1, ge=1, description="Lag (records) at which the sensor runs the sink.")
     max_offsets_per_trigger: int = Field(200_000, ge=1, description="Upper bound of records in one sink micro-batch.")
+    spark_ui: bool = Field(False, description="Serve Spark's web UI (on 127.0.0.1 in local mode).")
     state_dir: Path = Field(default_factory=default_state_dir, description="Local stack state.")
     checkpoint_dir: Path | None = Field(None, description="Spark checkpoint root.")
     jars_dir: Path = Field(PROJECT_ROOT / ".cache" / "jars", description="Maven-resolved jars.")

@@ -131,6 +131,14 @@ def stack_status(state_dir: Path | None) -> None:
         sys.exit(1)
 
 
+@stack.command("jars")
+def stack_jars() -> None:
+    """Print the Spark connector jars as one comma-separated list (for spark-submit --jars)."""
+    from tx_platform.stack import resolve_artifacts
+
+    click.echo(",".join(str(j) for j in resolve_artifacts(load_settings().jars_dir).spark_jars()))
+
+
 @stack.command("env")
 @_state_option
 def stack_env(state_dir: Path | None) -> None:
