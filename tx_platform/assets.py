@@ -20,6 +20,7 @@ from dagster_pyspark import LazyPySparkResource
 from pandera.errors import SchemaErrors
 
 from spark_jobs.sink import SinkConfig, TransactionSink
+from spark_jobs.sink._dlq import DLQ_MAX_MESSAGE_BYTES
 from tx_platform.checks import daily_merchant_summary_schema, daily_reconciliation
 from tx_platform.resources import KafkaResource, PipelineConfig, PostgresResource, compute_lag
 from tx_platform.warehouse import read_daily_merchant_summary, rebuild_daily_merchant_summary
@@ -63,7 +64,12 @@ def kafka_transactions(kafka: KafkaResource, pipeline: PipelineConfig) -> Materi
 )
 def kafka_transactions_dlq(kafka: KafkaResource, pipeline: PipelineConfig) -> MaterializeResult:
     """The `transactions.dlq` topic."""
-    created = kafka.ensure_topic(pipeline.dlq_topic, pipeline.topic_partitions, pipeline.topic_replication)
+    created = kafka.ensure_topic(
+        pipeline.dlq_topic,
+        pipeline.topic_partitions,
+        pipeline.topic_replication,
+        {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
+    )
     ends = kafka.end_offsets(pipeline.dlq_topic)
     return MaterializeResult(
         metadata={"topic": pipeline.dlq_topic, "created_now": created, "end_offsets_total": sum(ends.values())}
@@ -101,9 +107,12 @@ def transactions_sink(
     config = SinkConfig(
         kafka_bootstrap=kafka.bootstrap_servers,
         dsn=postgres.dsn,
+        registry_url=pipeline.schema_registry_url,
         topic=pipeline.topic,
+        dlq_topic=pipeline.dlq_topic,
         checkpoint_root=pipeline.checkpoint_root,
         max_offsets_per_trigger=pipeline.max_offsets_per_trigger,
+        topic_replication=pipeline.topic_replication,
     )
     stats = TransactionSink(pyspark.spark_session, config).run_available_now()
     lag = sum(compute_lag(kafka.end_offsets(pipeline.topic), postgres.committed_offsets(pipeline.topic)).values())
@@ -130,6 +139,7 @@ def transactions_sink(
             asset_key=WAREHOUSE_QUARANTINE,
             metadata={
                 "rows_quarantined": stats.quarantined,
+                "sent_to_dlq": stats.dead_lettered,
                 "dagster/row_count": MetadataValue.int(int(total_quarantined or 0)),
             },
         ),

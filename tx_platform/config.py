@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TXP_", frozen=True, extra="ignore")
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
-    schema_registry_url: str = Field("http://127.0.0.1:8081", description="Confluent-compatible schema registry URL.")
+    schema_registry_url: str = Field(
+        "http://127.0.0.1:8081/apis/ccompat/v7", description="Confluent-compatible schema registry URL."
+    )
     postgres_dsn: SecretStr = Field(
         SecretStr("postgresql://txp_pipeline@127.0.0.1:5433/txp"),
         description="libpq URL of the warehouse database (the pipeline's role).",

@@ -28,13 +28,13 @@ from tx_platform.assets import (
     kafka_transactions_dlq,
     transactions_sink,
 )
-from tx_platform.checks.asset_checks import no_unexplained_loss, transactions_match_contract
+from tx_platform.checks.asset_checks import dlq_matches_quarantine, no_unexplained_loss, transactions_match_contract
 from tx_platform.config import Settings, load_settings
 from tx_platform.resources import KafkaResource, PipelineConfig, PostgresResource
 from tx_platform.sensors import build_kafka_lag_sensor
 
 ASSETS = [kafka_transactions, kafka_transactions_dlq, transactions_sink, daily_merchant_summary]
-ASSET_CHECKS = [no_unexplained_loss, transactions_match_contract]
+ASSET_CHECKS = [no_unexplained_loss, transactions_match_contract, dlq_matches_quarantine]
 
 sink_job = define_asset_job(
     "sink_job",
@@ -58,6 +58,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "pipeline": PipelineConfig(
             topic=settings.topic,
             dlq_topic=settings.dlq_topic,
+            schema_registry_url=settings.schema_registry_url,
             topic_partitions=settings.topic_partitions,
             topic_replication=settings.topic_replication,
             checkpoint_root=str(settings.checkpoint_root),

@@ -27,6 +27,7 @@ class DemoSummary:
     """What the demo did, printed as its last line (one JSON object)."""
 
     produced: int = 0
+    injected_bad: int = 0
     transactions_rows: int = 0
     quarantined: int = 0
     dlq: int = 0
@@ -47,6 +48,8 @@ class DemoSummary:
             self.checks_failed == 0
             and self.checks_passed > 0
             and self.produced == self.transactions_rows + self.quarantined
+            and self.quarantined == self.injected_bad
+            and self.dlq == self.quarantined
             and self.amount_sum_expected == self.amount_sum_stored
             and self.lag == 0
         )
@@ -79,6 +82,7 @@ def run_demo(
     count: int,
     seed: int,
     reset: bool = True,
+    bad_ratio: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> DemoSummary:
     """Run the whole pipeline headless against ``stack`` and return the summary."""
@@ -97,9 +101,8 @@ def run_demo(
     from dagster import AssetSelection, DagsterInstance, materialize
 
     from tx_platform.config import load_settings
-    from tx_platform.contract import json_serializer
     from tx_platform.definitions import ASSET_CHECKS, ASSETS, build_resources
-    from tx_platform.producer import TransactionProducer, generate, produce
+    from tx_platform.producer import generate, open_producer, produce
     from tx_platform.resources import KafkaResource, compute_lag
     from tx_platform.warehouse import committed_offsets, connect
 
@@ -132,12 +135,13 @@ def run_demo(
     timed("topics", lambda: run(AssetSelection.groups("kafka")))
 
     start = datetime.now(UTC) - timedelta(hours=24)
-    expected = sum((r["amount"] for r in generate(count, seed, start)), start=0)
-    producer = TransactionProducer(settings.kafka_bootstrap, settings.topic, json_serializer)
-    producer.check_reachable()
+    producer, _registration = open_producer(
+        settings.kafka_bootstrap, settings.topic, settings.schema_registry_url, bad_ratio=bad_ratio, seed=seed
+    )
     report = timed("produce", lambda: produce(generate(count, seed, start), producer))
     summary.produced = report.delivered
-    summary.amount_sum_expected = str(expected)
+    summary.injected_bad = producer.faults.injected_total if producer.faults else 0
+    summary.amount_sum_expected = str(producer.good_amount)
 
     timed(
         "sink",

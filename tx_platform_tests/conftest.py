@@ -47,6 +47,7 @@ def stack_env() -> Iterator[dict[str, str]]:
         kafka_port=int(os.environ.get("TXP_TEST_KAFKA_PORT", "19092")),
         controller_port=int(os.environ.get("TXP_TEST_CONTROLLER_PORT", "19093")),
         postgres_port=int(os.environ.get("TXP_TEST_POSTGRES_PORT", "15433")),
+        registry_port=int(os.environ.get("TXP_TEST_REGISTRY_PORT", "18081")),
     )
     stack = LocalStack(TEST_STATE_DIR, load_settings().jars_dir)
     stack.down(purge=True)  # every session starts from nothing

@@ -7,9 +7,8 @@ import pytest
 from dagster import AssetSelection, DagsterInstance, build_sensor_context, materialize
 
 from tx_platform.config import Settings
-from tx_platform.contract import json_serializer
 from tx_platform.definitions import ASSET_CHECKS, ASSETS, build_resources, sink_job
-from tx_platform.producer import TransactionProducer, generate, produce
+from tx_platform.producer import generate, open_producer, produce
 from tx_platform.sensors import build_kafka_lag_sensor
 from tx_platform.warehouse import connect
 
@@ -43,9 +42,8 @@ def test_seeded_transactions_flow_exactly_once(spark, settings: Settings) -> Non
         return result
 
     run(AssetSelection.assets("kafka/transactions"))
-    report = produce(
-        generate(COUNT, SEED, START), TransactionProducer(settings.kafka_bootstrap, settings.topic, json_serializer)
-    )
+    producer, _ = open_producer(settings.kafka_bootstrap, settings.topic, settings.schema_registry_url)
+    report = produce(generate(COUNT, SEED, START), producer)
     assert (report.sent, report.delivered, report.failed) == (COUNT, COUNT, 0)
     expected_sum = sum((r["amount"] for r in generate(COUNT, SEED, START)), start=Decimal(0))
 
@@ -56,7 +54,7 @@ def test_seeded_transactions_flow_exactly_once(spark, settings: Settings) -> Non
 
     sink = run(AssetSelection.assets("warehouse/transactions", "warehouse/quarantine"))
     checks = {e.check_name: e.passed for e in sink.get_asset_check_evaluations()}
-    assert checks == {"no_unexplained_loss": True, "transactions_match_contract": True}
+    assert checks == {"no_unexplained_loss": True, "transactions_match_contract": True, "dlq_matches_quarantine": True}
     rows, amount = _query(
         settings, "SELECT count(*), sum(amount) FROM transactions WHERE kafka_topic = %s", settings.topic
     )
@@ -92,10 +90,12 @@ def test_demo_prints_reconciled_summary_and_keeps_dagster_runs_in_postgres(test_
 
     from tx_platform.demo import run_demo
 
-    summary = run_demo(test_stack, count=2_000, seed=77, reset=True, log=lambda _m: None)
+    summary = run_demo(test_stack, count=2_000, seed=77, reset=True, bad_ratio=0.02, log=lambda _m: None)
     assert summary.ok, summary
-    assert (summary.produced, summary.transactions_rows, summary.quarantined, summary.lag) == (2_000, 2_000, 0, 0)
-    assert summary.checks_failed == 0 and summary.checks_passed == 2 + 2 * len(summary.partitions)
+    assert summary.produced == 2_000 and summary.injected_bad > 12  # every fault kind at least once
+    assert summary.transactions_rows + summary.quarantined == 2_000
+    assert summary.quarantined == summary.injected_bad == summary.dlq and summary.lag == 0
+    assert summary.checks_failed == 0 and summary.checks_passed == 3 + 2 * len(summary.partitions)
     url = stack_env["TXP_DAGSTER_PG_URL"].replace("postgresql+psycopg2://", "postgresql://")
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")

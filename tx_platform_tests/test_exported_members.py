@@ -10,13 +10,15 @@ PUBLIC = {
         "SinkError", "StackError", "TopicNotFoundError", "TxPlatformError", "__version__", "load_settings",
     },
     "tx_platform.contract": {
-        "ERROR_CODES", "MAX_FUTURE_SECONDS", "MCC_PATTERN", "SUBJECT", "UUID_PATTERN", "Contract", "Field", "Record",
-        "Serializer", "country_codes", "currency_codes", "format_event_time", "json_deserializer", "json_serializer",
-        "load_contract", "parse_contract",
+        "COMPATIBILITY", "ERROR_CODES", "MAX_FUTURE_SECONDS", "MCC_PATTERN", "SUBJECT", "UUID_PATTERN",
+        "AvroRecordSerializer", "Contract", "Field", "Record", "Registration", "SchemaIncompatibleError", "Serializer",
+        "country_codes", "currency_codes", "load_contract", "parse_contract", "register_contract", "registry_client",
+        "split_wire_format", "subject_for",
     },
     "tx_platform.producer": {
-        "CATEGORIES", "COUNTRIES", "PRODUCER_DEFAULTS", "Category", "Country", "DeliveryReport", "Pools",
-        "TransactionProducer", "build_pools", "generate", "produce",
+        "CATEGORIES", "COUNTRIES", "FAULTS", "INJECTED_HEADER", "PRODUCER_DEFAULTS", "Category", "Country",
+        "DeliveryReport", "Fault", "FaultInjector", "Pools", "TransactionProducer", "build_pools", "generate",
+        "open_producer", "produce",
     },
     "tx_platform.stack": {
         "Artifacts", "LocalStack", "ManagedProcess", "ServiceStatus", "StackLayout", "port_in_use",

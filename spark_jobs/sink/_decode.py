@@ -1,12 +1,18 @@
-"""Decode Kafka records against the contract and split them into good rows and rejects.
+"""Decode Confluent wire-format Avro records and split them into good rows and rejects.
 
-Spark-only expressions (no Python UDFs): the decoding runs in the JVM on every executor.
+Spark's ``from_avro`` does not understand the 5-byte header, so the header is checked here: magic
+byte, then the schema id, which selects the writer's schema (fetched from the registry by the
+driver, see ``_registry``); the body is decoded with it and resolved to the reader's schema, the
+packaged contract. Spark-only expressions (no Python UDFs): decoding runs in the JVM everywhere.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.avro.functions import from_avro
 from pyspark.sql.types import StructType
 
 from tx_platform.contract import (
@@ -16,10 +22,12 @@ from tx_platform.contract import (
     Contract,
     country_codes,
     currency_codes,
+    load_contract,
 )
 from tx_platform.errors import ContractError
 
-_CORRUPT = "_corrupt_record"
+#: Longest text accepted in any string field (a guard against oversized records).
+MAX_TEXT_LENGTH = 256
 
 
 def contract_struct(contract: Contract) -> StructType:
@@ -31,20 +39,64 @@ def contract_struct(contract: Contract) -> StructType:
     return struct
 
 
-def _rules(contract: Contract) -> list[tuple[Column, str, Column]]:
+def wire_schema_id() -> Column:
+    """Schema id of Confluent wire-format bytes (bytes 2-5, big-endian); meaningless if not that format."""
+    return F.conv(F.hex(F.substring(F.col("value"), 2, 4)), 16, 10).cast("long")
+
+
+def _is_wire_format() -> Column:
+    value = F.col("value")
+    return (F.length(value) >= 5) & (F.hex(F.substring(value, 1, 1)) == F.lit("00"))
+
+
+def _avro_struct(writer_schemas: Mapping[int, str], reader_schema: str) -> Column:
+    """Decode the Avro body with its writer's schema, resolved to the reader's (the contract)."""
+    body = F.expr("substring(value, 6)")
+    options = {"mode": "PERMISSIVE", "avroSchema": reader_schema}
+    decoded: Column | None = None
+    for schema_id, writer in sorted(writer_schemas.items()):
+        branch = from_avro(body, writer, options)
+        condition = wire_schema_id() == F.lit(schema_id)
+        decoded = F.when(condition, branch) if decoded is None else decoded.when(condition, branch)
+    if decoded is None:  # no schema registered yet: nothing can be decoded
+        return F.lit(None).cast(contract_struct(load_contract()))
+    return decoded
+
+
+def _rules(contract: Contract, known_ids: list[int]) -> list[tuple[Column, str, Column]]:
     """(violation condition, error code, reason) in check order; first match wins."""
     r = F.col("r")
     rules: list[tuple[Column, str, Column]] = [
         (F.col("value").isNull(), "NULL_VALUE", F.lit("record value is null (tombstone)")),
         (
-            r.isNull() | r[_CORRUPT].isNotNull(),
-            "MALFORMED_RECORD",
-            F.lit("value is not a JSON object of the contract's field types"),
+            ~_is_wire_format(),
+            "NOT_WIRE_FORMAT",
+            F.lit("value is not Confluent wire format (magic byte 0 + 4-byte schema id + Avro body)"),
+        ),
+        (
+            ~wire_schema_id().isin(*known_ids) if known_ids else F.lit(True),
+            "UNKNOWN_SCHEMA_ID",
+            F.concat(
+                F.lit("schema id is not a version of the topic's value subject: "), wire_schema_id().cast("string")
+            ),
+        ),
+        (
+            # PERMISSIVE from_avro gives a struct of nulls for a body that does not decode; valid Avro
+            # cannot leave a required (non-union) field null
+            r.isNull() | F.coalesce(*[r[f.name].isNull() for f in contract.fields if not f.nullable]),
+            "UNDECODABLE_AVRO",
+            F.concat(F.lit("Avro body does not decode with schema id "), wire_schema_id().cast("string")),
         ),
     ]
     for field in contract.fields:
-        if not field.nullable:
-            rules.append((r[field.name].isNull(), "MISSING_FIELD", F.lit(f"required field {field.name} is missing")))
+        if not field.nullable and field.spark_type == "STRING":
+            rules.append(
+                (
+                    F.trim(r[field.name]) == F.lit(""),
+                    "MISSING_FIELD",
+                    F.lit(f"required field {field.name} is empty"),
+                )
+            )
     rules.append(
         (
             ~r["transaction_id"].rlike(UUID_PATTERN),
@@ -61,7 +113,13 @@ def _rules(contract: Contract) -> list[tuple[Column, str, Column]]:
                     F.concat(F.lit(f"{field.name} is not one of {', '.join(field.enum_symbols)}: "), r[field.name]),
                 )
             )
+    too_long = [f.name for f in contract.fields if f.spark_type == "STRING"]
     rules += [
+        (
+            F.greatest(*[F.length(r[name]) for name in too_long]) > F.lit(MAX_TEXT_LENGTH),
+            "FIELD_TOO_LONG",
+            F.lit(f"a text field is longer than {MAX_TEXT_LENGTH} characters"),
+        ),
         (
             r["amount"] <= 0,
             "NON_POSITIVE_AMOUNT",
@@ -101,27 +159,20 @@ def _rules(contract: Contract) -> list[tuple[Column, str, Column]]:
     return rules
 
 
-def decode(records: DataFrame, contract: Contract) -> DataFrame:
-    """Kafka rows -> one row per record with the parsed struct ``r`` and ``error_code``/``reason``.
+def decode(records: DataFrame, contract: Contract, writer_schemas: Mapping[int, str]) -> DataFrame:
+    """Kafka rows -> one row per record with the decoded struct ``r`` and ``error_code``/``reason``.
 
+    ``writer_schemas`` maps every schema id registered under the subject to its schema text.
     ``error_code`` is null for records that satisfy every rule.
     """
-    schema = contract_struct(contract).add(_CORRUPT, "string")
-    parsed = records.withColumn(
-        "r",
-        F.from_json(
-            F.col("value").cast("string"),
-            schema,
-            {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT},
-        ),
-    )
+    decoded = records.withColumn("r", _avro_struct(writer_schemas, contract.schema_str))
     code: Column = F.lit(None).cast("string")
     reason: Column = F.lit(None).cast("string")
-    for condition, error_code, why in reversed(_rules(contract)):
-        # build the chain inside-out so the first rule in the list is checked first
+    for condition, error_code, why in reversed(_rules(contract, sorted(writer_schemas))):
+        # built inside-out so that the first rule of the list is checked first
         code = F.when(F.coalesce(condition, F.lit(False)), F.lit(error_code)).otherwise(code)
         reason = F.when(F.coalesce(condition, F.lit(False)), why).otherwise(reason)
-    return parsed.withColumn("error_code", code).withColumn("reason", reason)
+    return decoded.withColumn("error_code", code).withColumn("reason", reason)
 
 
 def render(decoded: DataFrame, contract: Contract) -> DataFrame:
@@ -137,6 +188,9 @@ def render(decoded: DataFrame, contract: Contract) -> DataFrame:
         F.col("topic"),
         F.col("partition"),
         F.col("offset"),
+        # the record's own bytes, kept in case it turns out to be a duplicate (decided in Postgres)
+        F.concat(F.lit("\\x"), F.hex("key")),
+        F.concat(F.lit("\\x"), F.hex("value")),
     )
     reject = F.struct(
         F.col("topic"),

@@ -12,15 +12,19 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from spark_jobs.sink._decode import decode, render
+from spark_jobs.sink._decode import decode, render, wire_schema_id
+from spark_jobs.sink._dlq import DeadLetterPublisher
+from spark_jobs.sink._registry import WriterSchemas
 from tx_platform.config import Settings
-from tx_platform.contract import load_contract
+from tx_platform.contract import load_contract, subject_for
 from tx_platform.errors import ServiceUnavailableError, SinkError
 from tx_platform.warehouse import (
     PartitionRange,
@@ -44,6 +48,7 @@ class SinkStats:
     inserted: int = 0
     quarantined: int = 0
     skipped: int = 0
+    dead_lettered: int = 0
     seconds: float = 0.0
     per_batch: list[dict[str, float]] = field(default_factory=list)
 
@@ -69,9 +74,12 @@ class SinkConfig:
 
     kafka_bootstrap: str
     dsn: str = field(repr=False)
+    registry_url: str
     topic: str
+    dlq_topic: str
     checkpoint_root: str
     max_offsets_per_trigger: int = 200_000
+    topic_replication: int = 1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SinkConfig:
@@ -79,9 +87,12 @@ class SinkConfig:
         return cls(
             kafka_bootstrap=settings.kafka_bootstrap,
             dsn=settings.dsn(),
+            registry_url=settings.schema_registry_url,
             topic=settings.topic,
+            dlq_topic=settings.dlq_topic,
             checkpoint_root=str(settings.checkpoint_root),
             max_offsets_per_trigger=settings.max_offsets_per_trigger,
+            topic_replication=settings.topic_replication,
         )
 
     @property
@@ -98,6 +109,33 @@ class TransactionSink:
         self.config = config
         self.contract = load_contract()
         self.stats = SinkStats()
+        self.writer_schemas = WriterSchemas(config.registry_url, subject_for(config.topic))
+        self._dlq: DeadLetterPublisher | None = None
+
+    @property
+    def dlq(self) -> DeadLetterPublisher:
+        """The DLQ publisher, created on first use (it makes sure the DLQ topic exists)."""
+        if self._dlq is None:
+            self._dlq = DeadLetterPublisher(
+                self.config.kafka_bootstrap, self.config.topic, self.config.dlq_topic, self.config.topic_replication
+            )
+        return self._dlq
+
+    def _schemas_for(self, batch: DataFrame) -> dict[int, str]:
+        """Writer schemas for this batch; refuses to guess while the registry is down and ids are new."""
+        schemas = self.writer_schemas.refresh()
+        if self.writer_schemas.last_refresh_failed:
+            ids = {
+                int(row[0]) for row in batch.where(F.length("value") >= 5).select(wire_schema_id()).distinct().collect()
+            }
+            unknown = sorted(ids - set(schemas))
+            if unknown:
+                msg = (
+                    f"[REGISTRY_UNAVAILABLE] schema ids {unknown} are not cached and the registry at "
+                    f"{self.config.registry_url} does not answer; the batch is retried when the sink restarts"
+                )
+                raise SinkError(msg)
+        return schemas
 
     def starting_offsets(self) -> str:
         """Offsets committed in Postgres for every partition (earliest where none), as Spark JSON."""
@@ -114,7 +152,8 @@ class TransactionSink:
 
     def _process_batch(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
-        lines = render(decode(batch, self.contract), self.contract).collect()
+        schemas = self._schemas_for(batch)
+        lines = render(decode(batch, self.contract, schemas), self.contract).collect()
         if not lines:
             return
         ranges: dict[int, PartitionRange] = {}
@@ -132,6 +171,7 @@ class TransactionSink:
         conn = connect(self.config.dsn)
         try:
             result = commit_batch(conn, self.config.topic, batch_id, good_lines, bad_lines, ranges)
+            dead_lettered = self.dlq.publish(conn) if result.quarantined else 0
         finally:
             conn.close()
         elapsed = time.monotonic() - started
@@ -141,15 +181,23 @@ class TransactionSink:
         s.inserted += result.inserted
         s.quarantined += result.quarantined
         s.skipped += result.skipped
+        s.dead_lettered += dead_lettered
         s.per_batch.append({"batch_id": batch_id, "records": result.records, "seconds": round(elapsed, 3)})
         log.info(
-            "batch %d: %d records -> %d inserted, %d quarantined, %d already committed (%.2f s)",
-            batch_id, result.records, result.inserted, result.quarantined, result.skipped, elapsed,
+            "batch %d: %d records -> %d inserted, %d quarantined (%d sent to the DLQ), %d already committed (%.2f s)",
+            batch_id, result.records, result.inserted, result.quarantined, dead_lettered, result.skipped, elapsed,
         )  # fmt: skip
 
     def start(self, available_now: bool = True, processing_time: str = "5 seconds") -> StreamingQuery:
         """Start the query; AvailableNow processes what is there and stops, else runs continuously."""
         ensure_schema(self.config.dsn)
+        drop_uncommitted_batches(self.config.checkpoint)
+        # catch up on DLQ publication a crash may have interrupted (no-op when up to date)
+        conn = connect(self.config.dsn)
+        try:
+            self.stats.dead_lettered += self.dlq.publish(conn)
+        finally:
+            conn.close()
         stream = (
             self.spark.readStream.format("kafka")
             .option("kafka.bootstrap.servers", self.config.kafka_bootstrap)
@@ -170,10 +218,44 @@ class TransactionSink:
     def run_available_now(self) -> SinkStats:
         """Process every record available now, then stop. Raises SinkError if the query failed."""
         started = time.monotonic()
-        query = self.start(available_now=True)
-        await_query(query)
+        self.stats = SinkStats()  # figures of this run only
+        try:
+            query = self.start(available_now=True)
+            await_query(query)
+        finally:
+            self.close()
         self.stats.seconds = round(time.monotonic() - started, 3)
         return self.stats
+
+    def close(self) -> None:
+        """Release the DLQ publisher's Kafka clients (a new one is made on next use)."""
+        if self._dlq is not None:
+            self._dlq.close()
+            self._dlq = None
+
+
+def drop_uncommitted_batches(checkpoint: str) -> list[int]:
+    """Forget micro-batches that were planned but never committed (local checkpoints only).
+
+    Restarting a Kafka query on such a batch fails in Spark 4.1 (SPARK-55271: a null Option in
+    KafkaMicroBatchStream.metrics). The sink's progress lives in Postgres and every commit skips
+    offsets already stored, so re-planning those batches from the last committed one is safe.
+    """
+    if "://" in checkpoint and not checkpoint.startswith("file://"):
+        return []
+    root = Path(checkpoint.removeprefix("file://"))
+    offsets, commits = root / "offsets", root / "commits"
+    if not offsets.is_dir():
+        return []
+    committed = [int(p.name) for p in commits.iterdir() if p.name.isdigit()] if commits.is_dir() else []
+    last = max(committed, default=-1)
+    dropped = sorted(int(p.name) for p in offsets.iterdir() if p.name.isdigit() and int(p.name) > last)
+    for batch_id in dropped:
+        (offsets / str(batch_id)).unlink()
+        (offsets / f".{batch_id}.crc").unlink(missing_ok=True)
+    if dropped:
+        log.warning("checkpoint %s: dropped uncommitted batches %s; they are re-planned from Postgres", root, dropped)
+    return dropped
 
 
 def await_query(query: StreamingQuery, timeout: float | None = None) -> None:

@@ -59,7 +59,10 @@ def run(available_now: bool = False, trigger: str = "5 seconds") -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    await_query(query)
+    try:
+        await_query(query)
+    finally:
+        sink.close()
     log.info("sink stopped: %s", sink.stats)
 
 

@@ -16,11 +16,17 @@ class LossReport:
     records_read: int
     transactions: int
     quarantined: int
+    duplicate_ids: int = 0
 
     @property
     def unexplained(self) -> int:
         """Records read that are in neither table (negative: rows without a record)."""
         return self.records_read - self.transactions - self.quarantined
+
+    @property
+    def ok(self) -> bool:
+        """Every record accounted for exactly once and no transaction_id stored twice."""
+        return self.unexplained == 0 and self.duplicate_ids == 0
 
 
 def loss_report(conn: Connection, topic: str) -> LossReport:
@@ -30,12 +36,13 @@ def loss_report(conn: Connection, topic: str) -> LossReport:
             """
             SELECT (SELECT coalesce(sum(next_offset - first_offset), 0) FROM sink_offsets WHERE topic = %(t)s),
                    (SELECT count(*) FROM transactions WHERE kafka_topic = %(t)s),
-                   (SELECT count(*) FROM quarantine WHERE kafka_topic = %(t)s)
+                   (SELECT count(*) FROM quarantine WHERE kafka_topic = %(t)s),
+                   (SELECT count(*) - count(DISTINCT transaction_id) FROM transactions WHERE kafka_topic = %(t)s)
             """,
             {"t": topic},
         )
-        read, tx, quarantined = cur.fetchone()
-    return LossReport(int(read), int(tx), int(quarantined))
+        read, tx, quarantined, duplicates = cur.fetchone()
+    return LossReport(int(read), int(tx), int(quarantined), int(duplicates))
 
 
 @dataclass(frozen=True)

@@ -91,16 +91,24 @@ def stack_setup(force: bool) -> None:
     "--controller-port", default=9093, show_default=True, envvar="TXP_STACK_CONTROLLER_PORT", show_envvar=True
 )
 @click.option("--postgres-port", default=5433, show_default=True, envvar="TXP_STACK_POSTGRES_PORT", show_envvar=True)
+@click.option("--registry-port", default=8081, show_default=True, envvar="TXP_STACK_REGISTRY_PORT", show_envvar=True)
 @click.option("--brokers", default=1, show_default=True, help="Kafka brokers (>1: separate controller nodes).")
 @click.option("--controllers", default=1, show_default=True, help="KRaft controllers.")
 def stack_up(
-    state_dir: Path | None, kafka_port: int, controller_port: int, postgres_port: int, brokers: int, controllers: int
-) -> None:  # noqa: E501
+    state_dir: Path | None,
+    kafka_port: int,
+    controller_port: int,
+    postgres_port: int,
+    registry_port: int,
+    brokers: int,
+    controllers: int,
+) -> None:
     """Start every service that is not running and wait until each is ready (idempotent)."""
     layout = StackLayout(
         kafka_port=kafka_port,
         controller_port=controller_port,
         postgres_port=postgres_port,
+        registry_port=registry_port,
         brokers=brokers,
         controllers=controllers,
     )
@@ -187,6 +195,16 @@ class _RateColumn(ProgressColumn):
     "--bootstrap", envvar="TXP_KAFKA_BOOTSTRAP", default=None, help="Kafka bootstrap servers.", show_envvar=True
 )
 @click.option("--topic", envvar="TXP_TOPIC", default=None, help="Topic [default: transactions].", show_envvar=True)
+@click.option(
+    "--registry", envvar="TXP_SCHEMA_REGISTRY_URL", default=None, help="Schema registry URL.", show_envvar=True
+)
+@click.option(
+    "--bad-ratio",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of records replaced by labelled bad ones (every kind in turn), to show the DLQ path.",
+)
 def produce(
     count: int,
     rate: float,
@@ -195,17 +213,28 @@ def produce(
     span_hours: float,
     bootstrap: str | None,
     topic: str | None,
-) -> None:  # noqa: E501
-    """Produce seeded synthetic card transactions into Kafka."""
-    from tx_platform.contract import json_serializer
-    from tx_platform.producer import TransactionProducer, build_pools, generate
+    registry: str | None,
+    bad_ratio: float,
+) -> None:
+    """Produce seeded synthetic card transactions into Kafka (Avro, Confluent wire format).
+
+    The contract is registered under BACKWARD compatibility first; an incompatible schema stops
+    here, before anything is sent.
+    """
+    from tx_platform.producer import build_pools, generate, open_producer
     from tx_platform.producer import produce as produce_records
 
     settings = load_settings()
     span = timedelta(hours=span_hours)
     first = start.replace(tzinfo=UTC) if start else datetime.now(UTC) - span
-    producer = TransactionProducer(bootstrap or settings.kafka_bootstrap, topic or settings.topic, json_serializer)
-    producer.check_reachable()
+    producer, registration = open_producer(
+        bootstrap or settings.kafka_bootstrap,
+        topic or settings.topic,
+        registry or settings.schema_registry_url,
+        bad_ratio=bad_ratio,
+        seed=seed,
+    )
+    err.print(f"schema: subject {registration.subject} version {registration.version} (id {registration.schema_id})")
     with err.status("building entity pools…"):
         pools = build_pools(seed)
     columns = (
@@ -220,7 +249,11 @@ def produce(
             rate=rate,
             on_progress=lambda n: progress.advance(task, n),
         )
-    out.print(f"delivered {report.delivered} of {report.sent}, failed {report.failed} → topic {producer.topic}")
+    injected = producer.faults.injected_total if producer.faults else 0
+    out.print(
+        f"delivered {report.delivered} of {report.sent}, failed {report.failed}, "
+        f"injected bad {injected} → topic {producer.topic}"
+    )
 
 
 # -- sink --------------------------------------------------------------------------------------
@@ -244,8 +277,11 @@ def sink(available_now: bool, trigger: str) -> None:
 @click.option("--count", "-n", default=10_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", "-s", default=42, show_default=True)
 @click.option("--reset/--no-reset", default=True, show_default=True, help="Start from empty topics and tables.")
+@click.option(
+    "--bad-ratio", default=0.01, show_default=True, type=click.FloatRange(0, 1), help="Share of injected bad records."
+)
 @_state_option
-def demo(count: int, seed: int, reset: bool, state_dir: Path | None) -> None:
+def demo(count: int, seed: int, reset: bool, bad_ratio: float, state_dir: Path | None) -> None:
     """Headless end to end: stack up, produce, materialize every asset, run every check.
 
     The last line printed is one JSON object; exit status 1 if a check failed or counts disagree.
@@ -253,7 +289,12 @@ def demo(count: int, seed: int, reset: bool, state_dir: Path | None) -> None:
     from tx_platform.demo import run_demo, summary_json
 
     summary = run_demo(
-        _stack(state_dir), count=count, seed=seed, reset=reset, log=lambda m: err.print(f"[dim]demo[/] {m}")
+        _stack(state_dir),
+        count=count,
+        seed=seed,
+        reset=reset,
+        bad_ratio=bad_ratio,
+        log=lambda m: err.print(f"[dim]demo[/] {m}"),
     )
     click.echo(summary_json(summary))
     if not summary.ok:

@@ -1,5 +1,14 @@
 """The data contract: the Avro schema file and what derives from it."""
 
+from tx_platform.contract._avro import (
+    COMPATIBILITY,
+    AvroRecordSerializer,
+    Registration,
+    SchemaIncompatibleError,
+    register_contract,
+    registry_client,
+    split_wire_format,
+)
 from tx_platform.contract._rules import (
     ERROR_CODES,
     MAX_FUTURE_SECONDS,
@@ -8,16 +17,18 @@ from tx_platform.contract._rules import (
     country_codes,
     currency_codes,
 )
-from tx_platform.contract._schema import SUBJECT, Contract, Field, load_contract, parse_contract
-from tx_platform.contract._serde import (
-    Record,
-    Serializer,
-    format_event_time,
-    json_deserializer,
-    json_serializer,
-)
+from tx_platform.contract._schema import SUBJECT, Contract, Field, load_contract, parse_contract, subject_for
+from tx_platform.contract._serde import Record, Serializer
 
 __all__ = [
+    "COMPATIBILITY",
+    "AvroRecordSerializer",
+    "Registration",
+    "SchemaIncompatibleError",
+    "register_contract",
+    "registry_client",
+    "split_wire_format",
+    "subject_for",
     "ERROR_CODES",
     "MAX_FUTURE_SECONDS",
     "MCC_PATTERN",
@@ -29,9 +40,6 @@ __all__ = [
     "Field",
     "Record",
     "Serializer",
-    "format_event_time",
-    "json_deserializer",
-    "json_serializer",
     "load_contract",
     "parse_contract",
 ]

@@ -12,10 +12,13 @@ import pycountry
 #: Error codes of records the sink rejects, in the order they are checked.
 ERROR_CODES = (
     "NULL_VALUE",
-    "MALFORMED_RECORD",
+    "NOT_WIRE_FORMAT",
+    "UNKNOWN_SCHEMA_ID",
+    "UNDECODABLE_AVRO",
     "MISSING_FIELD",
     "INVALID_UUID",
     "INVALID_ENUM",
+    "FIELD_TOO_LONG",
     "NON_POSITIVE_AMOUNT",
     "UNKNOWN_CURRENCY",
     "UNKNOWN_COUNTRY",

@@ -10,8 +10,14 @@ from typing import Any
 
 from tx_platform.errors import ContractError
 
-#: Registry subject of the record value (Confluent's TopicNameStrategy for topic `transactions`).
-SUBJECT = "transactions-value"
+
+def subject_for(topic: str) -> str:
+    """Registry subject of a topic's record values (Confluent's TopicNameStrategy)."""
+    return f"{topic}-value"
+
+
+#: Registry subject of the record value for the default topic `transactions`.
+SUBJECT = subject_for("transactions")
 SCHEMA_FILE = "transaction.avsc"
 
 

@@ -5,12 +5,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from tx_platform.contract import Record, Serializer
+from tx_platform.contract import (
+    AvroRecordSerializer,
+    Record,
+    Registration,
+    Serializer,
+    register_contract,
+    registry_client,
+    subject_for,
+)
 from tx_platform.errors import DeliveryError, ServiceUnavailableError
+from tx_platform.producer._faults import INJECTED_HEADER, FaultInjector
 
 #: librdkafka settings that make the guarantees in DESIGN.md hold.
 PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -58,8 +68,13 @@ class TransactionProducer:
         serializer: Serializer,
         extra_config: dict[str, Any] | None = None,
         flush_timeout: float = 120.0,
+        bad_ratio: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.topic = topic
+        self.faults = FaultInjector(bad_ratio, seed, serializer) if bad_ratio > 0 else None
+        #: Sum of the amounts of the good records sent (what the warehouse must add up to).
+        self.good_amount = Decimal(0)
         self._serializer = serializer
         self._flush_timeout = flush_timeout
         self.report = DeliveryReport()
@@ -83,12 +98,25 @@ class TransactionProducer:
             raise ServiceUnavailableError(msg)
 
     def send(self, record: Record) -> None:
-        """Queue one record keyed by account_id; serve callbacks without blocking."""
-        value = self._serializer(record)
-        key = record["account_id"].encode()
+        """Queue one record keyed by account_id (or a bad variant of it); serve callbacks without blocking."""
+        key: bytes
+        value: bytes | None
+        headers: list[tuple[str, str | bytes | None]] | None
+        if self.faults is None:
+            key, value, headers = record["account_id"].encode(), self._serializer(record), None
+            injected = False
+        else:
+            out = self.faults.outgoing(record)
+            key, value = out.key, out.value
+            injected = out.injected is not None
+            headers = [(INJECTED_HEADER, out.injected.encode())] if out.injected else None
+        if not injected:
+            self.good_amount += record["amount"]
         while True:
             try:
-                self._producer.produce(self.topic, value=value, key=key, on_delivery=self.report.on_delivery)
+                self._producer.produce(
+                    self.topic, value=value, key=key, headers=headers, on_delivery=self.report.on_delivery
+                )
                 break
             except BufferError:
                 # local queue full: let librdkafka send and serve callbacks, then retry this record
@@ -132,3 +160,23 @@ def produce(
         msg = f"{report.failed} of {report.sent} records were not delivered: {'; '.join(report.errors)}"
         raise DeliveryError(msg)
     return report
+
+
+def open_producer(
+    bootstrap: str,
+    topic: str,
+    registry_url: str,
+    bad_ratio: float = 0.0,
+    seed: int = 0,
+    schema_str: str | None = None,
+) -> tuple[TransactionProducer, Registration]:
+    """Register the contract (BACKWARD), check Kafka and the topic, return a ready producer.
+
+    Everything that can refuse (registry, broker, topic) is asked before the first record is sent.
+    """
+    client = registry_client(registry_url)
+    registration = register_contract(client, registry_url, schema_str=schema_str, subject=subject_for(topic))
+    serializer = AvroRecordSerializer(client, topic, schema_str)
+    producer = TransactionProducer(bootstrap, topic, serializer, bad_ratio=bad_ratio, seed=seed)
+    producer.check_reachable()
+    return producer, registration

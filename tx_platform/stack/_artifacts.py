@@ -16,6 +16,7 @@ from tx_platform.errors import ArtifactError
 
 MAVEN_PROJECT = PROJECT_ROOT / "infra" / "maven"
 MODULES = ("kafka-broker", "spark-connectors")
+REGISTRY_RUNNER = Path("schema-registry") / "quarkus-app" / "quarkus-run.jar"
 _MARKER = ".resolved.json"
 
 
@@ -30,8 +31,9 @@ def pyspark_version() -> str:
 
 def _fingerprint(spark_version: str) -> str:
     digest = hashlib.sha256(spark_version.encode())
-    for pom in sorted(MAVEN_PROJECT.rglob("pom.xml")):
-        digest.update(pom.read_bytes())
+    inputs = [*MAVEN_PROJECT.rglob("pom.xml"), *MAVEN_PROJECT.rglob("*.properties")]
+    for path in sorted(inputs):
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -44,6 +46,11 @@ class Artifacts:
     def module_dir(self, module: str) -> Path:
         """Directory of one module's jars."""
         return self.root / module
+
+    @property
+    def registry_runner(self) -> Path:
+        """The schema registry's runnable jar (Apicurio, built by Quarkus)."""
+        return self.root / REGISTRY_RUNNER
 
     def kafka_classpath(self) -> str:
         """Class path of the Kafka broker JVM."""
@@ -70,8 +77,10 @@ class Artifacts:
             recorded = json.loads(marker.read_text())
         except json.JSONDecodeError:
             return False
-        return recorded.get("fingerprint") == _fingerprint(pyspark_version()) and all(
-            any(self.module_dir(m).glob("*.jar")) for m in MODULES
+        return (
+            recorded.get("fingerprint") == _fingerprint(pyspark_version())
+            and all(any(self.module_dir(m).glob("*.jar")) for m in MODULES)
+            and self.registry_runner.exists()
         )
 
 

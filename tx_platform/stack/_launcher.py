@@ -19,11 +19,14 @@ from tx_platform.stack._postgres import (
     DAGSTER_DB,
     DAGSTER_ROLE,
     PIPELINE_ROLE,
+    REGISTRY_DB,
+    REGISTRY_ROLE,
     SUPERUSER,
     WAREHOUSE_DB,
     PostgresService,
 )
 from tx_platform.stack._process import ManagedProcess
+from tx_platform.stack._registry import RegistryService
 from tx_platform.warehouse import ensure_schema
 
 _LAYOUT_FILE = "stack.json"
@@ -53,6 +56,7 @@ class StackLayout:
     kafka_port: int = 9092
     controller_port: int = 9093
     postgres_port: int = 5433
+    registry_port: int = 8081
     brokers: int = 1
     controllers: int = 1
     cluster_id: str = field(default_factory=new_cluster_id)
@@ -88,12 +92,8 @@ class LocalStack:
         path = self.state_dir / _LAYOUT_FILE
         if path.exists():
             stored = StackLayout(**json.loads(path.read_text()))
-            if requested is not None and (
-                requested.kafka_port,
-                requested.postgres_port,
-                requested.brokers,
-                requested.controllers,
-            ) != (stored.kafka_port, stored.postgres_port, stored.brokers, stored.controllers):
+            fixed = ("kafka_port", "controller_port", "postgres_port", "registry_port", "brokers", "controllers")
+            if requested is not None and any(getattr(requested, f) != getattr(stored, f) for f in fixed):
                 msg = (
                     f"the stack in {self.state_dir} was created with {stored}; to change ports or topology "
                     "run `txp stack down --purge` first, or use another --state-dir"
@@ -103,10 +103,13 @@ class LocalStack:
         return requested or StackLayout()
 
     def _load_secrets(self) -> dict[str, str]:
+        roles = (SUPERUSER, PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE, REGISTRY_ROLE)
+        stored: dict[str, str] = {}
         path = self.state_dir / _SECRETS_FILE
         if path.exists():
-            return dict(json.loads(path.read_text()))
-        return {role: secrets.token_urlsafe(18) for role in (SUPERUSER, PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE)}
+            stored = dict(json.loads(path.read_text()))
+        # roles added in later versions get a password too
+        return {role: stored.get(role) or secrets.token_urlsafe(18) for role in roles}
 
     def _persist(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +132,17 @@ class LocalStack:
             port=self.layout.postgres_port,
             log_file=self.logs_dir / "postgres.log",
             passwords=self.passwords,
+        )
+
+    @property
+    def registry(self) -> RegistryService:
+        return RegistryService(
+            root=self.state_dir / "registry",
+            port=self.layout.registry_port,
+            log_file=self.logs_dir / "schema-registry.log",
+            jdbc_url=f"jdbc:postgresql://127.0.0.1:{self.layout.postgres_port}/{REGISTRY_DB}",
+            username=REGISTRY_ROLE,
+            password=self.passwords[REGISTRY_ROLE],
         )
 
     def kafka_nodes(self) -> list[KafkaNode]:
@@ -195,7 +209,7 @@ class LocalStack:
         replication = min(3, self.layout.brokers)
         return {
             "TXP_KAFKA_BOOTSTRAP": self.bootstrap,
-            "TXP_SCHEMA_REGISTRY_URL": "http://127.0.0.1:8081",
+            "TXP_SCHEMA_REGISTRY_URL": self.registry.url,
             "TXP_POSTGRES_DSN": self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB),
             "TXP_ANALYST_DSN": self.postgres.dsn(ANALYST_ROLE, WAREHOUSE_DB),
             "TXP_SPARK_MASTER": "local[*]",
@@ -223,12 +237,15 @@ class LocalStack:
         replication = min(3, self.layout.brokers)
         for node in nodes:
             node.start(artifacts, self._voters(), replication, self.layout.cluster_id)
+        registry = self.registry
+        registry.start(artifacts)
         brokers = [n for n in nodes if n.broker_port]
         bootstrap = self.bootstrap
         for node in brokers:
             node.process.wait_ready(
                 lambda: broker_ready(bootstrap, len(brokers)), timeout, f"Kafka metadata on {bootstrap}"
             )
+        registry.process.wait_ready(registry.ready, timeout, f"schema registry API on {registry.url}")
         ensure_schema(self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB))
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         (self.dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
@@ -243,6 +260,8 @@ class LocalStack:
         stopped = []
         if self.dagster.stop(timeout=30):
             stopped.append("dagster")
+        if self.registry.process.stop(timeout=30):
+            stopped.append("schema-registry")
         for node in sorted(self.kafka_nodes(), key=lambda n: n.broker_port is None):
             if node.process.stop(timeout=45):
                 stopped.append(node.name)
@@ -262,6 +281,9 @@ class LocalStack:
             pid = node.process.pid()
             ports = tuple(p for p in (node.broker_port, node.controller_port) if p)
             rows.append(ServiceStatus(node.name, pid is not None, pid, ports, node.log_file))
+        registry = self.registry
+        pid = registry.process.pid()
+        rows.append(ServiceStatus("schema-registry", pid is not None, pid, (registry.port,), registry.log_file))
         pg = self.postgres
         pid = pg.process.pid()
         rows.append(ServiceStatus("postgres", pid is not None, pid, (pg.port,), pg.log_file))

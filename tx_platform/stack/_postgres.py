@@ -26,8 +26,10 @@ from tx_platform.stack._process import ManagedProcess, port_in_use
 PIPELINE_ROLE = "txp_pipeline"
 ANALYST_ROLE = "txp_analyst"
 DAGSTER_ROLE = "txp_dagster"
+REGISTRY_ROLE = "txp_registry"
 WAREHOUSE_DB = "txp"
 DAGSTER_DB = "dagster"
+REGISTRY_DB = "registry"
 SUPERUSER = "postgres"
 
 
@@ -133,11 +135,11 @@ class PostgresService:
         return True
 
     def _bootstrap(self) -> None:
-        """Roles: pipeline (owns the warehouse), analyst (read-only), dagster (its own database)."""
+        """Roles: pipeline (owns the warehouse), analyst (read-only), dagster and registry (own databases)."""
         conn = psycopg2.connect(self.dsn(SUPERUSER, "postgres"))
         conn.autocommit = True
         with conn.cursor() as cur:
-            for role in (PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE):
+            for role in (PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE, REGISTRY_ROLE):
                 cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
                 verb = "ALTER" if cur.fetchone() else "CREATE"
                 cur.execute(
@@ -145,7 +147,11 @@ class PostgresService:
                         sql.SQL(verb), sql.Identifier(role), sql.Literal(self.passwords[role])
                     )
                 )
-            for database, owner in ((WAREHOUSE_DB, PIPELINE_ROLE), (DAGSTER_DB, DAGSTER_ROLE)):
+            for database, owner in (
+                (WAREHOUSE_DB, PIPELINE_ROLE),
+                (DAGSTER_DB, DAGSTER_ROLE),
+                (REGISTRY_DB, REGISTRY_ROLE),
+            ):
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
                 if not cur.fetchone():
                     cur.execute(

@@ -6,7 +6,7 @@ tables; then, under a table lock on ``sink_offsets``:
 1. staged records at offsets the sink has already committed are dropped (a replay writes nothing);
 2. new transactions are inserted, ``ON CONFLICT (transaction_id) DO NOTHING``;
 3. a record whose ``transaction_id`` already exists is quarantined as ``DUPLICATE_TRANSACTION_ID``
-   (its decoded fields kept as JSON), so that every Kafka record still ends in exactly one place;
+   with its raw key and value bytes, so that every Kafka record still ends in exactly one place;
 4. rejected records go to ``quarantine``; the offsets move forward; a ``sink_batches`` row is added.
 """
 
@@ -34,9 +34,18 @@ QUARANTINE_COLUMNS = (
 SOURCE_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset")
 
 
+#: Raw bytes staged with every accepted record: a duplicate is quarantined with them.
+RAW_COLUMNS = ("raw_key", "raw_value")
+
+
 def transaction_columns() -> tuple[str, ...]:
-    """Columns of staged transaction rows: the contract's fields, then the Kafka coordinates."""
+    """Columns of ``transactions`` the sink writes: the contract's fields, then the Kafka coordinates."""
     return (*load_contract().field_names, *SOURCE_COLUMNS)
+
+
+def staged_columns() -> tuple[str, ...]:
+    """Columns of a staged accepted record (CSV order): transaction columns, then its raw bytes."""
+    return (*transaction_columns(), *RAW_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -84,8 +93,9 @@ def commit_batch(
             + ", ".join(tx_cols)
             + " FROM transactions WITH NO DATA"
         )
+        cur.execute("ALTER TABLE stage_tx ADD COLUMN raw_key bytea, ADD COLUMN raw_value bytea")
         cur.execute("CREATE TEMP TABLE stage_q (LIKE quarantine INCLUDING DEFAULTS) ON COMMIT DROP")
-        _copy(cur, "stage_tx", tx_cols, transaction_lines)
+        _copy(cur, "stage_tx", staged_columns(), transaction_lines)
         _copy(cur, "stage_q", QUARANTINE_COLUMNS, quarantine_lines)
         skipped = 0
         for stage in ("stage_tx", "stage_q"):
@@ -104,8 +114,8 @@ def commit_batch(
                 RETURNING kafka_partition, kafka_offset
             ), duplicates AS (
                 INSERT INTO quarantine ({", ".join(QUARANTINE_COLUMNS)})
-                SELECT s.kafka_topic, s.kafka_partition, s.kafka_offset, NULL, convert_to(s.account_id, 'UTF8'),
-                       convert_to(row_to_json(s)::text, 'UTF8'), 'DUPLICATE_TRANSACTION_ID',
+                SELECT s.kafka_topic, s.kafka_partition, s.kafka_offset, NULL, s.raw_key, s.raw_value,
+                       'DUPLICATE_TRANSACTION_ID',
                        'transaction_id ' || s.transaction_id || ' was already stored from another record'
                 FROM stage_tx s
                 WHERE NOT EXISTS (

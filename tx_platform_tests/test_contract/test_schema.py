@@ -1,17 +1,11 @@
 import re
-from datetime import UTC, datetime, timedelta, timezone
+import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
-from tx_platform.contract import (
-    SUBJECT,
-    format_event_time,
-    json_deserializer,
-    json_serializer,
-    load_contract,
-    parse_contract,
-)
+from tx_platform.contract import SUBJECT, load_contract, parse_contract
 from tx_platform.errors import ContractError
 
 pytestmark = pytest.mark.unit
@@ -65,28 +59,27 @@ def test_optional_union_is_nullable_and_other_unions_are_rejected() -> None:
         parse_contract({"type": "string"})
 
 
-def test_json_round_trip_keeps_exact_amount_and_utc_millis() -> None:
+def test_avro_wire_format_round_trip_is_exact() -> None:
+    import io
+    import json as _json
+
+    import fastavro
+
+    from tx_platform.contract import split_wire_format
+
     record = {
         "transaction_id": "0d8b6b43-8a2d-4a3e-9d1c-1b2e3f405162", "account_id": "A1", "customer_id": "C1",
         "card_id": "K1", "merchant_id": "M1", "merchant_category": "5411", "amount": Decimal("1234567.89"),
         "currency": "EUR", "channel": "POS", "transaction_type": "PURCHASE", "country": "DE", "city": "Köln",
         "latitude": 50.9375, "longitude": 6.9603, "event_time": datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC),
     }  # fmt: skip
-    data = json_serializer(record)
-    assert b'"amount":1234567.89' in data
-    assert b'"event_time":"2026-01-02T03:04:05.678Z"' in data
-    assert json_deserializer(data) == record
-
-
-def test_event_time_is_normalised_to_utc_and_must_be_aware() -> None:
-    plus_two = timezone(timedelta(hours=2))
-    assert format_event_time(datetime(2026, 1, 2, 5, 0, tzinfo=plus_two)) == "2026-01-02T03:00:00.000Z"
-    with pytest.raises(ContractError):
-        format_event_time(datetime(2026, 1, 2))  # noqa: DTZ001 - the point of the test
-
-
-def test_deserializer_rejects_what_is_not_a_record() -> None:
-    with pytest.raises(ContractError):
-        json_deserializer(b"not json")
-    with pytest.raises(ContractError):
-        json_deserializer(b'{"amount": 1}')
+    schema = fastavro.parse_schema(_json.loads(load_contract().schema_str))
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, schema, record)
+    schema_id, avro = split_wire_format(b"\x00\x00\x00\x00\x07" + body.getvalue())
+    assert schema_id == 7
+    decoded = fastavro.schemaless_reader(io.BytesIO(avro), schema)
+    assert decoded == {**record, "transaction_id": uuid.UUID(record["transaction_id"])}
+    for bad in (b"", b"\x00\x00", b"\x01\x00\x00\x00\x07abc"):
+        with pytest.raises(ContractError, match="wire format"):
+            split_wire_format(bad)

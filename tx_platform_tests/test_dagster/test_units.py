@@ -14,6 +14,8 @@ def test_lag_is_end_minus_committed_per_partition() -> None:
 def test_loss_report_counts_unexplained_records() -> None:
     assert LossReport(records_read=10, transactions=7, quarantined=3).unexplained == 0
     assert LossReport(records_read=10, transactions=7, quarantined=2).unexplained == 1
+    assert not LossReport(records_read=10, transactions=7, quarantined=3, duplicate_ids=1).ok
+    assert LossReport(records_read=10, transactions=7, quarantined=3).ok
 
 
 def test_definitions_load_with_the_designed_asset_keys() -> None:
@@ -32,6 +34,7 @@ def test_definitions_load_with_the_designed_asset_keys() -> None:
     assert checks == {
         "no_unexplained_loss",
         "transactions_match_contract",
+        "dlq_matches_quarantine",
         "matches_schema",
         "reconciles_with_transactions",
     }

@@ -19,7 +19,7 @@ def _line(values: list[object]) -> str:
 
 
 def _tx(topic: str, tx_id: str, partition: int, offset: int) -> str:
-    return _line([tx_id, *ROW, topic, partition, offset])
+    return _line([tx_id, *ROW, topic, partition, offset, "\\x4131", f"\\x{offset:04x}"])
 
 
 def _bad(topic: str, partition: int, offset: int) -> str:
@@ -67,11 +67,17 @@ def test_same_transaction_id_at_a_new_offset_is_quarantined_as_duplicate(setting
         conn, topic, 1, [_tx(topic, tx_id, 0, 1), _tx(topic, tx_id, 0, 2)], [], {0: PartitionRange(1, 2)}
     )
     with conn.cursor() as cur:
-        cur.execute("SELECT kafka_offset, error_code FROM quarantine WHERE kafka_topic = %s ORDER BY 1", (topic,))
+        cur.execute(
+            "SELECT kafka_offset, error_code, raw_key, raw_value FROM quarantine WHERE kafka_topic = %s ORDER BY 1",
+            (topic,),
+        )
         quarantined = cur.fetchall()
         cur.execute("SELECT city FROM transactions WHERE kafka_topic = %s", (topic,))
         (city,) = cur.fetchone()
     conn.close()
     assert (result.inserted, result.quarantined) == (0, 2)
-    assert quarantined == [(1, "DUPLICATE_TRANSACTION_ID"), (2, "DUPLICATE_TRANSACTION_ID")]
+    assert [(o, c, bytes(k), bytes(v)) for o, c, k, v in quarantined] == [
+        (1, "DUPLICATE_TRANSACTION_ID", b"A1", b"\x00\x01"),
+        (2, "DUPLICATE_TRANSACTION_ID", b"A1", b"\x00\x02"),
+    ]
     assert city == 'Köln, "Altstadt"'  # CSV quoting survives COPY

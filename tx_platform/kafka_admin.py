@@ -1,0 +1,114 @@
+"""Kafka admin helpers shared by Dagster resources, the sink and the CLI."""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tx_platform.errors import ServiceUnavailableError, TopicNotFoundError
+
+#: Errors that mean "ask again shortly": leadership is moving or the broker is busy.
+_TRANSIENT_CODES = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
+
+
+def _unreachable(bootstrap: str, exc: Exception) -> ServiceUnavailableError:
+    msg = f"Kafka did not answer on {bootstrap} ({exc}) — is the stack up? run `make up`"
+    return ServiceUnavailableError(msg)
+
+
+def ensure_topic(
+    bootstrap: str,
+    name: str,
+    partitions: int,
+    replication: int,
+    config: dict[str, str] | None = None,
+    timeout: float = 20.0,
+) -> bool:
+    """Create ``name`` if missing and wait until its partitions have leaders. True if created now."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise _unreachable(bootstrap, exc) from exc
+    if name in existing:
+        return False
+    futures = admin.create_topics([NewTopic(name, partitions, replication, config=config or {})])
+    try:
+        futures[name].result(timeout=timeout)
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return False
+        raise
+    # creation returns before partitions have leaders; reads right after would fail
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = admin.list_topics(topic=name, timeout=timeout).topics.get(name)
+        if info is not None and info.error is None and info.partitions:
+            if all(p.leader >= 0 and p.error is None for p in info.partitions.values()):
+                return True
+        time.sleep(0.2)
+    msg = f"topic {name!r} was created but its partitions got no leader within {timeout:.0f} s"
+    raise ServiceUnavailableError(msg)
+
+
+def partition_count(bootstrap: str, topic: str, timeout: float = 20.0) -> int:
+    """Partitions of ``topic``; TopicNotFoundError when it does not exist."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        info = admin.list_topics(topic=topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        raise _unreachable(bootstrap, exc) from exc
+    if info is None or info.error is not None:
+        msg = f"topic {topic!r} does not exist — materialize kafka/transactions first"
+        raise TopicNotFoundError(msg)
+    return len(info.partitions)
+
+
+def high_watermark(consumer: Consumer, partition: TopicPartition, timeout: float = 20.0) -> int:
+    """End offset of one partition, retrying while leadership moves."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        try:
+            _low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
+            return int(high)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not (error.retriable() or error.code() in _TRANSIENT_CODES) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+def offset_consumer(bootstrap: str) -> Consumer:
+    """A consumer for reading watermarks and single records; it joins no group and commits nothing."""
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "txp-offset-probe",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+
+
+def end_offsets(bootstrap: str, topic: str, timeout: float = 20.0) -> dict[int, int]:
+    """High watermark per partition (the offset the next record will get)."""
+    count = partition_count(bootstrap, topic, timeout)
+    consumer = offset_consumer(bootstrap)
+    try:
+        return {p: high_watermark(consumer, TopicPartition(topic, p), timeout) for p in range(count)}
+    except KafkaException as exc:
+        raise _unreachable(bootstrap, exc) from exc
+    finally:
+        consumer.close()

@@ -1,0 +1,111 @@
+"""Deliberately bad records, to demonstrate and test the dead-letter path.
+
+Each kind is labelled (header ``txp.injected``) and names the error code the sink must give it.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+from tx_platform.contract import Record
+
+Encode = Callable[[Record], bytes]
+INJECTED_HEADER = "txp.injected"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One kind of bad record: how to make it from a good one and what the sink must say."""
+
+    kind: str
+    expected_code: str
+    make: Callable[[Record, Encode, random.Random], bytes | None]
+
+
+def _with(record: Record, **changes: object) -> Record:
+    return {**record, **changes}
+
+
+def _random_bytes(_r: Record, _e: Encode, rng: random.Random) -> bytes:
+    return bytes([0xFF]) + rng.randbytes(rng.randint(4, 64))
+
+
+def _wrong_magic(r: Record, encode: Encode, _rng: random.Random) -> bytes:
+    return b"\x01" + encode(r)[1:]
+
+
+def _unknown_schema_id(r: Record, encode: Encode, _rng: random.Random) -> bytes:
+    return b"\x00" + struct.pack(">I", 2_000_000_000) + encode(r)[5:]
+
+
+def _truncated(r: Record, encode: Encode, _rng: random.Random) -> bytes:
+    data = encode(r)
+    return data[: 5 + (len(data) - 5) // 3]
+
+
+FAULTS: tuple[Fault, ...] = (
+    Fault("random_bytes", "NOT_WIRE_FORMAT", _random_bytes),
+    Fault("empty_value", "NOT_WIRE_FORMAT", lambda _r, _e, _g: b""),
+    Fault("wrong_magic_byte", "NOT_WIRE_FORMAT", _wrong_magic),
+    Fault("unknown_schema_id", "UNKNOWN_SCHEMA_ID", _unknown_schema_id),
+    Fault("truncated_avro", "UNDECODABLE_AVRO", _truncated),
+    Fault("tombstone", "NULL_VALUE", lambda _r, _e, _g: None),
+    Fault(
+        "non_positive_amount",
+        "NON_POSITIVE_AMOUNT",
+        lambda r, e, _g: e(_with(r, amount=-r["amount"], transaction_type="PURCHASE")),
+    ),
+    Fault("unknown_currency", "UNKNOWN_CURRENCY", lambda r, e, _g: e(_with(r, currency="XQZ"))),
+    Fault("unknown_country", "UNKNOWN_COUNTRY", lambda r, e, _g: e(_with(r, country="QZ"))),
+    Fault(
+        "future_event_time",
+        "EVENT_TIME_IN_FUTURE",
+        lambda r, e, _g: e(_with(r, event_time=r["event_time"] + timedelta(days=3650))),
+    ),
+    Fault("missing_transaction_id", "MISSING_FIELD", lambda r, e, _g: e(_with(r, transaction_id=""))),
+    Fault("zero_amount", "NON_POSITIVE_AMOUNT", lambda r, e, _g: e(_with(r, amount=Decimal("0.00")))),
+)
+FAULTS_BY_KIND = {f.kind: f for f in FAULTS}
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What the producer sends for one generated record."""
+
+    key: bytes
+    value: bytes | None
+    injected: str | None  # the fault kind, or None for a good record
+
+
+class FaultInjector:
+    """Replaces a seeded share of records with bad ones, cycling through every kind."""
+
+    def __init__(self, ratio: float, seed: int, encode: Encode) -> None:
+        if not 0.0 <= ratio <= 1.0:
+            msg = "--bad-ratio must be between 0 and 1"
+            raise ValueError(msg)
+        self.ratio = ratio
+        self._rng = random.Random(f"faults-{seed}")  # noqa: S311 - reproducible test data
+        self._encode = encode
+        self._next = 0
+        self.injected: dict[str, int] = {}
+
+    def outgoing(self, record: Record) -> Outgoing:
+        """The bytes to send for ``record``: its encoding, or a bad variant."""
+        key = record["account_id"].encode()
+        if self.ratio == 0 or self._rng.random() >= self.ratio:
+            return Outgoing(key, self._encode(record), None)
+        fault = FAULTS[self._next % len(FAULTS)]
+        self._next += 1
+        self.injected[fault.kind] = self.injected.get(fault.kind, 0) + 1
+        return Outgoing(key, fault.make(record, self._encode, self._rng), fault.kind)
+
+    @property
+    def injected_total(self) -> int:
+        """Bad records made so far."""
+        return sum(self.injected.values())
