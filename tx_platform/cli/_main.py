@@ -48,7 +48,7 @@ def cli(verbose: bool) -> None:
         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("py4j", "urllib3"):
+    for noisy in ("py4j", "urllib3", "httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -161,6 +161,81 @@ def _print_status(s: LocalStack) -> None:
         state = "[green]running[/]" if row.running else "[red]stopped[/]"
         table.add_row(row.name, state, str(row.pid or "-"), ",".join(map(str, row.ports)), str(row.log_file))
     out.print(table)
+
+
+# -- topics ------------------------------------------------------------------------------------
+@cli.group()
+def topics() -> None:
+    """Kafka topics of the pipeline."""
+
+
+@topics.command("create")
+@click.option("--topic", envvar="TXP_TOPIC", default=None, help="Topic [default: transactions].", show_envvar=True)
+@click.option("--partitions", type=click.IntRange(min=1), default=None, help="[default: TXP_TOPIC_PARTITIONS or 3]")
+@click.option("--replication", type=click.IntRange(min=1), default=None, help="[default: TXP_TOPIC_REPLICATION or 1]")
+def topics_create(topic: str | None, partitions: int | None, replication: int | None) -> None:
+    """Create the transaction topic and its dead-letter topic if missing (what kafka/* assets do)."""
+    from spark_jobs.sink._dlq import DLQ_MAX_MESSAGE_BYTES
+    from tx_platform.kafka_admin import ensure_topic
+
+    settings = load_settings()
+    name = topic or settings.topic
+    count = partitions or settings.topic_partitions
+    factor = replication or settings.topic_replication
+    dlq = settings.dlq_topic if topic is None else f"{name}.dlq"
+    for each, config in ((name, None), (dlq, {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)})):
+        created = ensure_topic(settings.kafka_bootstrap, each, count, factor, config)
+        out.print(f"{each}: {'created' if created else 'exists'} ({count} partitions, replication {factor})")
+
+
+@cli.group()
+def dlq() -> None:
+    """The dead-letter topic: records the sink rejected, with why."""
+
+
+@dlq.command("show")
+@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1), help="Records to show.")
+@click.option("--topic", envvar="TXP_DLQ_TOPIC", default=None, help="[default: transactions.dlq]", show_envvar=True)
+def dlq_show(limit: int, topic: str | None) -> None:
+    """Print the newest dead-letter records: source coordinates, error code, reason, value size."""
+    from confluent_kafka import Message, TopicPartition
+
+    from tx_platform.kafka_admin import end_offsets, offset_consumer
+
+    settings = load_settings()
+    name = topic or settings.dlq_topic
+    ends = end_offsets(settings.kafka_bootstrap, name)
+    consumer = offset_consumer(settings.kafka_bootstrap)
+    consumer.assign([TopicPartition(name, p, max(0, end - limit)) for p, end in ends.items()])
+    rows: list[Message] = []
+    finished: set[int] = set()
+    while len(finished) < len(ends):
+        message = consumer.poll(2.0)
+        if message is None:
+            break
+        if message.error() is not None:
+            finished.add(message.partition() or 0)  # end of partition
+            continue
+        rows.append(message)
+    consumer.close()
+    rows.sort(key=lambda m: m.timestamp()[1])
+    table = Table("source", "error code", "reason", "value bytes")
+    for message in rows[-limit:]:
+        headers = {k: _text(v) for k, v in list(message.headers() or [])}
+        source = "{}[{}]@{}".format(
+            headers.get("txp.source.topic"), headers.get("txp.source.partition"), headers.get("txp.source.offset")
+        )
+        value = message.value()
+        size = "null" if value is None else str(len(value))
+        table.add_row(source, headers.get("txp.error.code", "?"), headers.get("txp.error.message", ""), size)
+    out.print(table)
+    out.print(f"{sum(ends.values())} records in {name}")
+
+
+def _text(value: str | bytes | None) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value or ""
 
 
 # -- produce -----------------------------------------------------------------------------------

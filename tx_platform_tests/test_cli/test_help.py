@@ -6,7 +6,9 @@ from tx_platform.cli import cli
 pytestmark = pytest.mark.unit
 
 COMMANDS = [[], ["stack"], ["stack", "up"], ["stack", "down"], ["stack", "status"], ["stack", "env"],
-            ["stack", "setup"], ["stack", "jars"], ["produce"], ["sink"], ["demo"], ["dev"]]  # fmt: skip
+            ["stack", "setup"], ["stack", "jars"], ["topics"], ["topics", "create"], ["dlq"], ["dlq", "show"],
+            ["produce"], ["sink"],
+            ["demo"], ["dev"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "txp")
