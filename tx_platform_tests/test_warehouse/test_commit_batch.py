@@ -23,7 +23,7 @@ def _tx(topic: str, tx_id: str, partition: int, offset: int) -> str:
 
 
 def _bad(topic: str, partition: int, offset: int) -> str:
-    return _line([topic, partition, offset, "2026-01-02T03:04:05Z", "\\x41", "\\x7b7d", "MALFORMED_RECORD", "why"])
+    return _line([topic, partition, offset, "2026-01-02T03:04:05Z", "\\x41", "\\x7b7d", "UNDECODABLE_AVRO", "why"])
 
 
 def _counts(settings: Settings) -> tuple[int, int]:

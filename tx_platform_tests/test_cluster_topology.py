@@ -1,0 +1,68 @@
+"""The cluster path on one machine: 3 KRaft controllers + 3 brokers, replication 3, min ISR 2."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from spark_jobs.sink import SinkConfig, TransactionSink
+from tx_platform.checks import loss_report
+from tx_platform.config import PROJECT_ROOT, load_settings
+from tx_platform.kafka_admin import end_offsets, ensure_topic
+from tx_platform.producer import generate, open_producer, produce
+from tx_platform.stack import LocalStack, StackLayout
+from tx_platform.warehouse import connect
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+LAYOUT = StackLayout(
+    kafka_port=39092, controller_port=39093, postgres_port=35433, registry_port=38081, brokers=3, controllers=3
+)
+
+
+def test_three_brokers_replicate_and_the_sink_stays_exact(spark, tmp_path) -> None:  # noqa: ANN001
+    state = PROJECT_ROOT / ".txp-test-cluster"
+    LocalStack(state, load_settings().jars_dir).down(purge=True)
+    stack = LocalStack(state, load_settings().jars_dir, LAYOUT)
+    try:
+        stack.up()
+        env = stack.env()
+        settings = load_settings(
+            kafka_bootstrap=env["TXP_KAFKA_BOOTSTRAP"],
+            schema_registry_url=env["TXP_SCHEMA_REGISTRY_URL"],
+            postgres_dsn=env["TXP_POSTGRES_DSN"],
+            topic="transactions",
+            dlq_topic="transactions.dlq",
+            topic_replication=3,
+            checkpoint_dir=tmp_path / "checkpoints",
+        )
+        assert len(settings.kafka_bootstrap.split(",")) == 3
+        ensure_topic(settings.kafka_bootstrap, settings.topic, 3, 3)
+        topic = (
+            AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=10).topics["transactions"]
+        )
+        assert all(len(p.replicas) == 3 and len(p.isrs) == 3 for p in topic.partitions.values())
+
+        producer, _ = open_producer(
+            settings.kafka_bootstrap, settings.topic, settings.schema_registry_url, bad_ratio=0.02, seed=9
+        )
+        start = datetime.now(UTC) - timedelta(hours=2)
+        report = produce(generate(3_000, seed=9, start=start, span=timedelta(hours=1)), producer)
+        assert producer.faults is not None
+        assert report.delivered == 3_000 and producer.faults.injected_total > 12  # every fault kind appears
+
+        stats = TransactionSink(spark, SinkConfig.from_settings(settings)).run_available_now()
+        conn = connect(settings.dsn())
+        loss = loss_report(conn, settings.topic)
+        with conn.cursor() as cur:
+            cur.execute("SELECT coalesce(sum(amount), 0) FROM transactions")
+            (stored,) = cur.fetchone()
+        conn.close()
+        assert (loss.records_read, loss.unexplained, loss.duplicate_ids) == (3_000, 0, 0)
+        assert loss.quarantined == producer.faults.injected_total == stats.dead_lettered
+        assert loss.transactions == 3_000 - producer.faults.injected_total
+        assert stored == producer.good_amount
+        assert sum(end_offsets(settings.kafka_bootstrap, settings.dlq_topic).values()) == loss.quarantined
+    finally:
+        stopped = stack.down(purge=True)
+    assert sorted(stopped) == sorted([f"kafka-{i}" for i in range(1, 7)] + ["schema-registry", "postgres"])
