@@ -1,0 +1,86 @@
+"""The Compose cluster stack, validated statically (no Docker engine runs here)."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tx_platform.config import PROJECT_ROOT
+from tx_platform.stack._postgres import ANALYST_ROLE, DAGSTER_ROLE, PIPELINE_ROLE, REGISTRY_ROLE
+
+pytestmark = pytest.mark.unit
+
+INFRA = PROJECT_ROOT / "infra"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((INFRA / "docker-compose.yml").read_text())
+
+
+def test_every_published_port_is_loopback_only(compose: dict) -> None:
+    published = [p for s in compose["services"].values() for p in s.get("ports", [])]
+    assert published and all(str(p).startswith("127.0.0.1:") for p in published)
+
+
+def test_three_controllers_three_brokers_replication_three(compose: dict) -> None:
+    services = compose["services"]
+    roles = {
+        name: s["environment"]["KAFKA_PROCESS_ROLES"]
+        for name, s in services.items()
+        if "KAFKA_PROCESS_ROLES" in s.get("environment", {})
+    }  # noqa: E501
+    assert sorted(n for n, r in roles.items() if r == "controller") == ["controller-1", "controller-2", "controller-3"]
+    assert sorted(n for n, r in roles.items() if r == "broker") == ["broker-1", "broker-2", "broker-3"]
+    node_ids = {services[n]["environment"]["KAFKA_NODE_ID"] for n in roles}
+    assert node_ids == {"1", "2", "3", "4", "5", "6"}
+    broker = services["broker-1"]["environment"]
+    assert broker["KAFKA_CONTROLLER_QUORUM_VOTERS"].count("@controller-") == 3
+    assert (broker["KAFKA_DEFAULT_REPLICATION_FACTOR"], broker["KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2")
+    assert broker["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+def test_registry_is_the_stock_image_of_the_version_the_laptop_builds(compose: dict) -> None:
+    pom = (INFRA / "maven" / "schema-registry" / "pom.xml").read_text()
+    version = re.search(r"<apicurio.version>([^<]+)</apicurio.version>", pom).group(1)
+    registry = compose["services"]["schema-registry"]
+    assert registry["image"] == f"apicurio/apicurio-registry-sql:{version}"
+    assert registry["environment"]["REGISTRY_RULES_GLOBAL_COMPATIBILITY"] == "BACKWARD"
+
+
+def test_dagster_services_get_every_connection_setting(compose: dict) -> None:
+    for name in ("dagster-webserver", "dagster-daemon"):
+        env = compose["services"][name]["environment"]
+        for key in (
+            "TXP_KAFKA_BOOTSTRAP",
+            "TXP_SCHEMA_REGISTRY_URL",
+            "TXP_POSTGRES_DSN",
+            "TXP_SPARK_MASTER",
+            "TXP_PROMETHEUS_URL",
+        ):  # noqa: E501
+            assert env[key], f"{name}: {key}"
+        assert env["TXP_KAFKA_BOOTSTRAP"].count(":9092") == 3 and env["TXP_TOPIC_REPLICATION"] == "3"
+    assert (INFRA / "compose" / "Dockerfile.dagster").exists()
+
+
+def test_no_secret_in_the_files_and_the_same_roles_as_the_laptop(compose: dict) -> None:
+    def walk(node: object) -> list[tuple[str, str]]:
+        if isinstance(node, dict):
+            return [kv for k, v in node.items() for kv in ([(k, v)] if isinstance(v, str) else walk(v))]
+        if isinstance(node, list):
+            return [kv for item in node for kv in walk(item)]
+        return []
+
+    for key, value in walk(compose):
+        if "PASSWORD" in key:
+            assert value.startswith("${"), f"{key} must come from compose.env"
+        assert not re.search(r"://[^:/@]+:[^$@/]+@", value), f"{key} embeds a literal password"
+    init = (INFRA / "compose" / "postgres-init.sh").read_text()
+    for role in (PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE, REGISTRY_ROLE):
+        assert f"CREATE ROLE {role} LOGIN" in init
+    mounted = [
+        v.split(":")[0] for s in compose["services"].values() for v in s.get("volumes", []) if v.startswith("./")
+    ]
+    assert mounted and all((INFRA / m).exists() for m in mounted)
+    assert "compose.env" in Path(PROJECT_ROOT / ".gitignore").read_text()
