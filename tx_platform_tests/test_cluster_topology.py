@@ -12,6 +12,7 @@ from tx_platform.kafka_admin import end_offsets, ensure_topic
 from tx_platform.producer import generate, open_producer, produce
 from tx_platform.stack import LocalStack, StackLayout
 from tx_platform.warehouse import connect
+from tx_platform_tests.conftest import assert_eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -38,10 +39,16 @@ def test_three_brokers_replicate_and_the_sink_stays_exact(spark, tmp_path) -> No
         )
         assert len(settings.kafka_bootstrap.split(",")) == 3
         ensure_topic(settings.kafka_bootstrap, settings.topic, 3, 3)
-        topic = (
-            AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=10).topics["transactions"]
-        )
-        assert all(len(p.replicas) == 3 and len(p.isrs) == 3 for p in topic.partitions.values())
+        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+
+        def fully_replicated() -> bool:
+            # brokers learn about a new topic one by one; ask until the one we reach knows it
+            topic = admin.list_topics(timeout=10).topics.get("transactions")
+            return topic is not None and all(
+                len(p.replicas) == 3 and len(p.isrs) == 3 for p in topic.partitions.values()
+            )
+
+        assert_eventually(fully_replicated, timeout=30, what="3 replicas in sync on every partition")
 
         producer, _ = open_producer(
             settings.kafka_bootstrap, settings.topic, settings.schema_registry_url, bad_ratio=0.02, seed=9
