@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -78,10 +79,22 @@ def stack_setup(force: bool) -> None:
     settings = load_settings()
     require_java()
     bindir = find_pg_bindir()
+    from tx_platform.stack import Artifacts
+
+    if force or not Artifacts(settings.jars_dir).is_complete():
+        # printed, not only a spinner: CI logs show why this step takes a while the first time
+        err.print(
+            "resolving JVM artifacts with Maven (Kafka, Spark connectors, schema registry); "
+            "the first run downloads about 250 MB and takes a few minutes…"
+        )
     with err.status("resolving JVM artifacts with Maven…"):
+        started = time.monotonic()
         artifacts = resolve_artifacts(settings.jars_dir, force=force)
     jars = sum(1 for _ in artifacts.root.rglob("*.jar"))
-    out.print(f"[green]ok[/] java, PostgreSQL ({bindir}), {jars} jars in {artifacts.root}")
+    out.print(
+        f"[green]ok[/] java, PostgreSQL ({bindir}), {jars} jars in {artifacts.root} "
+        f"({time.monotonic() - started:.1f} s)"
+    )
 
 
 @stack.command("up")
