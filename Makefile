@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup dev up down status demo test test-unit lint format constraints clean
+.PHONY: help setup dev up down status demo test test-unit lint format bench constraints clean
 
 help: ## List the targets with what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ test: setup ## Lint, then every test: unit, integration and end to end against a
 
 test-unit: setup ## Run the unit tests only (nothing started)
 	$(BIN)/pytest -m unit
+
+bench: up ## Benchmarks against the running stack, each beside its baseline in the same run
+	$(BIN)/python bench/bench_commit.py
 
 lint: setup ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
