@@ -22,14 +22,14 @@ PUBLIC = {
     },
     "tx_platform.stack": {
         "Artifacts", "LocalStack", "ManagedProcess", "ServiceStatus", "StackLayout", "port_in_use",
-        "pyspark_version", "require_java", "resolve_artifacts", "stack_from_env", "tail",
+        "pyspark_version", "require_java", "resolve_artifacts", "tail",
     },
     "tx_platform.checks": {
         "LossReport", "daily_merchant_summary_schema", "daily_reconciliation", "loss_report", "transactions_schema",
     },
     "spark_jobs.sink": {
         "QUERY_NAME", "SinkConfig", "SinkStats", "TransactionSink", "await_query", "contract_struct", "decode",
-        "render", "topic_partitions",
+        "render",
     },
 }  # fmt: skip
 

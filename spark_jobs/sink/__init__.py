@@ -1,7 +1,7 @@
 """The streaming sink from Kafka to PostgreSQL."""
 
 from spark_jobs.sink._decode import contract_struct, decode, render
-from spark_jobs.sink._query import QUERY_NAME, SinkConfig, SinkStats, TransactionSink, await_query, topic_partitions
+from spark_jobs.sink._query import QUERY_NAME, SinkConfig, SinkStats, TransactionSink, await_query
 
 __all__ = [
     "QUERY_NAME",
@@ -12,5 +12,4 @@ __all__ = [
     "contract_struct",
     "decode",
     "render",
-    "topic_partitions",
 ]

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -25,7 +24,8 @@ from spark_jobs.sink._dlq import DeadLetterPublisher
 from spark_jobs.sink._registry import WriterSchemas
 from tx_platform.config import Settings
 from tx_platform.contract import load_contract, subject_for
-from tx_platform.errors import ServiceUnavailableError, SinkError
+from tx_platform.errors import SinkError
+from tx_platform.kafka_admin import partition_count
 from tx_platform.warehouse import (
     PartitionRange,
     commit_batch,
@@ -51,21 +51,6 @@ class SinkStats:
     dead_lettered: int = 0
     seconds: float = 0.0
     per_batch: list[dict[str, float]] = field(default_factory=list)
-
-
-def topic_partitions(bootstrap: str, topic: str, timeout: float = 15.0) -> list[int]:
-    """Partition ids of ``topic``; a clear error when Kafka or the topic is missing."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        metadata = admin.list_topics(topic=topic, timeout=timeout)
-    except Exception as exc:  # KafkaException carries librdkafka's own text
-        msg = f"Kafka did not answer on {bootstrap} within {timeout:.0f} s ({exc}) — is the stack up? run `make up`"
-        raise ServiceUnavailableError(msg) from exc
-    info = metadata.topics.get(topic)
-    if info is None or info.error is not None:
-        msg = f"topic {topic!r} does not exist on {bootstrap} — materialize kafka/transactions first"
-        raise ServiceUnavailableError(msg)
-    return sorted(info.partitions)
 
 
 @dataclass(frozen=True)
@@ -139,7 +124,7 @@ class TransactionSink:
 
     def starting_offsets(self) -> str:
         """Offsets committed in Postgres for every partition (earliest where none), as Spark JSON."""
-        partitions = topic_partitions(self.config.kafka_bootstrap, self.config.topic)
+        partitions = range(partition_count(self.config.kafka_bootstrap, self.config.topic))
         conn = connect(self.config.dsn)
         try:
             committed = committed_offsets(conn, self.config.topic)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
 from urllib.request import Request, urlopen
 
@@ -129,8 +128,3 @@ def split_wire_format(data: bytes) -> tuple[int, bytes]:
         raise ContractError(msg)
     _magic, schema_id = HEADER.unpack_from(data)
     return schema_id, data[HEADER.size :]
-
-
-def schema_json(schema_str: str) -> dict[str, Any]:
-    """Parsed schema text."""
-    return dict(json.loads(schema_str))

@@ -1,7 +1,7 @@
 """The local stack launcher (`txp stack up|down|status|env`) and JVM artifact resolution."""
 
 from tx_platform.stack._artifacts import Artifacts, pyspark_version, require_java, resolve_artifacts
-from tx_platform.stack._launcher import LocalStack, ServiceStatus, StackLayout, stack_from_env
+from tx_platform.stack._launcher import LocalStack, ServiceStatus, StackLayout
 from tx_platform.stack._process import ManagedProcess, port_in_use, tail
 
 __all__ = [
@@ -14,6 +14,5 @@ __all__ = [
     "pyspark_version",
     "require_java",
     "resolve_artifacts",
-    "stack_from_env",
     "tail",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shlex
 import signal
@@ -293,14 +292,3 @@ class LocalStack:
         """`dagster dev` started by `txp dev`, when it is running."""
         pid = self.dagster.pid()
         return None if pid is None else ServiceStatus("dagster", True, pid, (), self.dagster.log_file)
-
-
-def stack_from_env(state_dir: Path | None = None, jars_dir: Path | None = None) -> LocalStack:
-    """The stack named by TXP_STATE_DIR (or the default state dir)."""
-    from tx_platform.config import load_settings
-
-    settings = load_settings()
-    return LocalStack(
-        state_dir or Path(os.environ.get("TXP_STATE_DIR", settings.state_dir)),
-        jars_dir or settings.jars_dir,
-    )
