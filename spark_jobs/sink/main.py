@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
-import sys
+import threading
 from types import FrameType
 
 from pyspark import SparkConf
@@ -47,19 +48,24 @@ def run(available_now: bool = False, trigger: str = "5 seconds") -> None:
         return
     query = sink.start(available_now=False, processing_time=trigger)
     log.info("sink running (trigger %s, checkpoint %s); Ctrl+C to stop", trigger, sink.config.checkpoint)
-    interrupted = {"count": 0}
+    stop_requested = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
-        interrupted["count"] += 1
-        if interrupted["count"] > 1:
+        # only flag it: calling into the JVM from a signal handler, while the main thread is inside
+        # a py4j call, breaks the gateway
+        if stop_requested.is_set():
             log.warning("second signal: exiting now")
-            sys.exit(130)
+            os._exit(130)
         log.info("signal %d: stopping after the batch in flight (again to exit now)", signum)
-        query.stop()
+        stop_requested.set()
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
+        while not query.awaitTermination(1):
+            if stop_requested.is_set():
+                query.stop()  # waits for the batch in flight; its commit is all or nothing
+                break
         await_query(query)
     finally:
         sink.close()
