@@ -69,7 +69,10 @@ def partition_count(bootstrap: str, topic: str, timeout: float = 20.0) -> int:
     except KafkaException as exc:
         raise _unreachable(bootstrap, exc) from exc
     if info is None or info.error is not None:
-        msg = f"topic {topic!r} does not exist — materialize kafka/transactions first"
+        msg = (
+            f"topic {topic!r} does not exist — create it with `txp topics create` or by materializing "
+            "kafka/transactions in Dagster"
+        )
         raise TopicNotFoundError(msg)
     return len(info.partitions)
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from dagster import ConfigurableResource
@@ -11,7 +10,7 @@ from psycopg2.extensions import connection as Connection
 from pydantic import Field
 
 from tx_platform import kafka_admin
-from tx_platform.warehouse import committed_offsets, connect, ensure_schema
+from tx_platform.warehouse import committed_offsets, transaction
 
 
 class KafkaResource(ConfigurableResource):
@@ -36,19 +35,9 @@ class PostgresResource(ConfigurableResource):
 
     dsn: str = Field(description="libpq URL of the warehouse (TXP_POSTGRES_DSN).")
 
-    @contextmanager
-    def connection(self) -> Iterator[Connection]:
+    def connection(self) -> AbstractContextManager[Connection]:
         """A connection whose transaction commits on success; closed afterwards."""
-        conn = connect(self.dsn)
-        try:
-            with conn:
-                yield conn
-        finally:
-            conn.close()
-
-    def ensure_schema(self) -> None:
-        """Create the warehouse tables if missing."""
-        ensure_schema(self.dsn)
+        return transaction(self.dsn)
 
     def committed_offsets(self, topic: str) -> dict[int, int]:
         """Next offset per partition the sink has committed with its rows."""

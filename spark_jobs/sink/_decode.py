@@ -22,7 +22,6 @@ from tx_platform.contract import (
     Contract,
     country_codes,
     currency_codes,
-    load_contract,
 )
 from tx_platform.errors import ContractError
 
@@ -49,17 +48,17 @@ def _is_wire_format() -> Column:
     return (F.length(value) >= 5) & (F.hex(F.substring(value, 1, 1)) == F.lit("00"))
 
 
-def _avro_struct(writer_schemas: Mapping[int, str], reader_schema: str) -> Column:
+def _avro_struct(writer_schemas: Mapping[int, str], contract: Contract) -> Column:
     """Decode the Avro body with its writer's schema, resolved to the reader's (the contract)."""
     body = F.expr("substring(value, 6)")
-    options = {"mode": "PERMISSIVE", "avroSchema": reader_schema}
+    options = {"mode": "PERMISSIVE", "avroSchema": contract.schema_str}
     decoded: Column | None = None
     for schema_id, writer in sorted(writer_schemas.items()):
         branch = from_avro(body, writer, options)
         condition = wire_schema_id() == F.lit(schema_id)
         decoded = F.when(condition, branch) if decoded is None else decoded.when(condition, branch)
     if decoded is None:  # no schema registered yet: nothing can be decoded
-        return F.lit(None).cast(contract_struct(load_contract()))
+        return F.lit(None).cast(contract_struct(contract))
     return decoded
 
 
@@ -165,7 +164,7 @@ def decode(records: DataFrame, contract: Contract, writer_schemas: Mapping[int, 
     ``writer_schemas`` maps every schema id registered under the subject to its schema text.
     ``error_code`` is null for records that satisfy every rule.
     """
-    decoded = records.withColumn("r", _avro_struct(writer_schemas, contract.schema_str))
+    decoded = records.withColumn("r", _avro_struct(writer_schemas, contract))
     code: Column = F.lit(None).cast("string")
     reason: Column = F.lit(None).cast("string")
     for condition, error_code, why in reversed(_rules(contract, sorted(writer_schemas))):

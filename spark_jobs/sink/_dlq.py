@@ -17,6 +17,7 @@ from psycopg2.extensions import connection as Connection
 
 from tx_platform.errors import SinkError
 from tx_platform.kafka_admin import ensure_topic, high_watermark, offset_consumer, partition_count
+from tx_platform.producer import PRODUCER_DEFAULTS
 
 #: Header names of DLQ records.
 H_ERROR_CODE = "txp.error.code"
@@ -63,12 +64,11 @@ class DeadLetterPublisher:
                 "the DLQ needs at least as many (one per source partition)"
             )
             raise SinkError(msg)
+        # the producer's guarantees (idempotent, acks=all, compressed), with room for large rejects
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "compression.type": "lz4",
+                **PRODUCER_DEFAULTS,
                 "linger.ms": 10,
                 "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
             }

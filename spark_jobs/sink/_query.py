@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,6 @@ class SinkStats:
     skipped: int = 0
     dead_lettered: int = 0
     seconds: float = 0.0
-    per_batch: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -125,11 +125,8 @@ class TransactionSink:
     def starting_offsets(self) -> str:
         """Offsets committed in Postgres for every partition (earliest where none), as Spark JSON."""
         partitions = range(partition_count(self.config.kafka_bootstrap, self.config.topic))
-        conn = connect(self.config.dsn)
-        try:
+        with closing(connect(self.config.dsn)) as conn:
             committed = committed_offsets(conn, self.config.topic)
-        finally:
-            conn.close()
         if not committed:
             return "earliest"
         # -2 is Spark's "earliest" for a partition without committed offsets
@@ -153,12 +150,9 @@ class TransactionSink:
                 if current is None
                 else PartitionRange(min(current.first, offset), max(current.last, offset))
             )
-        conn = connect(self.config.dsn)
-        try:
+        with closing(connect(self.config.dsn)) as conn:
             result = commit_batch(conn, self.config.topic, batch_id, good_lines, bad_lines, ranges)
             dead_lettered = self.dlq.publish(conn) if result.quarantined else 0
-        finally:
-            conn.close()
         elapsed = time.monotonic() - started
         s = self.stats
         s.batches += 1
@@ -167,7 +161,6 @@ class TransactionSink:
         s.quarantined += result.quarantined
         s.skipped += result.skipped
         s.dead_lettered += dead_lettered
-        s.per_batch.append({"batch_id": batch_id, "records": result.records, "seconds": round(elapsed, 3)})
         log.info(
             "batch %d: %d records -> %d inserted, %d quarantined (%d sent to the DLQ), %d already committed (%.2f s)",
             batch_id, result.records, result.inserted, result.quarantined, dead_lettered, result.skipped, elapsed,
@@ -178,11 +171,8 @@ class TransactionSink:
         ensure_schema(self.config.dsn)
         drop_uncommitted_batches(self.config.checkpoint)
         # catch up on DLQ publication a crash may have interrupted (no-op when up to date)
-        conn = connect(self.config.dsn)
-        try:
+        with closing(connect(self.config.dsn)) as conn:
             self.stats.dead_lettered += self.dlq.publish(conn)
-        finally:
-            conn.close()
         stream = (
             self.spark.readStream.format("kafka")
             .option("kafka.bootstrap.servers", self.config.kafka_bootstrap)
@@ -243,15 +233,13 @@ def drop_uncommitted_batches(checkpoint: str) -> list[int]:
     return dropped
 
 
-def await_query(query: StreamingQuery, timeout: float | None = None) -> None:
+def await_query(query: StreamingQuery) -> None:
     """Wait for the query; surface its exception instead of hanging or failing silently."""
     try:
-        finished = query.awaitTermination(int(timeout)) if timeout else query.awaitTermination()
+        query.awaitTermination()
     except StreamingQueryException as exc:
         msg = f"[SINK_QUERY_FAILED] the streaming sink stopped with an error: {exc}"
         raise SinkError(msg) from exc
-    if timeout and not finished:
-        query.stop()
     error = query.exception()
     if error is not None:
         msg = f"[SINK_QUERY_FAILED] the streaming sink stopped with an error: {error}"

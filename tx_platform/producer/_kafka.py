@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from tx_platform.contract import (
     AvroRecordSerializer,
@@ -19,7 +19,8 @@ from tx_platform.contract import (
     registry_client,
     subject_for,
 )
-from tx_platform.errors import DeliveryError, ServiceUnavailableError
+from tx_platform.errors import DeliveryError
+from tx_platform.kafka_admin import partition_count
 from tx_platform.producer._faults import INJECTED_HEADER, FaultInjector
 
 #: librdkafka settings that make the guarantees in DESIGN.md hold.
@@ -72,6 +73,7 @@ class TransactionProducer:
         seed: int = 0,
     ) -> None:
         self.topic = topic
+        self._bootstrap = bootstrap
         self.faults = FaultInjector(bad_ratio, seed, serializer) if bad_ratio > 0 else None
         #: Sum of the amounts of the good records sent (what the warehouse must add up to).
         self.good_amount = Decimal(0)
@@ -83,19 +85,7 @@ class TransactionProducer:
 
     def check_reachable(self, timeout: float = 15.0) -> None:
         """Fail fast, before producing anything, when Kafka or the topic is not there."""
-        try:
-            metadata = self._producer.list_topics(topic=self.topic, timeout=timeout)
-        except KafkaException as exc:
-            msg = f"Kafka did not answer within {timeout:.0f} s ({exc}) — is the stack up? run `make up`"
-            raise ServiceUnavailableError(msg) from exc
-        topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None:
-            msg = (
-                f"topic {self.topic!r} does not exist — create it with "
-                "`dagster asset materialize -m tx_platform.definitions --select kafka/transactions` "
-                "or `txp topics create`"
-            )
-            raise ServiceUnavailableError(msg)
+        partition_count(self._bootstrap, self.topic, timeout)
 
     def send(self, record: Record) -> None:
         """Queue one record keyed by account_id (or a bad variant of it); serve callbacks without blocking."""
