@@ -18,7 +18,8 @@ import pytest
 
 from tx_platform.config import PROJECT_ROOT, Settings, load_settings
 
-TEST_STATE_DIR = PROJECT_ROOT / ".txp-test"
+#: TXP_TEST_STATE_DIR (with the TXP_TEST_*_PORT variables) lets two suites run side by side.
+TEST_STATE_DIR = Path(os.environ.get("TXP_TEST_STATE_DIR") or PROJECT_ROOT / ".txp-test")
 
 
 def assert_eventually(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
