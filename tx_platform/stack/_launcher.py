@@ -112,8 +112,6 @@ class LocalStack:
 
     def _persist(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        # the state dir must be traversable when Postgres runs as another user (root -> nobody)
-        self.state_dir.chmod(0o755)
         (self.state_dir / _LAYOUT_FILE).write_text(json.dumps(asdict(self.layout), indent=2))
         secrets_path = self.state_dir / _SECRETS_FILE
         secrets_path.write_text(json.dumps(self.passwords, indent=2))
@@ -267,6 +265,9 @@ class LocalStack:
         if self.postgres.process.stop(timeout=30):
             stopped.append("postgres")
         (self.state_dir / STACK_ENV_FILE).unlink(missing_ok=True)
+        if purge:
+            # first: as root its data lives outside the state dir, found through a record inside it
+            self.postgres.purge()
         if purge and self.state_dir.exists():
             import shutil
 

@@ -2,12 +2,16 @@
 
 No root and no system service: ``initdb`` makes a cluster under the state directory and
 ``postgres`` runs in the foreground as our child. When we are root (CI containers), the server
-runs as ``nobody`` because PostgreSQL refuses to run as root.
+runs as ``nobody`` because PostgreSQL refuses to run as root, and its data directory lives in a
+per-state-dir directory under ``/var/lib/txp`` instead: ``nobody`` cannot reach a checkout in a
+private directory such as ``/root`` or one made by ``mktemp -d``. The pid file and the log stay
+under the state directory; ``txp stack down --purge`` deletes both places.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -31,6 +35,14 @@ WAREHOUSE_DB = "txp"
 DAGSTER_DB = "dagster"
 REGISTRY_DB = "registry"
 SUPERUSER = "postgres"
+
+#: Parent of the clusters made as root. Root-owned and not world-writable, so no other user can
+#: plant a directory or a link at a name we are about to use.
+ROOT_HOMES_DIR = Path("/var/lib/txp")
+#: In the state directory: the path of the cluster's home when it is outside the state directory.
+_HOME_RECORD = "home"
+#: In such a home: the state directory's postgres dir it belongs to (for humans and for sweeping).
+_OWNER_FILE = "owner"
 
 
 def find_pg_bindir() -> Path:
@@ -60,6 +72,54 @@ def _chown_for(user: str | None, *paths: Path) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+def _server_running(data_dir: Path) -> int | None:
+    """Pid of a postmaster serving ``data_dir``, from its own postmaster.pid (None if none runs)."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    return pid if str(data_dir) in cmdline else None
+
+
+def _remove_home(home: Path) -> None:
+    if home.parent != ROOT_HOMES_DIR:
+        msg = f"refusing to delete {home}: a PostgreSQL home of the stack must be directly under {ROOT_HOMES_DIR}"
+        raise StackError(msg)
+    pid = _server_running(home / "data")
+    if pid is not None:
+        msg = (
+            f"PostgreSQL (pid {pid}) still runs on {home / 'data'}, so it cannot be deleted — "
+            f"stop it with `txp stack down` (or `kill -INT {pid}`) and retry"
+        )
+        raise StackError(msg)
+    shutil.rmtree(home)
+
+
+def sweep_orphaned_homes() -> list[Path]:
+    """Delete homes under ROOT_HOMES_DIR whose state directory no longer records them.
+
+    They are left when a state directory is deleted without ``--purge`` (``rm -rf .txp``, a
+    removed checkout); their passwords went with it, so nobody can use them again.
+    """
+    removed: list[Path] = []
+    for home in sorted(ROOT_HOMES_DIR.glob("postgres-*")):
+        try:
+            owner = Path((home / _OWNER_FILE).read_text().strip())
+        except OSError:
+            continue  # being created right now by another launcher (it writes the owner file last)
+        try:
+            recorded = Path((owner / _HOME_RECORD).read_text().strip())
+        except (FileNotFoundError, NotADirectoryError):
+            recorded = None
+        except OSError:
+            continue  # cannot tell, so keep it
+        if recorded != home and _server_running(home / "data") is None:
+            _remove_home(home)
+            removed.append(home)
+    return removed
+
+
 @dataclass(frozen=True)
 class PostgresService:
     """One PostgreSQL server bound to 127.0.0.1."""
@@ -70,8 +130,25 @@ class PostgresService:
     passwords: dict[str, str]
 
     @property
+    def _record(self) -> Path:
+        return self.root / _HOME_RECORD
+
+    @property
+    def home(self) -> Path:
+        """Directory of the cluster's files (data dir, server cwd): ``root``, or outside it as root."""
+        try:
+            return Path(self._record.read_text().strip())
+        except FileNotFoundError:
+            pass
+        # a cluster that an earlier version made as root under a traversable state dir stays there
+        if os.geteuid() != 0 or (self.root / "data" / "PG_VERSION").exists():
+            return self.root
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
+        return ROOT_HOMES_DIR / f"postgres-{digest}"
+
+    @property
     def data_dir(self) -> Path:
-        return self.root / "data"
+        return self.home / "data"
 
     @property
     def process(self) -> ManagedProcess:
@@ -87,13 +164,30 @@ class PostgresService:
         """libpq URL for a role of this server."""
         return f"postgresql://{role}:{self.passwords[role]}@127.0.0.1:{self.port}/{database}"
 
-    def _initdb(self, bindir: Path, user: str | None) -> None:
+    def _prepare_home(self, user: str | None) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
+        home = self.home
+        if home == self.root:
+            return home
+        if not self._record.exists():
+            sweep_orphaned_homes()
+            if home.exists():
+                _remove_home(home)  # left by an earlier state dir at this path, with other passwords
+            # recorded before it exists, so status, down and purge find it whatever happens next
+            self._record.write_text(f"{home}\n")
+        ROOT_HOMES_DIR.mkdir(parents=True, exist_ok=True)
+        ROOT_HOMES_DIR.chmod(0o755)
+        home.mkdir(mode=0o700, exist_ok=True)
+        _chown_for(user, home)
+        (home / _OWNER_FILE).write_text(f"{self.root.resolve()}\n")
+        return home
+
+    def _initdb(self, bindir: Path, home: Path, user: str | None) -> None:
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
-        pwfile = self.root / "superuser.pw"
+        pwfile = home / "superuser.pw"
         pwfile.write_text(self.passwords[SUPERUSER] + "\n")
         pwfile.chmod(0o600)
-        _chown_for(user, self.root, self.data_dir, pwfile)
+        _chown_for(user, home, self.data_dir, pwfile)
         cmd = [
             str(bindir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
             f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
@@ -115,17 +209,31 @@ class PostgresService:
             raise StackError(msg)
         bindir = find_pg_bindir()
         user = _run_as()
+        home = self._prepare_home(user)
         if not (self.data_dir / "PG_VERSION").exists():
-            self._initdb(bindir, user)
+            self._initdb(bindir, home, user)
         argv = [
             str(bindir / "postgres"), "-D", str(self.data_dir),
             "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
             "-c", "unix_socket_directories=", "-c", "max_connections=200",
             "-c", "shared_buffers=256MB", "-c", "log_min_messages=warning",
         ]  # fmt: skip
-        proc.start(argv, user=user, cwd=self.root)
+        proc.start(argv, user=user, cwd=home)
         proc.wait_ready(self._accepts, timeout, f"accepting connections on 127.0.0.1:{self.port}")
         self._bootstrap()
+
+    def purge(self) -> None:
+        """Delete the cluster's files outside the state directory (the caller deletes the state dir)."""
+        home = self.home
+        if home == self.root:
+            return
+        if home.exists():
+            _remove_home(home)
+        self._record.unlink(missing_ok=True)
+        try:
+            ROOT_HOMES_DIR.rmdir()  # ours to remove once no stack uses it
+        except OSError:
+            pass
 
     def _accepts(self) -> bool:
         try:
