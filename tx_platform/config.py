@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     topic_replication: int = Field(1, ge=1, description="Replication factor of a topic we create.")
     lag_threshold: int = Field(1, ge=1, description="Lag (records) at which the sensor runs the sink.")
     max_offsets_per_trigger: int = Field(200_000, ge=1, description="Upper bound of records in one sink micro-batch.")
+    sink_retry_backoff_seconds: float = Field(
+        30.0, ge=0, description="Wait before the sensor retries a failed sink run; doubles per consecutive failure."
+    )
+    sink_retry_backoff_max_seconds: float = Field(600.0, ge=0, description="Upper bound of the sink retry wait.")
     spark_ui: bool = Field(False, description="Serve Spark's web UI (on 127.0.0.1 in local mode).")
     state_dir: Path = Field(default_factory=default_state_dir, description="Local stack state.")
     checkpoint_dir: Path | None = Field(None, description="Spark checkpoint root.")

@@ -64,6 +64,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
             checkpoint_root=str(settings.checkpoint_root),
             max_offsets_per_trigger=settings.max_offsets_per_trigger,
             lag_threshold=settings.lag_threshold,
+            retry_backoff_seconds=settings.sink_retry_backoff_seconds,
+            retry_backoff_max_seconds=settings.sink_retry_backoff_max_seconds,
         ),
         "pyspark": LazyPySparkResource(spark_config=spark_config(settings)),
     }

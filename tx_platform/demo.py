@@ -164,7 +164,7 @@ def run_demo(
     summary.quarantined = int(quarantined)
     summary.amount_sum_stored = str(stored)
     summary.dlq = sum(end_offsets(settings.kafka_bootstrap, settings.dlq_topic).values())
-    summary.lag = sum(compute_lag(end_offsets(settings.kafka_bootstrap, settings.topic), committed).values())
+    summary.lag = compute_lag(end_offsets(settings.kafka_bootstrap, settings.topic), committed).total
     summary.seconds = round(time.monotonic() - started, 2)
     return summary
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from dagster import ConfigurableResource
@@ -63,8 +64,50 @@ class PipelineConfig(ConfigurableResource):
     checkpoint_root: str = Field(description="Directory (or URI) of Spark checkpoints.")
     max_offsets_per_trigger: int = 200_000
     lag_threshold: int = 1
+    retry_backoff_seconds: float = Field(
+        30.0, ge=0, description="Wait before retrying a failed sink run; doubles per consecutive failure."
+    )
+    retry_backoff_max_seconds: float = Field(600.0, ge=0, description="Upper bound of the retry wait.")
 
 
-def compute_lag(end_offsets: dict[int, int], committed: dict[int, int]) -> dict[int, int]:
-    """Lag per partition: end offset minus the offset committed to Postgres (0 when none yet)."""
-    return {p: max(0, end - committed.get(p, 0)) for p, end in end_offsets.items()}
+@dataclass(frozen=True)
+class Lag:
+    """Lag of a topic behind the offsets the sink committed, partition by partition.
+
+    ``by_partition`` is end offset minus committed offset, unclamped: a negative value means
+    Postgres holds offsets beyond the topic's end, i.e. the topic was deleted and recreated (or
+    truncated) after the sink read it. Such partitions are never folded into ``total``.
+    """
+
+    by_partition: dict[int, int]
+    end_offsets: dict[int, int]
+    committed: dict[int, int]
+
+    @property
+    def total(self) -> int:
+        """Records waiting to be sunk: the sum of the positive per-partition lags."""
+        return sum(lag for lag in self.by_partition.values() if lag > 0)
+
+    @property
+    def ahead(self) -> dict[int, tuple[int, int]]:
+        """Partitions whose committed offset is past the topic's end: ``{partition: (committed, end)}``."""
+        return {
+            p: (self.committed.get(p, 0), self.end_offsets.get(p, 0))
+            for p, lag in sorted(self.by_partition.items())
+            if lag < 0
+        }
+
+
+def compute_lag(end_offsets: dict[int, int], committed: dict[int, int]) -> Lag:
+    """Lag per partition: end offset minus the offset committed to Postgres (0 committed when none yet).
+
+    Nothing is clamped; check ``Lag.ahead`` before trusting ``Lag.total`` as "caught up". A
+    partition with committed offsets that the topic no longer has (Kafka never removes partitions,
+    so the topic was recreated smaller) counts with end offset 0, so it shows up as ahead too.
+    """
+    partitions = sorted(end_offsets.keys() | committed.keys())
+    return Lag(
+        by_partition={p: end_offsets.get(p, 0) - committed.get(p, 0) for p in partitions},
+        end_offsets=dict(end_offsets),
+        committed=dict(committed),
+    )

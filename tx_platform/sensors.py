@@ -1,12 +1,16 @@
-"""Sensors: run the sink when Kafka lag reaches a threshold."""
+"""Sensors: run the sink when Kafka lag reaches a threshold, retry failed sink runs with backoff."""
 
 import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from dagster import (
     AssetObservation,
+    DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
-    JobDefinition,
+    RunRecord,
     RunRequest,
     RunsFilter,
     SensorDefinition,
@@ -15,31 +19,108 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from tx_platform.assets import KAFKA_TRANSACTIONS
 from tx_platform.errors import TopicNotFoundError
-from tx_platform.resources import KafkaResource, PipelineConfig, PostgresResource, compute_lag
+from tx_platform.resources import KafkaResource, Lag, PipelineConfig, PostgresResource, compute_lag
 
 _ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+_FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+_FAILED = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+#: Failures looked at to count a streak; the backoff reaches its cap long before, so more changes nothing.
+_MAX_COUNTED_FAILURES = 100
 
 
-def build_kafka_lag_sensor(
-    sink_job: JobDefinition | UnresolvedAssetJobDefinition, minimum_interval_seconds: int = 30
-) -> SensorDefinition:
+class NamedJob(Protocol):
+    """What the sensor needs of its job: the name (a ``@job`` or what ``define_asset_job`` returns)."""
+
+    @property
+    def name(self) -> str:
+        """The job's name, as the Definitions know it."""
+        ...
+
+
+def retry_delay_seconds(failures: int, base_seconds: float, max_seconds: float) -> float:
+    """Wait before retrying after ``failures`` consecutive failed runs: base * 2^(failures-1), capped.
+
+    No failure means no wait. The exponent is bounded so a long streak cannot overflow the float.
+    """
+    if failures < 1:
+        return 0.0
+    return min(base_seconds * 2.0 ** min(failures - 1, 64), max_seconds)
+
+
+@dataclass(frozen=True)
+class FailureStreak:
+    """The newest run of the job failed or was cancelled, and so did ``count - 1`` before it."""
+
+    latest: RunRecord
+    count: int
+
+    @property
+    def run_id(self) -> str:
+        """Id of the newest failed or cancelled run."""
+        return self.latest.dagster_run.run_id
+
+    @property
+    def status(self) -> DagsterRunStatus:
+        """FAILURE or CANCELED."""
+        return self.latest.dagster_run.status
+
+    @property
+    def ended_at(self) -> datetime:
+        """When the newest failed run ended (UTC); its last update if the storage has no end time."""
+        if self.latest.end_time is not None:
+            return datetime.fromtimestamp(self.latest.end_time, tz=UTC)
+        updated = self.latest.update_timestamp
+        # run storages write naive UTC timestamps
+        return updated.replace(tzinfo=UTC) if updated.tzinfo is None else updated.astimezone(UTC)
+
+
+def failure_streak(instance: DagsterInstance, job_name: str) -> FailureStreak | None:
+    """Consecutive failed/cancelled finished runs of ``job_name``, newest first, up to the last success."""
+    records = instance.get_run_records(
+        filters=RunsFilter(job_name=job_name, statuses=_FINISHED), limit=_MAX_COUNTED_FAILURES
+    )
+    count = 0
+    for record in records:  # newest first
+        if record.dagster_run.status not in _FAILED:
+            break
+        count += 1
+    return FailureStreak(latest=records[0], count=count) if count else None
+
+
+def _ahead_message(topic: str, lag: Lag) -> str:
+    partitions = ", ".join(f"{p} (committed {c}, end {e})" for p, (c, e) in lag.ahead.items())
+    return (
+        f"topic {topic!r} ends before the offsets the sink committed to Postgres on partition(s) {partitions}: "
+        "it was deleted and recreated, or truncated, after the sink read it. No sink run requested: the sink "
+        "refuses such a topic with [TOPIC_RECREATED]. Restore the original topic, or to load the new one from "
+        f"its start, delete this topic's rows from sink_offsets, transactions and quarantine (their Kafka "
+        f"coordinates would collide with the new records) and its Spark checkpoint sink-{topic} under the "
+        "checkpoint root."
+    )
+
+
+def build_kafka_lag_sensor(sink_job: NamedJob, minimum_interval_seconds: int = 30) -> SensorDefinition:
     """A sensor that requests ``sink_job`` when lag >= the pipeline's lag_threshold.
 
     Lag = topic end offsets - offsets the sink committed to Postgres. Each evaluation records the
-    lag as an observation of ``kafka/transactions`` when it changed, so the UI plots it.
+    lag as an observation of ``kafka/transactions`` when it changed, so the UI plots it. After a
+    failed or cancelled sink run it waits ``retry_backoff_seconds * 2^(n-1)`` (capped at
+    ``retry_backoff_max_seconds``) after the n-th consecutive failure, then requests a retry with
+    its own run key. When Postgres holds offsets past the topic's end it requests nothing.
     """
 
+    # by name, so any job object works; the Definitions resolve it (sink_job is in their jobs)
     @sensor(
         name="kafka_lag_sensor",
-        job=sink_job,
+        job_name=sink_job.name,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         description="Runs the Spark sink when Kafka lag (end offsets - offsets committed to Postgres) "
-        "reaches TXP_LAG_THRESHOLD; records lag on kafka/transactions.",
+        "reaches TXP_LAG_THRESHOLD, retries failed sink runs with exponential backoff, refuses a topic "
+        "that ends before the committed offsets; records lag on kafka/transactions.",
     )
     def kafka_lag_sensor(
         context: SensorEvaluationContext, kafka: KafkaResource, postgres: PostgresResource, pipeline: PipelineConfig
@@ -48,38 +129,54 @@ def build_kafka_lag_sensor(
             end_offsets = kafka.end_offsets(pipeline.topic)
         except TopicNotFoundError as exc:
             return SensorResult(skip_reason=SkipReason(str(exc)))
-        lag_by_partition = compute_lag(end_offsets, postgres.committed_offsets(pipeline.topic))
-        lag = sum(lag_by_partition.values())
+        lag = compute_lag(end_offsets, postgres.committed_offsets(pipeline.topic))
+        ahead = lag.ahead
         events = []
-        if context.cursor is None or json.loads(context.cursor).get("lag") != lag:
+        state = {"lag": lag.total, "ahead": sorted(ahead)}
+        if context.cursor is None or json.loads(context.cursor) != state:
             events.append(
                 AssetObservation(
                     asset_key=KAFKA_TRANSACTIONS,
                     metadata={
-                        "lag": lag,
-                        "lag_by_partition": json.dumps(lag_by_partition),
+                        "lag": lag.total,
+                        "lag_by_partition": json.dumps(lag.by_partition),
                         "end_offsets_total": sum(end_offsets.values()),
+                        "ahead_partitions": json.dumps({p: {"committed": c, "end": e} for p, (c, e) in ahead.items()}),
                     },
                 )
             )
-        cursor = json.dumps({"lag": lag})
-        if lag < pipeline.lag_threshold:
-            return SensorResult(
-                skip_reason=SkipReason(f"caught up: lag {lag} < threshold {pipeline.lag_threshold}"),
-                asset_events=events,
-                cursor=cursor,
-            )
+        cursor = json.dumps(state)
+
+        def skip(message: str) -> SensorResult:
+            return SensorResult(skip_reason=SkipReason(message), asset_events=events, cursor=cursor)
+
+        # a negative lag is not "caught up": the committed offsets belong to records this topic no longer has
+        if ahead:
+            return skip(_ahead_message(pipeline.topic, lag))
+        if lag.total < pipeline.lag_threshold:
+            return skip(f"caught up: lag {lag.total} < threshold {pipeline.lag_threshold}")
         active = context.instance.get_runs(filters=RunsFilter(job_name=sink_job.name, statuses=_ACTIVE), limit=1)
         if active:
-            return SensorResult(
-                skip_reason=SkipReason(f"lag {lag}, but sink run {active[0].run_id} is still in progress"),
-                asset_events=events,
-                cursor=cursor,
-            )
+            return skip(f"lag {lag.total}, but sink run {active[0].run_id} is still in progress")
         # one run per end-offset position: re-evaluating the same backlog never queues a second run
         run_key = "end-" + "-".join(f"{p}:{o}" for p, o in sorted(end_offsets.items()))
-        return SensorResult(
-            run_requests=[RunRequest(run_key=run_key, tags={"txp/lag": str(lag)})], asset_events=events, cursor=cursor
-        )
+        tags = {"txp/lag": str(lag.total)}
+        streak = failure_streak(context.instance, sink_job.name)
+        if streak is not None:
+            # the same backlog gives the same run key, which Dagster would never launch again
+            delay = retry_delay_seconds(
+                streak.count, pipeline.retry_backoff_seconds, pipeline.retry_backoff_max_seconds
+            )
+            retry_at = streak.ended_at + timedelta(seconds=delay)
+            if datetime.now(UTC) < retry_at:
+                return skip(
+                    f"lag {lag.total}; sink run {streak.run_id} ended {streak.status.value}, "
+                    f"{streak.count} failed/cancelled run(s) in a row: retry {streak.count} at "
+                    f"{retry_at.isoformat(timespec='seconds')} ({delay:g} s after it ended)"
+                )
+            # one retry per failed run: the key names the run it retries
+            run_key = f"{run_key}-retry-of-{streak.run_id}"
+            tags |= {"txp/retry": str(streak.count), "txp/retry_of": streak.run_id}
+        return SensorResult(run_requests=[RunRequest(run_key=run_key, tags=tags)], asset_events=events, cursor=cursor)
 
     return kafka_lag_sensor

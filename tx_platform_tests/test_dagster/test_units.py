@@ -7,8 +7,8 @@ pytestmark = pytest.mark.unit
 
 
 def test_lag_is_end_minus_committed_per_partition() -> None:
-    assert compute_lag({0: 10, 1: 5, 2: 0}, {0: 4, 1: 5}) == {0: 6, 1: 0, 2: 0}
-    assert compute_lag({0: 10}, {0: 12}) == {0: 0}  # never negative
+    lag = compute_lag({0: 10, 1: 5, 2: 0}, {0: 4, 1: 5})
+    assert (lag.by_partition, lag.total, lag.ahead) == ({0: 6, 1: 0, 2: 0}, 6, {})
 
 
 def test_loss_report_counts_unexplained_records() -> None:
