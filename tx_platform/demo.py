@@ -19,7 +19,16 @@ from tx_platform.errors import StackError
 from tx_platform.stack import LocalStack
 
 #: Tables the demo empties before it starts (with --reset, the default).
-_PIPELINE_TABLES = ("transactions", "quarantine", "sink_offsets", "sink_batches", "daily_merchant_summary")
+_PIPELINE_TABLES = (
+    "transactions",
+    "quarantine",
+    "sink_offsets",
+    "sink_batches",
+    "sink_gaps",
+    "sink_leases",
+    "dlq_progress",
+    "daily_merchant_summary",
+)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tx_platform.errors import ServiceUnavailableError, TopicNotFoundError
@@ -79,12 +79,17 @@ def partition_count(bootstrap: str, topic: str, timeout: float = 20.0) -> int:
 
 def high_watermark(consumer: Consumer, partition: TopicPartition, timeout: float = 20.0) -> int:
     """End offset of one partition, retrying while leadership moves."""
+    return partition_watermarks(consumer, partition, timeout)[1]
+
+
+def partition_watermarks(consumer: Consumer, partition: TopicPartition, timeout: float = 20.0) -> tuple[int, int]:
+    """(log start offset, end offset) of one partition, retrying while leadership moves."""
     deadline = time.monotonic() + timeout
     delay = 0.1
     while True:
         try:
-            _low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
-            return int(high)
+            low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
+            return int(low), int(high)
         except KafkaException as exc:
             error = exc.args[0]
             if not (error.retriable() or error.code() in _TRANSIENT_CODES) or time.monotonic() > deadline:
@@ -111,6 +116,30 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 20.0) -> dict[int, 
     consumer = offset_consumer(bootstrap)
     try:
         return {p: high_watermark(consumer, TopicPartition(topic, p), timeout) for p in range(count)}
+    except KafkaException as exc:
+        raise _unreachable(bootstrap, exc) from exc
+    finally:
+        consumer.close()
+
+
+def topic_id(bootstrap: str, topic: str, timeout: float = 20.0) -> str:
+    """Kafka's id of ``topic`` (a UUID; a topic deleted and created again gets a new one)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
+    try:
+        return str(future.result(timeout=timeout).topic_id)
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            partition_count(bootstrap, topic, timeout)  # raises TopicNotFoundError with its hint
+        raise _unreachable(bootstrap, exc) from exc
+
+
+def watermarks(bootstrap: str, topic: str, timeout: float = 20.0) -> dict[int, tuple[int, int]]:
+    """(log start offset, end offset) per partition: what retention kept, and where the next record goes."""
+    count = partition_count(bootstrap, topic, timeout)
+    consumer = offset_consumer(bootstrap)
+    try:
+        return {p: partition_watermarks(consumer, TopicPartition(topic, p), timeout) for p in range(count)}
     except KafkaException as exc:
         raise _unreachable(bootstrap, exc) from exc
     finally:

@@ -10,7 +10,8 @@ PUBLIC = {
         "SinkError", "StackError", "TopicNotFoundError", "TxPlatformError", "__version__", "load_settings",
     },
     "tx_platform.contract": {
-        "COMPATIBILITY", "ERROR_CODES", "MAX_FUTURE_SECONDS", "MCC_PATTERN", "SUBJECT", "UUID_PATTERN",
+        "COMPATIBILITY", "EARLIEST_EVENT_TIME", "ERROR_CODES", "MAX_FUTURE_SECONDS", "MCC_PATTERN", "MCC_REGEX",
+        "SUBJECT", "UUID_PATTERN", "UUID_REGEX", "java_full_match", "python_full_match",
         "AvroRecordSerializer", "Contract", "Field", "Record", "Registration", "SchemaIncompatibleError", "Serializer",
         "country_codes", "currency_codes", "load_contract", "parse_contract", "register_contract", "registry_client",
         "split_wire_format", "subject_for",

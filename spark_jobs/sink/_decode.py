@@ -8,25 +8,41 @@ packaged contract. Spark-only expressions (no Python UDFs): decoding runs in the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import operator
+import re
+from collections.abc import Callable, Mapping
+from functools import reduce
+from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.avro.functions import from_avro
-from pyspark.sql.types import StructType
+from pyspark.sql.types import DecimalType, StructField, StructType
 
 from tx_platform.contract import (
+    EARLIEST_EVENT_TIME,
     MAX_FUTURE_SECONDS,
-    MCC_PATTERN,
-    UUID_PATTERN,
+    MCC_REGEX,
+    UUID_REGEX,
     Contract,
     country_codes,
     currency_codes,
+    java_full_match,
 )
 from tx_platform.errors import ContractError
 
 #: Longest text accepted in any string field (a guard against oversized records).
 MAX_TEXT_LENGTH = 256
+#: Characters of an offending value quoted in a reason (a reason must stay readable and small).
+REASON_VALUE_CHARS = 64
+#: Decimals are decoded at Spark's widest precision, then range-checked against the contract's.
+#: Decoded at the contract's own precision (<= 18 digits), Spark's Avro reader keeps the unscaled
+#: value in a long and silently wraps anything wider: 10^20 would be stored as another amount.
+DECODE_PRECISION = 38
+#: Kafka record timestamps outside this range are kept as NULL in quarantine (any long is a valid
+#: CreateTime, but not every one is a timestamp Postgres can store).
+_KAFKA_TS_RANGE = ("0001-01-01 00:00:00", "9999-12-31 23:59:59")
 
 
 def contract_struct(contract: Contract) -> StructType:
@@ -36,6 +52,42 @@ def contract_struct(contract: Contract) -> StructType:
         msg = "the contract's Spark DDL did not parse to a struct"
         raise ContractError(msg)
     return struct
+
+
+def _widen_decimals(avro_type: Any) -> Any:  # noqa: ANN401 - any Avro type node
+    if isinstance(avro_type, list):
+        return [_widen_decimals(t) for t in avro_type]
+    if isinstance(avro_type, dict) and avro_type.get("logicalType") == "decimal":
+        return {**avro_type, "precision": DECODE_PRECISION}
+    return avro_type
+
+
+def decoding_schema(contract: Contract) -> str:
+    """The reader schema Spark decodes with: the contract, with every decimal at precision 38.
+
+    Only the precision differs (the scale, and so the value, is the contract's); the range the
+    contract allows is then enforced by the ``DECIMAL_OUT_OF_RANGE`` rule.
+    """
+    schema = dict(contract.schema)
+    schema["fields"] = [{**f, "type": _widen_decimals(f["type"])} for f in contract.schema["fields"]]
+    return json.dumps(schema, separators=(",", ":"))
+
+
+def _decimal_bounds(contract: Contract) -> list[tuple[str, int, int]]:
+    """(field, precision, scale) of every decimal field of the contract."""
+    bounds = []
+    for f in contract.fields:
+        match = re.fullmatch(r"DECIMAL\((\d+),(\d+)\)", f.spark_type)
+        if match:
+            bounds.append((f.name, int(match.group(1)), int(match.group(2))))
+    return bounds
+
+
+def _quoted(value: Column) -> Column:
+    """A value for a reason: at most REASON_VALUE_CHARS characters, with an ellipsis when cut."""
+    text = value.cast("string")
+    cut = F.concat(F.substring(text, 1, REASON_VALUE_CHARS), F.lit("…"))
+    return F.when(F.length(text) > REASON_VALUE_CHARS, cut).otherwise(text)
 
 
 def wire_schema_id() -> Column:
@@ -51,15 +103,34 @@ def _is_wire_format() -> Column:
 def _avro_struct(writer_schemas: Mapping[int, str], contract: Contract) -> Column:
     """Decode the Avro body with its writer's schema, resolved to the reader's (the contract)."""
     body = F.expr("substring(value, 6)")
-    options = {"mode": "PERMISSIVE", "avroSchema": contract.schema_str}
+    options = {"mode": "PERMISSIVE", "avroSchema": decoding_schema(contract)}
     decoded: Column | None = None
     for schema_id, writer in sorted(writer_schemas.items()):
         branch = from_avro(body, writer, options)
         condition = wire_schema_id() == F.lit(schema_id)
         decoded = F.when(condition, branch) if decoded is None else decoded.when(condition, branch)
     if decoded is None:  # no schema registered yet: nothing can be decoded
-        return F.lit(None).cast(contract_struct(contract))
+        return F.lit(None).cast(decoding_struct(contract))
     return decoded
+
+
+def decoding_struct(contract: Contract) -> StructType:
+    """The Spark struct of a decoded record: the contract's, with decimals at precision 38."""
+    return StructType(
+        [
+            StructField(f.name, DecimalType(DECODE_PRECISION, f.dataType.scale), f.nullable)
+            if isinstance(f.dataType, DecimalType)
+            else f
+            for f in contract_struct(contract).fields
+        ]
+    )
+
+
+def _first_field(names: list[str], violates: Callable[[Column], Column]) -> tuple[Column, Column]:
+    """Whether any of the fields ``names`` of ``r`` violates, and the name of the first one that does."""
+    r = F.col("r")
+    checks = [violates(r[name]) for name in names]
+    return reduce(operator.or_, checks), F.coalesce(*[F.when(c, F.lit(n)) for c, n in zip(checks, names, strict=True)])
 
 
 def _rules(contract: Contract, known_ids: list[int]) -> list[tuple[Column, str, Column]]:
@@ -87,6 +158,23 @@ def _rules(contract: Contract, known_ids: list[int]) -> list[tuple[Column, str, 
             F.concat(F.lit("Avro body does not decode with schema id "), wire_schema_id().cast("string")),
         ),
     ]
+    strings = [f.name for f in contract.fields if f.spark_type == "STRING"]
+    not_utf8, not_utf8_field = _first_field(strings, lambda c: ~F.is_valid_utf8(c))
+    has_nul, has_nul_field = _first_field(strings, lambda c: F.instr(c, "\u0000") > 0)
+    rules += [
+        # Postgres stores only valid UTF-8; Spark would pass the bytes on as they are
+        (not_utf8, "INVALID_UTF8", F.concat(F.lit("text field "), not_utf8_field, F.lit(" is not valid UTF-8"))),
+        (
+            # Postgres text cannot hold U+0000; the reason names the field, never the value
+            has_nul,
+            "NUL_CHARACTER",
+            F.concat(
+                F.lit("text field "),
+                has_nul_field,
+                F.lit(" contains the character U+0000, which PostgreSQL text cannot store"),
+            ),
+        ),
+    ]
     for field in contract.fields:
         if not field.nullable and field.spark_type == "STRING":
             rules.append(
@@ -98,9 +186,9 @@ def _rules(contract: Contract, known_ids: list[int]) -> list[tuple[Column, str, 
             )
     rules.append(
         (
-            ~r["transaction_id"].rlike(UUID_PATTERN),
+            ~r["transaction_id"].rlike(java_full_match(UUID_REGEX)),
             "INVALID_UUID",
-            F.concat(F.lit("transaction_id is not a UUID: "), r["transaction_id"]),
+            F.concat(F.lit("transaction_id is not a UUID: "), _quoted(r["transaction_id"])),
         )
     )
     for field in contract.fields:
@@ -109,16 +197,32 @@ def _rules(contract: Contract, known_ids: list[int]) -> list[tuple[Column, str, 
                 (
                     ~r[field.name].isin(*field.enum_symbols),
                     "INVALID_ENUM",
-                    F.concat(F.lit(f"{field.name} is not one of {', '.join(field.enum_symbols)}: "), r[field.name]),
+                    F.concat(
+                        F.lit(f"{field.name} is not one of {', '.join(field.enum_symbols)}: "), _quoted(r[field.name])
+                    ),
                 )
             )
-    too_long = [f.name for f in contract.fields if f.spark_type == "STRING"]
-    rules += [
+    rules.append(
         (
-            F.greatest(*[F.length(r[name]) for name in too_long]) > F.lit(MAX_TEXT_LENGTH),
+            F.greatest(*[F.length(r[name]) for name in strings]) > F.lit(MAX_TEXT_LENGTH),
             "FIELD_TOO_LONG",
             F.lit(f"a text field is longer than {MAX_TEXT_LENGTH} characters"),
-        ),
+        )
+    )
+    for name, precision, scale in _decimal_bounds(contract):
+        limit = F.lit(10 ** (precision - scale)).cast(f"DECIMAL({DECODE_PRECISION},0)")
+        rules.append(
+            (
+                F.abs(r[name]) >= limit,
+                "DECIMAL_OUT_OF_RANGE",
+                F.concat(
+                    F.lit(f"{name} does not fit decimal({precision},{scale}) (at most {precision - scale} digits "
+                          "before the point): "),
+                    _quoted(r[name]),
+                ),
+            )
+        )  # fmt: skip
+    rules += [
         (
             r["amount"] <= 0,
             "NON_POSITIVE_AMOUNT",
@@ -127,17 +231,17 @@ def _rules(contract: Contract, known_ids: list[int]) -> list[tuple[Column, str, 
         (
             ~r["currency"].isin(*sorted(currency_codes())),
             "UNKNOWN_CURRENCY",
-            F.concat(F.lit("currency is not an ISO 4217 code: "), r["currency"]),
+            F.concat(F.lit("currency is not an ISO 4217 code: "), _quoted(r["currency"])),
         ),
         (
             ~r["country"].isin(*sorted(country_codes())),
             "UNKNOWN_COUNTRY",
-            F.concat(F.lit("country is not an ISO 3166-1 alpha-2 code: "), r["country"]),
+            F.concat(F.lit("country is not an ISO 3166-1 alpha-2 code: "), _quoted(r["country"])),
         ),
         (
-            ~r["merchant_category"].rlike(MCC_PATTERN),
+            ~r["merchant_category"].rlike(java_full_match(MCC_REGEX)),
             "INVALID_MERCHANT_CATEGORY",
-            F.concat(F.lit("merchant_category is not a 4-digit ISO 18245 code: "), r["merchant_category"]),
+            F.concat(F.lit("merchant_category is not a 4-digit ISO 18245 code: "), _quoted(r["merchant_category"])),
         ),
         (
             (F.abs(r["latitude"]) > 90)
@@ -146,6 +250,14 @@ def _rules(contract: Contract, known_ids: list[int]) -> list[tuple[Column, str, 
             | F.isnan(r["longitude"]),
             "INVALID_COORDINATES",
             F.lit("latitude/longitude out of range"),
+        ),
+        (
+            r["event_time"] < F.lit(EARLIEST_EVENT_TIME),
+            "EVENT_TIME_TOO_OLD",
+            F.concat(
+                F.lit(f"event_time before {EARLIEST_EVENT_TIME:%Y-%m-%d}, the first daily partition: "),
+                r["event_time"].cast("string"),
+            ),
         ),
         (
             r["event_time"] > F.current_timestamp() + F.expr(f"INTERVAL {MAX_FUTURE_SECONDS} SECONDS"),
@@ -182,6 +294,9 @@ def render(decoded: DataFrame, contract: Contract) -> DataFrame:
     in ``QUARANTINE_COLUMNS`` order with the raw key and value hex-encoded (``\\x...``).
     """
     ok = F.col("error_code").isNull()
+    low, high = _KAFKA_TS_RANGE
+    kafka_ts = F.when(F.col("timestamp").between(F.lit(low).cast("timestamp"), F.lit(high).cast("timestamp")),
+                      F.col("timestamp"))  # fmt: skip
     good = F.struct(
         *[F.col("r")[f.name].alias(f.name) for f in contract.fields],
         F.col("topic"),
@@ -195,7 +310,7 @@ def render(decoded: DataFrame, contract: Contract) -> DataFrame:
         F.col("topic"),
         F.col("partition"),
         F.col("offset"),
-        F.col("timestamp"),
+        kafka_ts,
         F.concat(F.lit("\\x"), F.hex("key")),
         F.concat(F.lit("\\x"), F.hex("value")),
         F.col("error_code"),

@@ -1,23 +1,35 @@
 """Publish quarantined records to the dead-letter topic, exactly once.
 
 The ``quarantine`` table is the source of truth (written in the same transaction as the offsets).
-Records are published after each commit, in source-offset order, to the DLQ partition with the
-same number as their source partition. The last record of each DLQ partition carries its source
-offset in a header, so the DLQ's own tail is the publication watermark: after a crash anywhere,
-the next publish continues exactly where the topic ends, without a separate bookkeeping write.
+After each commit, rows not yet delivered (``dlq_offset IS NULL``) are sent in source-offset order
+to the DLQ partition with the same number as their source partition, and each row gets the DLQ
+offset Kafka acknowledged. Progress therefore lives in Postgres and survives the DLQ's retention.
+
+A delivery can be ambiguous: the process dies after Kafka wrote a record but before Postgres
+recorded it, or a delivery times out although the broker wrote it. ``dlq_progress.scanned_to``
+marks, per DLQ partition, the offset below which every DLQ record is reflected in ``quarantine``.
+Before sending anything, the publisher reads the DLQ from there to its end and confirms the rows
+it finds (by their ``txp.source.offset`` header) instead of sending them again; ``scanned_to``
+only advances past offsets that are settled. One publisher per topic runs at a time (the sink's
+lease), so nothing else writes the DLQ partitions in between.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 from psycopg2.extensions import connection as Connection
 
 from tx_platform.errors import SinkError
-from tx_platform.kafka_admin import ensure_topic, high_watermark, offset_consumer, partition_count
+from tx_platform.kafka_admin import ensure_topic, offset_consumer, partition_count, partition_watermarks
 from tx_platform.producer import PRODUCER_DEFAULTS
+
+log = logging.getLogger(__name__)
 
 #: Header names of DLQ records.
 H_ERROR_CODE = "txp.error.code"
@@ -33,15 +45,23 @@ DLQ_MAX_MESSAGE_BYTES = 2 * 1024 * 1024 + 65_536
 
 
 @dataclass
-class _Failures:
-    count: int = 0
-    first: list[str] = field(default_factory=list)
+class _Deliveries:
+    """Delivery reports of one publish: the DLQ offset of each source offset, and the failures."""
 
-    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            self.count += 1
-            if len(self.first) < 3:
-                self.first.append(str(err))
+    offsets: dict[int, dict[int, int]] = field(default_factory=dict)  # partition -> source offset -> dlq offset
+    failed: dict[int, int] = field(default_factory=dict)  # partition -> count
+    first_errors: list[str] = field(default_factory=list)
+
+    def callback(self, partition: int, source_offset: int) -> Any:  # noqa: ANN401 - a librdkafka callback
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                self.offsets.setdefault(partition, {})[source_offset] = int(msg.offset() or 0)
+                return
+            self.failed[partition] = self.failed.get(partition, 0) + 1
+            if len(self.first_errors) < 3:
+                self.first_errors.append(f"source offset {source_offset}: {err}")
+
+        return on_delivery
 
 
 def _iso(value: datetime | None) -> bytes:
@@ -51,7 +71,14 @@ def _iso(value: datetime | None) -> bytes:
 class DeadLetterPublisher:
     """Publishes the quarantine rows of one source topic to its DLQ topic."""
 
-    def __init__(self, bootstrap: str, source_topic: str, dlq_topic: str, replication: int = 1) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        source_topic: str,
+        dlq_topic: str,
+        replication: int = 1,
+        producer_config: Mapping[str, Any] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.source_topic = source_topic
         self.dlq_topic = dlq_topic
@@ -71,46 +98,98 @@ class DeadLetterPublisher:
                 **PRODUCER_DEFAULTS,
                 "linger.ms": 10,
                 "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
+                **(producer_config or {}),
             }
         )
         self._consumer = offset_consumer(bootstrap)
 
-    def published_up_to(self, partition: int) -> int:
-        """Source offset of the last record published for ``partition`` (-1 when none)."""
-        tp = TopicPartition(self.dlq_topic, partition)
-        end = high_watermark(self._consumer, tp)
-        if end == 0:
-            return -1
-        self._consumer.assign([TopicPartition(self.dlq_topic, partition, end - 1)])
-        try:
-            for _ in range(50):
-                message = self._consumer.poll(1.0)
-                if message is None or message.error() is not None:
-                    continue
-                headers = dict(message.headers() or [])
-                offset = headers.get(H_SOURCE_OFFSET)
-                if offset is None:
-                    msg = f"{self.dlq_topic}[{partition}] ends with a record without {H_SOURCE_OFFSET}"
-                    raise SinkError(msg)
-                return int(offset)
-        finally:
-            self._consumer.unassign()
-        msg = f"could not read the last record of {self.dlq_topic}[{partition}] to find what was published"
-        raise SinkError(msg)
+    def _scanned_to(self, conn: Connection, partition: int) -> int:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT scanned_to FROM dlq_progress WHERE dlq_topic = %s AND partition = %s",
+                (self.dlq_topic, partition),
+            )
+            row = cur.fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _settle(self, conn: Connection, partition: int, found: Mapping[int, int], scanned_to: int | None) -> None:
+        """Record DLQ offsets of delivered rows and, when given, advance ``scanned_to``; commits."""
+        with conn.cursor() as cur:
+            if found:
+                cur.execute(
+                    """
+                    UPDATE quarantine q SET dlq_offset = v.dlq_offset
+                    FROM unnest(%s::bigint[], %s::bigint[]) AS v(source_offset, dlq_offset)
+                    WHERE q.kafka_topic = %s AND q.kafka_partition = %s AND q.kafka_offset = v.source_offset
+                      AND q.dlq_offset IS NULL
+                    """,
+                    (list(found), list(found.values()), self.source_topic, partition),
+                )
+            if scanned_to is not None:
+                cur.execute(
+                    """
+                    INSERT INTO dlq_progress (dlq_topic, partition, scanned_to) VALUES (%s, %s, %s)
+                    ON CONFLICT (dlq_topic, partition) DO UPDATE
+                    SET scanned_to = GREATEST(dlq_progress.scanned_to, EXCLUDED.scanned_to), updated_at = now()
+                    """,
+                    (self.dlq_topic, partition, scanned_to),
+                )
+        conn.commit()
+
+    def recover(self, conn: Connection, partition: int) -> int:
+        """Read the DLQ partition past ``scanned_to`` and confirm the rows found there; returns its end.
+
+        Settles every ambiguous delivery of an earlier publish (crash before the Postgres update,
+        delivery reported as failed but written), so none of those rows is sent twice.
+        """
+        low, end = partition_watermarks(self._consumer, TopicPartition(self.dlq_topic, partition))
+        start = max(self._scanned_to(conn, partition), low)  # retention may have taken a settled tail
+        found: dict[int, int] = {}
+        if start < end:
+            self._consumer.assign([TopicPartition(self.dlq_topic, partition, start)])
+            try:
+                position, idle = start, 0
+                while position < end:
+                    message = self._consumer.poll(1.0)
+                    if message is None:
+                        idle += 1
+                        if idle > 30:
+                            where = f"{self.dlq_topic}[{partition}] {position}..{end - 1}"
+                            msg = f"[DLQ_SCAN_FAILED] could not read {where} within 30 s"
+                            raise SinkError(msg)
+                        continue
+                    if message.error() is not None:
+                        continue  # partition EOF or a transient fetch error: poll on
+                    position = int(message.offset() or 0) + 1
+                    headers = dict(message.headers() or [])
+                    source = headers.get(H_SOURCE_OFFSET)
+                    if source is None or headers.get(H_SOURCE_TOPIC) != self.source_topic.encode():
+                        log.warning("%s[%d] offset %d is not a DLQ record of %s; ignored", self.dlq_topic, partition,
+                                    position - 1, self.source_topic)  # fmt: skip
+                        continue
+                    found.setdefault(int(source), position - 1)
+            finally:
+                self._consumer.unassign()
+        self._settle(conn, partition, found, end)
+        if found:
+            log.info("%s[%d]: %d records were already delivered; confirmed, not sent again", self.dlq_topic,
+                     partition, len(found))  # fmt: skip
+        return end
 
     def publish(self, conn: Connection) -> int:
-        """Publish quarantine rows not in the DLQ yet; returns how many were sent."""
-        failures = _Failures()
+        """Publish quarantine rows not delivered yet, exactly once; returns how many were sent."""
+        deliveries = _Deliveries()
+        ends: dict[int, int] = {}
         sent = 0
         for partition in range(self.partitions):
-            after = self.published_up_to(partition)
+            ends[partition] = self.recover(conn, partition)
             with conn.cursor(name=f"dlq_{partition}") as cur:  # server-side cursor: rows may be large
                 cur.itersize = 500
                 cur.execute(
                     "SELECT kafka_offset, kafka_timestamp, raw_key, raw_value, error_code, reason, seen_at "
-                    "FROM quarantine WHERE kafka_topic = %s AND kafka_partition = %s AND kafka_offset > %s "
+                    "FROM quarantine WHERE kafka_topic = %s AND kafka_partition = %s AND dlq_offset IS NULL "
                     "ORDER BY kafka_offset",
-                    (self.source_topic, partition, after),
+                    (self.source_topic, partition),
                 )
                 for offset, timestamp, key, value, code, reason, seen_at in cur:
                     headers: list[tuple[str, str | bytes | None]] = [
@@ -122,15 +201,22 @@ class DeadLetterPublisher:
                         (H_SOURCE_TIMESTAMP, _iso(timestamp)),
                         (H_SEEN_AT, _iso(seen_at)),
                     ]
-                    self._send(partition, key, value, headers, failures)
+                    self._send(partition, key, value, headers, deliveries.callback(partition, int(offset)))
                     sent += 1
             conn.commit()  # ends the read-only transaction of the named cursor
         remaining = self._producer.flush(60)
-        if failures.count or remaining:
+        for partition in range(self.partitions):
+            delivered = deliveries.offsets.get(partition, {})
+            settled = not deliveries.failed.get(partition) and not remaining
+            # past a failure, only what recover() read is settled: the next publish scans the rest
+            scanned_to = max([ends[partition], *[o + 1 for o in delivered.values()]]) if settled else None
+            self._settle(conn, partition, delivered, scanned_to)
+        failed = sum(deliveries.failed.values()) + remaining
+        if failed:
             msg = (
-                f"[DLQ_PUBLISH_FAILED] {failures.count + remaining} of {sent} records did not reach "
-                f"{self.dlq_topic}: {'; '.join(failures.first)} — they are in quarantine and will be "
-                "published on the next batch"
+                f"[DLQ_PUBLISH_FAILED] {failed} of {sent} records did not reach {self.dlq_topic}: "
+                f"{'; '.join(deliveries.first_errors) or 'still queued after 60 s'} — they stay in quarantine and "
+                "are published on the next batch (a delivery that in fact arrived is found then, not sent twice)"
             )
             raise SinkError(msg)
         return sent
@@ -141,7 +227,7 @@ class DeadLetterPublisher:
         key: memoryview | None,
         value: memoryview | None,
         headers: list[tuple[str, str | bytes | None]],
-        failures: _Failures,
+        on_delivery: Any,  # noqa: ANN401 - a librdkafka callback
     ) -> None:
         while True:
             try:
@@ -151,7 +237,7 @@ class DeadLetterPublisher:
                     value=None if value is None else bytes(value),
                     partition=partition,
                     headers=headers,
-                    on_delivery=failures.on_delivery,
+                    on_delivery=on_delivery,
                 )
                 break
             except BufferError:

@@ -4,6 +4,11 @@ Each micro-batch is decoded in Spark, collected to the driver as CSV lines, and 
 :func:`tx_platform.warehouse.commit_batch` together with its Kafka offsets. Postgres, not the
 Spark checkpoint, is the source of truth for progress: without a checkpoint the query starts
 from the offsets committed there, and a batch replayed after a crash writes nothing twice.
+
+The sink holds its topic's lease while it runs (a second sink fails at start), checks the
+ledger against Kafka before it starts (topic id, offsets past the topic's end, records deleted
+by retention), and every commit checks that its batch continues the ledger. Spark's own
+``failOnDataLoss`` is off because the ledger check is stricter and names the gap.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from psycopg2.extensions import connection as Connection
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -25,14 +31,18 @@ from spark_jobs.sink._dlq import DeadLetterPublisher
 from spark_jobs.sink._registry import WriterSchemas
 from tx_platform.config import Settings
 from tx_platform.contract import load_contract, subject_for
-from tx_platform.errors import SinkError
-from tx_platform.kafka_admin import partition_count
+from tx_platform.errors import OffsetGapError, SinkError, TxPlatformError
+from tx_platform.kafka_admin import partition_count, topic_id, watermarks
 from tx_platform.warehouse import (
+    Gap,
     PartitionRange,
+    SinkLease,
+    acquire_lease,
     commit_batch,
     committed_offsets,
     connect,
     ensure_schema,
+    prepare_ledger,
 )
 
 log = logging.getLogger(__name__)
@@ -65,6 +75,7 @@ class SinkConfig:
     checkpoint_root: str
     max_offsets_per_trigger: int = 200_000
     topic_replication: int = 1
+    on_data_loss: str = "fail"  # or "record": gaps go to sink_gaps
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SinkConfig:
@@ -78,6 +89,7 @@ class SinkConfig:
             checkpoint_root=str(settings.checkpoint_root),
             max_offsets_per_trigger=settings.max_offsets_per_trigger,
             topic_replication=settings.topic_replication,
+            on_data_loss=settings.sink_on_data_loss,
         )
 
     @property
@@ -96,6 +108,10 @@ class TransactionSink:
         self.stats = SinkStats()
         self.writer_schemas = WriterSchemas(config.registry_url, subject_for(config.topic))
         self._dlq: DeadLetterPublisher | None = None
+        self._lease: SinkLease | None = None
+        self._topic_id: str | None = None
+        #: the error a batch raised on purpose, re-raised by wait() instead of Spark's wrapper
+        self.batch_error: TxPlatformError | None = None
 
     @property
     def dlq(self) -> DeadLetterPublisher:
@@ -133,6 +149,26 @@ class TransactionSink:
         return json.dumps({self.config.topic: {str(p): committed.get(p, -2) for p in partitions}})
 
     def _process_batch(self, batch: DataFrame, batch_id: int) -> None:
+        try:
+            self._commit_batch(batch, batch_id)
+        except TxPlatformError as exc:
+            self.batch_error = exc
+            raise
+
+    def _prepare_ledger(self, conn: Connection) -> list[Gap]:
+        """Check the ledger against the topic; record or refuse records deleted by retention."""
+        gaps = prepare_ledger(
+            conn,
+            self.config.topic,
+            self._topic_id,
+            watermarks(self.config.kafka_bootstrap, self.config.topic),
+            record_gaps=self.config.on_data_loss == "record",
+        )
+        for gap in gaps:
+            log.warning("[DATA_LOSS] recorded in sink_gaps and skipped: %s", gap.describe(self.config.topic))
+        return gaps
+
+    def _commit_batch(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         schemas = self._schemas_for(batch)
         lines = render(decode(batch, self.contract, schemas), self.contract).collect()
@@ -150,8 +186,23 @@ class TransactionSink:
                 if current is None
                 else PartitionRange(min(current.first, offset), max(current.last, offset))
             )
+        # the topic's id now, not at start: a topic recreated while the sink runs must not pass as a replay
+        self._topic_id = topic_id(self.config.kafka_bootstrap, self.config.topic)
+        lease = self._lease.epoch if self._lease is not None else None
         with closing(connect(self.config.dsn)) as conn:
-            result = commit_batch(conn, self.config.topic, batch_id, good_lines, bad_lines, ranges)
+            try:
+                result = commit_batch(
+                    conn, self.config.topic, batch_id, good_lines, bad_lines, ranges,
+                    topic_id=self._topic_id, lease_epoch=lease,
+                )  # fmt: skip
+            except OffsetGapError:
+                # deleted by retention (DATA_LOSS, or recorded) or skipped by the checkpoint (OFFSET_GAP)?
+                if not self._prepare_ledger(conn):
+                    raise
+                result = commit_batch(
+                    conn, self.config.topic, batch_id, good_lines, bad_lines, ranges,
+                    topic_id=self._topic_id, lease_epoch=lease,
+                )  # fmt: skip
             dead_lettered = self.dlq.publish(conn) if result.quarantined else 0
         elapsed = time.monotonic() - started
         s = self.stats
@@ -169,6 +220,17 @@ class TransactionSink:
     def start(self, available_now: bool = True, processing_time: str = "5 seconds") -> StreamingQuery:
         """Start the query; AvailableNow processes what is there and stops, else runs continuously."""
         ensure_schema(self.config.dsn)
+        self._lease = acquire_lease(connect(self.config.dsn), self.config.topic)
+        try:
+            return self._start(available_now, processing_time)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, available_now: bool, processing_time: str) -> StreamingQuery:
+        self._topic_id = topic_id(self.config.kafka_bootstrap, self.config.topic)
+        with closing(connect(self.config.dsn)) as conn:
+            self._prepare_ledger(conn)
         drop_uncommitted_batches(self.config.checkpoint)
         # catch up on DLQ publication a crash may have interrupted (no-op when up to date)
         with closing(connect(self.config.dsn)) as conn:
@@ -179,7 +241,7 @@ class TransactionSink:
             .option("subscribe", self.config.topic)
             .option("startingOffsets", self.starting_offsets())
             .option("maxOffsetsPerTrigger", self.config.max_offsets_per_trigger)
-            .option("failOnDataLoss", "true")
+            .option("failOnDataLoss", "false")
             .load()
         )
         writer = (
@@ -196,17 +258,29 @@ class TransactionSink:
         self.stats = SinkStats()  # figures of this run only
         try:
             query = self.start(available_now=True)
-            await_query(query)
+            self.wait(query)
         finally:
             self.close()
         self.stats.seconds = round(time.monotonic() - started, 3)
         return self.stats
 
+    def wait(self, query: StreamingQuery) -> None:
+        """Wait for the query; a batch's own error (e.g. ``[OFFSET_GAP]``) is raised as itself."""
+        try:
+            await_query(query)
+        except SinkError:
+            if self.batch_error is not None:
+                raise self.batch_error from None
+            raise
+
     def close(self) -> None:
-        """Release the DLQ publisher's Kafka clients (a new one is made on next use)."""
+        """Release the lease and the DLQ publisher's Kafka clients (new ones are made on next use)."""
         if self._dlq is not None:
             self._dlq.close()
             self._dlq = None
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
 
 def drop_uncommitted_batches(checkpoint: str) -> list[int]:

@@ -19,7 +19,7 @@ from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
 from spark_jobs.session import spark_config
-from spark_jobs.sink._query import SinkConfig, TransactionSink, await_query
+from spark_jobs.sink._query import SinkConfig, TransactionSink
 from tx_platform.config import load_settings
 
 log = logging.getLogger("spark_jobs.sink")
@@ -66,7 +66,7 @@ def run(available_now: bool = False, trigger: str = "5 seconds") -> None:
             if stop_requested.is_set():
                 query.stop()  # waits for the batch in flight; its commit is all or nothing
                 break
-        await_query(query)
+        sink.wait(query)
     finally:
         sink.close()
     log.info("sink stopped: %s", sink.stats)

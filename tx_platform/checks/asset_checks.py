@@ -33,6 +33,7 @@ def no_unexplained_loss(postgres: PostgresResource, pipeline: PipelineConfig) ->
             "quarantined": report.quarantined,
             "unexplained": report.unexplained,
             "duplicate_transaction_ids": report.duplicate_ids,
+            "lost_in_recorded_gaps": report.lost_in_gaps,
         },
     )
 

@@ -201,6 +201,30 @@ def topics_create(topic: str | None, partitions: int | None, replication: int | 
         out.print(f"{each}: {'created' if created else 'exists'} ({count} partitions, replication {factor})")
 
 
+@topics.command("forget")
+@click.option("--topic", envvar="TXP_TOPIC", default=None, help="Topic [default: transactions].", show_envvar=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def topics_forget(topic: str | None, yes: bool) -> None:
+    """Delete a topic's rows, quarantine, offsets and DLQ progress from the warehouse.
+
+    For a topic that was deleted and created again ([TOPIC_RECREATED]): its offsets start over,
+    so the warehouse must forget the old ones before the sink reads it again. Kafka is not touched.
+    """
+    from tx_platform.warehouse import connect, forget_topic
+
+    settings = load_settings()
+    name = topic or settings.topic
+    dlq_topic = settings.dlq_topic if topic is None else f"{name}.dlq"
+    if not yes:
+        click.confirm(f"delete every row of {name!r} from the warehouse?", abort=True)
+    conn = connect(settings.dsn())
+    try:
+        deleted = forget_topic(conn, name, dlq_topic)
+    finally:
+        conn.close()
+    out.print(f"{name}: deleted " + ", ".join(f"{n} from {t}" for t, n in deleted.items()))
+
+
 @cli.group()
 def dlq() -> None:
     """The dead-letter topic: records the sink rejected, with why."""

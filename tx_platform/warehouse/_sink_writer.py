@@ -1,24 +1,37 @@
 """The sink's commit: rows, quarantine and offsets of one micro-batch in one Postgres transaction.
 
-Rows arrive as CSV text (one record per line) and are loaded with COPY into temporary staging
-tables; then, under a table lock on ``sink_offsets``:
+Rows arrive as CSV text (one record per line). Under a table lock on ``sink_offsets``:
 
-1. staged records at offsets the sink has already committed are dropped (a replay writes nothing);
-2. new transactions are inserted, ``ON CONFLICT (transaction_id) DO NOTHING``;
-3. a record whose ``transaction_id`` already exists is quarantined as ``DUPLICATE_TRANSACTION_ID``
+1. the sink's lease is checked (a fenced sink commits nothing) and the batch must continue the
+   ledger: same topic id, no partition starting after its committed end (see ``_ledger``);
+2. rows are loaded with COPY into temporary staging tables that carry the target's CHECK and NOT
+   NULL constraints. A line Postgres refuses (which the sink's rules should have caught) is found
+   by bisection under savepoints and quarantined as ``WAREHOUSE_REJECTED`` with Postgres' message,
+   so no record can make the batch fail for ever;
+3. staged records at offsets the sink has already committed are dropped (a replay writes nothing);
+4. new transactions are inserted, ``ON CONFLICT (transaction_id) DO NOTHING``;
+5. a record whose ``transaction_id`` already exists is quarantined as ``DUPLICATE_TRANSACTION_ID``
    with its raw key and value bytes, so that every Kafka record still ends in exactly one place;
-4. rejected records go to ``quarantine``; the offsets move forward; a ``sink_batches`` row is added.
+6. rejected records go to ``quarantine``; the offsets move forward; a ``sink_batches`` row is added.
 """
 
 from __future__ import annotations
 
+import csv
 import io
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import psycopg2
 from psycopg2.extensions import connection as Connection
 
 from tx_platform.contract import load_contract
+from tx_platform.errors import SinkError
+from tx_platform.warehouse._ledger import PartitionRange, check_batch, check_lease, read_ledger
+
+log = logging.getLogger(__name__)
 
 #: Quarantine columns in CSV order (raw bytes as Postgres hex, ``\x...``).
 QUARANTINE_COLUMNS = (
@@ -49,14 +62,6 @@ def staged_columns() -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class PartitionRange:
-    """Offsets ``[first, last]`` of one partition seen in a batch."""
-
-    first: int
-    last: int
-
-
-@dataclass(frozen=True)
 class BatchResult:
     """What one committed batch did."""
 
@@ -64,14 +69,74 @@ class BatchResult:
     inserted: int
     quarantined: int
     skipped: int  # records at offsets committed before (replays)
+    warehouse_rejected: int = 0  # records Postgres refused although they passed the sink's rules
 
 
-def _copy(cur: object, table: str, columns: Iterable[str], lines: list[str]) -> None:
+#: Characters of a Postgres error message kept as a quarantine reason.
+_REASON_CHARS = 300
+
+
+def _copy(cur: Any, table: str, columns: Iterable[str], lines: list[str]) -> None:  # noqa: ANN401 - a cursor
     if not lines:
         return
     buffer = io.StringIO("\n".join(lines) + "\n")
-    cur.copy_expert(  # type: ignore[attr-defined]
-        f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", buffer
+    cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", buffer)
+
+
+def _pg_message(exc: psycopg2.Error) -> str:
+    """The first line of Postgres' message (e.g. ``invalid input syntax for type uuid: "…"``), bounded."""
+    lines = (exc.pgerror or str(exc)).strip().splitlines() or [type(exc).__name__]
+    return lines[0].replace("\x00", "")[:_REASON_CHARS]
+
+
+def copy_isolating(cur: Any, table: str, columns: Iterable[str], lines: list[str]) -> list[tuple[str, str]]:  # noqa: ANN401
+    """COPY ``lines``; return the lines Postgres refused, each with its error, having loaded the rest.
+
+    One COPY under a savepoint in the normal case; on a data or constraint error, the lines are
+    split in halves until each refused line stands alone (k bad lines cost about k·log2(n) COPYs).
+    """
+    columns = tuple(columns)
+    if not lines:
+        return []
+    cur.execute("SAVEPOINT stage_copy")
+    try:
+        _copy(cur, table, columns, lines)
+    except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+        cur.execute("ROLLBACK TO SAVEPOINT stage_copy")
+        cur.execute("RELEASE SAVEPOINT stage_copy")
+        if len(lines) == 1:
+            return [(lines[0], _pg_message(exc))]
+        middle = len(lines) // 2
+        return copy_isolating(cur, table, columns, lines[:middle]) + copy_isolating(cur, table, columns, lines[middle:])
+    cur.execute("RELEASE SAVEPOINT stage_copy")
+    return []
+
+
+def _csv_line(fields: list[str]) -> str:
+    buffer = io.StringIO()
+    # the terminator must be "\n": csv quotes a field only for the line breaks its terminator has
+    csv.writer(buffer, lineterminator="\n").writerow(fields)
+    return buffer.getvalue().removesuffix("\n")
+
+
+def warehouse_reject(line: str, columns: tuple[str, ...], reason: str) -> str:
+    """A quarantine CSV line for a staged line Postgres refused (raw bytes kept, Kafka timestamp NULL).
+
+    In our CSV an empty unquoted field is NULL and raw bytes are never empty (``\\x`` at least), so
+    ``csv`` can read the staged line and write the quarantine line without losing a NULL.
+    """
+    row = dict(zip(columns, next(csv.reader(io.StringIO(line))), strict=False))
+    return _csv_line(
+        [
+            row.get("kafka_topic", ""),
+            row.get("kafka_partition", ""),
+            row.get("kafka_offset", ""),
+            "",
+            row.get("raw_key", ""),
+            row.get("raw_value", ""),
+            "WAREHOUSE_REJECTED",
+            f"PostgreSQL refused the record: {reason}",
+        ]
     )
 
 
@@ -82,21 +147,42 @@ def commit_batch(
     transaction_lines: list[str],
     quarantine_lines: list[str],
     ranges: Mapping[int, PartitionRange],
+    *,
+    topic_id: str | None = None,
+    lease_epoch: int | None = None,
 ) -> BatchResult:
-    """Commit one micro-batch exactly once. The caller owns the connection; this commits it."""
+    """Commit one micro-batch exactly once. The caller owns the connection; this commits it.
+
+    ``topic_id`` (Kafka's id of the topic) and ``lease_epoch`` (from ``acquire_lease``) are checked
+    against the ledger when given; a batch that does not continue the ledger raises LedgerError.
+    """
     tx_cols = transaction_columns()
     records = len(transaction_lines) + len(quarantine_lines)
     with conn, conn.cursor() as cur:
         cur.execute("LOCK TABLE sink_offsets IN SHARE ROW EXCLUSIVE MODE")
+        if lease_epoch is not None:
+            check_lease(cur, topic, lease_epoch, batch_id)
+        check_batch(topic, ranges, read_ledger(cur, topic), topic_id)
+        # staging carries the target's CHECK and NOT NULL constraints: a refused value fails here,
+        # line by line, not in the INSERT below, where it would take the whole batch with it
         cur.execute(
-            "CREATE TEMP TABLE stage_tx ON COMMIT DROP AS SELECT "  # noqa: S608 - contract column names
-            + ", ".join(tx_cols)
-            + " FROM transactions WITH NO DATA"
+            "CREATE TEMP TABLE stage_tx (LIKE transactions INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DROP"
         )
         cur.execute("ALTER TABLE stage_tx ADD COLUMN raw_key bytea, ADD COLUMN raw_value bytea")
         cur.execute("CREATE TEMP TABLE stage_q (LIKE quarantine INCLUDING DEFAULTS) ON COMMIT DROP")
-        _copy(cur, "stage_tx", staged_columns(), transaction_lines)
-        _copy(cur, "stage_q", QUARANTINE_COLUMNS, quarantine_lines)
+        refused = copy_isolating(cur, "stage_tx", staged_columns(), transaction_lines)
+        rejects = [warehouse_reject(line, staged_columns(), reason) for line, reason in refused]
+        for line, reason in refused:
+            log.warning("batch %d: PostgreSQL refused a record the sink's rules accepted (%s): %.200s", batch_id,
+                        reason, line)  # fmt: skip
+        unstorable = copy_isolating(cur, "stage_q", QUARANTINE_COLUMNS, quarantine_lines + rejects)
+        if unstorable:
+            # a quarantine line itself refused: keep the record's coordinates and bytes, drop the rest
+            minimal = [warehouse_reject(line, QUARANTINE_COLUMNS, reason) for line, reason in unstorable]
+            still = copy_isolating(cur, "stage_q", QUARANTINE_COLUMNS, minimal)
+            if still:
+                msg = f"[QUARANTINE_WRITE_FAILED] batch {batch_id}: {len(still)} records could not be quarantined: "
+                raise SinkError(msg + still[0][1])
         skipped = 0
         for stage in ("stage_tx", "stage_q"):
             cur.execute(
@@ -136,22 +222,25 @@ def commit_batch(
         for partition, rng in sorted(ranges.items()):
             cur.execute(
                 """
-                INSERT INTO sink_offsets (topic, partition, first_offset, next_offset, batch_id)
-                VALUES (%s, %s, %s, %s, %s)
+                INSERT INTO sink_offsets (topic, partition, first_offset, next_offset, batch_id, topic_id)
+                VALUES (%s, %s, %s, %s, %s, %s)
                 ON CONFLICT (topic, partition) DO UPDATE SET
                     first_offset = LEAST(sink_offsets.first_offset, EXCLUDED.first_offset),
                     next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset),
                     batch_id = EXCLUDED.batch_id,
+                    topic_id = coalesce(EXCLUDED.topic_id, sink_offsets.topic_id),
                     updated_at = now()
                 """,
-                (topic, partition, rng.first, rng.last + 1, batch_id),
+                (topic, partition, rng.first, rng.last + 1, batch_id, topic_id),
             )
         cur.execute(
             "INSERT INTO sink_batches (topic, batch_id, records, inserted, quarantined, skipped) "
             "VALUES (%s, %s, %s, %s, %s, %s)",
             (topic, batch_id, records, inserted, quarantined, skipped),
         )
-    return BatchResult(records=records, inserted=inserted, quarantined=quarantined, skipped=skipped)
+    return BatchResult(
+        records=records, inserted=inserted, quarantined=quarantined, skipped=skipped, warehouse_rejected=len(refused)
+    )
 
 
 def committed_offsets(conn: Connection, topic: str) -> dict[int, int]:

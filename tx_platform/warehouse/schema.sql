@@ -40,8 +40,14 @@ CREATE TABLE IF NOT EXISTS quarantine (
     PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset)
 );
 
+-- Delivery to the dead-letter topic, per quarantined record: set once Kafka acknowledged it.
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS dlq_offset bigint;
+CREATE INDEX IF NOT EXISTS quarantine_unpublished_idx ON quarantine (kafka_topic, kafka_partition, kafka_offset)
+    WHERE dlq_offset IS NULL;
+
 -- Offsets the sink has committed, in the same transaction as the rows they cover.
--- Records in [first_offset, next_offset) of a partition are all in transactions or quarantine.
+-- Records in [first_offset, next_offset) of a partition are all in transactions or quarantine,
+-- except the ranges recorded in sink_gaps. Batches must start exactly at next_offset.
 CREATE TABLE IF NOT EXISTS sink_offsets (
     topic        text        NOT NULL,
     partition    integer     NOT NULL,
@@ -51,6 +57,39 @@ CREATE TABLE IF NOT EXISTS sink_offsets (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, partition),
     CHECK (next_offset >= first_offset)
+);
+-- Kafka's id of the topic the offsets belong to: a topic deleted and created again gets a new one.
+ALTER TABLE sink_offsets ADD COLUMN IF NOT EXISTS topic_id text;
+
+-- One sink per topic: a sink holds the lease (and a session advisory lock) while it runs; each
+-- start increments the epoch, and a commit under an older epoch is refused (a zombie is fenced).
+CREATE TABLE IF NOT EXISTS sink_leases (
+    topic       text        PRIMARY KEY,
+    epoch       bigint      NOT NULL,
+    holder      text        NOT NULL,
+    acquired_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Offsets deleted by Kafka's retention before the sink read them, recorded only when the sink
+-- runs with on_data_loss = record (the default stops with [DATA_LOSS]).
+CREATE TABLE IF NOT EXISTS sink_gaps (
+    topic        text        NOT NULL,
+    partition    integer     NOT NULL,
+    first_offset bigint      NOT NULL,
+    next_offset  bigint      NOT NULL,
+    detected_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, partition, first_offset),
+    CHECK (next_offset > first_offset)
+);
+
+-- Dead-letter publication progress per DLQ partition: every DLQ record below scanned_to is
+-- reflected in quarantine.dlq_offset. Survives the DLQ's own retention.
+CREATE TABLE IF NOT EXISTS dlq_progress (
+    dlq_topic  text        NOT NULL,
+    partition  integer     NOT NULL,
+    scanned_to bigint      NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (dlq_topic, partition)
 );
 
 -- One row per committed micro-batch: an audit trail of what each batch did.
@@ -75,9 +114,10 @@ CREATE TABLE IF NOT EXISTS daily_merchant_summary (
     transaction_count bigint        NOT NULL,
     purchase_count    bigint        NOT NULL,
     refund_count      bigint        NOT NULL,
-    total_amount      numeric(18,2) NOT NULL,
-    purchase_amount   numeric(18,2) NOT NULL,
-    refund_amount     numeric(18,2) NOT NULL,
+    -- sums of numeric(18,2) amounts need more digits than one amount
+    total_amount      numeric(38,2) NOT NULL,
+    purchase_amount   numeric(38,2) NOT NULL,
+    refund_amount     numeric(38,2) NOT NULL,
     avg_amount        numeric(18,2) NOT NULL,
     unique_cards      bigint        NOT NULL,
     first_event_time  timestamptz   NOT NULL,
@@ -85,3 +125,17 @@ CREATE TABLE IF NOT EXISTS daily_merchant_summary (
     computed_at       timestamptz   NOT NULL DEFAULT now(),
     PRIMARY KEY (day, merchant_id, currency)
 );
+
+-- Warehouses created before the sums were widened: numeric(18,2) overflowed on large days.
+DO $$
+BEGIN
+    IF (SELECT numeric_precision FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = 'daily_merchant_summary'
+          AND column_name = 'total_amount') < 38 THEN
+        ALTER TABLE daily_merchant_summary
+            ALTER COLUMN total_amount TYPE numeric(38,2),
+            ALTER COLUMN purchase_amount TYPE numeric(38,2),
+            ALTER COLUMN refund_amount TYPE numeric(38,2);
+    END IF;
+END
+$$;
