@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     topic_replication: int = Field(1, ge=1, description="Replication factor of a topic we create.")
     lag_threshold: int = Field(1, ge=1, description="Lag (records) at which the sensor runs the sink.")
     max_offsets_per_trigger: int = Field(200_000, ge=1, description="Upper bound of records in one sink micro-batch.")
+    sink_on_data_loss: Literal["fail", "record"] = Field(
+        "fail",
+        description="When retention deleted records the sink never read: stop with [DATA_LOSS] (fail), or record "
+        "the gap in sink_gaps and go on (record).",
+    )
     sink_retry_backoff_seconds: float = Field(
         30.0, ge=0, description="Wait before the sensor retries a failed sink run; doubles per consecutive failure."
     )
