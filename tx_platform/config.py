@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         """Spark checkpoints: explicit setting or ``<state_dir>/checkpoints``."""
         return self.checkpoint_dir or self.state_dir / "checkpoints"
 
+    def sink_checkpoint(self, topic: str) -> Path:
+        """Checkpoint directory of the sink's query for ``topic``."""
+        return self.checkpoint_root / f"sink-{topic}"
+
     def dsn(self) -> str:
         """The warehouse DSN in clear, for the client libraries that need it."""
         return self.postgres_dsn.get_secret_value()

@@ -82,7 +82,7 @@ def _reset(settings: Settings, log: Callable[[str], None]) -> None:
     # the tables exist: run_demo starts the stack, which applies the schema
     with transaction(settings.dsn()) as conn, conn.cursor() as cur:
         cur.execute("TRUNCATE " + ", ".join(_PIPELINE_TABLES))
-    shutil.rmtree(settings.checkpoint_root / f"sink-{settings.topic}", ignore_errors=True)
+    shutil.rmtree(settings.sink_checkpoint(settings.topic), ignore_errors=True)
     log(f"reset: deleted topics {topics or '(none)'}, emptied {len(_PIPELINE_TABLES)} tables and the checkpoint")
 
 

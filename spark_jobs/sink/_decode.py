@@ -210,7 +210,9 @@ def _rules(contract: Contract, known_ids: list[int]) -> list[tuple[Column, str, 
         )
     )
     for name, precision, scale in _decimal_bounds(contract):
-        limit = F.lit(10 ** (precision - scale)).cast(f"DECIMAL({DECODE_PRECISION},0)")
+        # the limit at the decoded type itself: a DECIMAL(38,0) limit would make Spark widen past 38
+        # digits and round the amount (9999999999999999.99 would compare as 10^16)
+        limit = F.lit(10 ** (precision - scale)).cast(f"DECIMAL({DECODE_PRECISION},{scale})")
         rules.append(
             (
                 F.abs(r[name]) >= limit,

@@ -205,7 +205,7 @@ def topics_create(topic: str | None, partitions: int | None, replication: int | 
 @click.option("--topic", envvar="TXP_TOPIC", default=None, help="Topic [default: transactions].", show_envvar=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def topics_forget(topic: str | None, yes: bool) -> None:
-    """Delete a topic's rows, quarantine, offsets and DLQ progress from the warehouse.
+    """Delete a topic's rows, quarantine, offsets and DLQ progress, and the sink's checkpoint.
 
     For a topic that was deleted and created again ([TOPIC_RECREATED]): its offsets start over,
     so the warehouse must forget the old ones before the sink reads it again. Kafka is not touched.
@@ -222,7 +222,8 @@ def topics_forget(topic: str | None, yes: bool) -> None:
         deleted = forget_topic(conn, name, dlq_topic)
     finally:
         conn.close()
-    out.print(f"{name}: deleted " + ", ".join(f"{n} from {t}" for t, n in deleted.items()))
+    shutil.rmtree(settings.sink_checkpoint(name), ignore_errors=True)
+    out.print(f"{name}: deleted " + ", ".join(f"{n} from {t}" for t, n in deleted.items()) + ", and the checkpoint")
 
 
 @cli.group()
