@@ -63,5 +63,8 @@ constraints: ## Re-pin constraints.txt from a fresh resolution of pyproject.toml
 	(sed -n '1,2p' constraints.txt; .venv-pin/bin/pip freeze --exclude-editable) > constraints.new && mv constraints.new constraints.txt
 	rm -rf .venv-pin
 
-clean: down ## Stop the stack and delete its state, the jar cache and the virtualenv
+clean: ## Stop the stacks and delete their state (also what root keeps outside the checkout), jars, virtualenv
+	@if [ -x $(BIN)/txp ]; then \
+		$(BIN)/txp stack down --purge --state-dir .txp && $(BIN)/txp stack down --purge --state-dir .txp-test; \
+	else echo "nothing installed, nothing running"; fi
 	rm -rf .txp .txp-test .cache $(VENV)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -35,8 +36,20 @@ err = Console(stderr=True)
 out = Console()
 
 
+#: Port variables of `txp stack up`; every command that starts the stack honours them.
+_PORT_VARS = {
+    "kafka_port": "TXP_STACK_KAFKA_PORT",
+    "controller_port": "TXP_STACK_CONTROLLER_PORT",
+    "postgres_port": "TXP_STACK_POSTGRES_PORT",
+    "registry_port": "TXP_STACK_REGISTRY_PORT",
+}
+
+
 def _stack(state_dir: Path | None, layout: StackLayout | None = None) -> LocalStack:
     settings = load_settings()
+    ports = {field: int(os.environ[var]) for field, var in _PORT_VARS.items() if os.environ.get(var)}
+    if layout is None and ports:
+        layout = dataclasses.replace(StackLayout(), **ports)  # so `txp dev` and `txp demo` start where `txp stack up` would
     return LocalStack(state_dir or settings.state_dir, settings.jars_dir, layout)
 
 
