@@ -12,6 +12,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -47,9 +48,10 @@ _PORT_VARS = {
 
 def _stack(state_dir: Path | None, layout: StackLayout | None = None) -> LocalStack:
     settings = load_settings()
-    ports = {field: int(os.environ[var]) for field, var in _PORT_VARS.items() if os.environ.get(var)}
+    ports: dict[str, Any] = {field: int(os.environ[var]) for field, var in _PORT_VARS.items() if os.environ.get(var)}
     if layout is None and ports:
-        layout = dataclasses.replace(StackLayout(), **ports)  # so `txp dev` and `txp demo` start where `txp stack up` would
+        # so that `txp dev` and `txp demo` start the stack where `txp stack up` would
+        layout = dataclasses.replace(StackLayout(), **ports)
     return LocalStack(state_dir or settings.state_dir, settings.jars_dir, layout)
 
 
