@@ -95,10 +95,9 @@ def _ahead_message(topic: str, lag: Lag) -> str:
     return (
         f"topic {topic!r} ends before the offsets the sink committed to Postgres on partition(s) {partitions}: "
         "it was deleted and recreated, or truncated, after the sink read it. No sink run requested: the sink "
-        "refuses such a topic with [TOPIC_RECREATED]. Restore the original topic, or to load the new one from "
-        f"its start, delete this topic's rows from sink_offsets, transactions and quarantine (their Kafka "
-        f"coordinates would collide with the new records) and its Spark checkpoint sink-{topic} under the "
-        "checkpoint root."
+        "refuses such a topic with [TOPIC_RECREATED]. Restore the original topic, or, to load the new one from "
+        f"its start, run `txp topics forget --topic {topic}` (deletes its rows, quarantine, offsets and "
+        "checkpoint: their Kafka coordinates would collide with the new records)."
     )
 
 

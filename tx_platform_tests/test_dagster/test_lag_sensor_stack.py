@@ -151,9 +151,9 @@ def test_topic_behind_committed_offsets_requests_no_run(
         f"topic '{settings.topic}' ends before the offsets the sink committed to Postgres on partition(s) "
         "0 (committed 5, end 2): it was deleted and recreated, or truncated, after the sink read it. "
         "No sink run requested: the sink refuses such a topic with [TOPIC_RECREATED]. Restore the original "
-        "topic, or to load the new one from its start, delete this topic's rows from sink_offsets, transactions "
-        "and quarantine (their Kafka coordinates would collide with the new records) and its Spark checkpoint "
-        f"sink-{settings.topic} under the checkpoint root."
+        f"topic, or, to load the new one from its start, run `txp topics forget --topic {settings.topic}` "
+        "(deletes its rows, quarantine, offsets and checkpoint: their Kafka coordinates would collide with the "
+        "new records)."
     )
     [observation] = result.asset_events
     metadata = {k: v.value for k, v in observation.metadata.items()}
