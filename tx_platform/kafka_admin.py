@@ -112,14 +112,7 @@ def offset_consumer(bootstrap: str) -> Consumer:
 
 def end_offsets(bootstrap: str, topic: str, timeout: float = 20.0) -> dict[int, int]:
     """High watermark per partition (the offset the next record will get)."""
-    count = partition_count(bootstrap, topic, timeout)
-    consumer = offset_consumer(bootstrap)
-    try:
-        return {p: high_watermark(consumer, TopicPartition(topic, p), timeout) for p in range(count)}
-    except KafkaException as exc:
-        raise _unreachable(bootstrap, exc) from exc
-    finally:
-        consumer.close()
+    return {p: high for p, (_low, high) in watermarks(bootstrap, topic, timeout).items()}
 
 
 def topic_id(bootstrap: str, topic: str, timeout: float = 20.0) -> str:

@@ -4,6 +4,7 @@ import csv
 import io
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 import psycopg2
 import pytest
@@ -55,6 +56,12 @@ def _uid(unique: str, i: int) -> str:
     return f"{unique[:8]}-0000-4000-8000-{i:012d}"
 
 
+def _commit_one(conn: Any, topic: str, batch_id: int, unique: str, offset: int, **checks: Any) -> None:  # noqa: ANN401
+    """Commit one record at ``offset`` of partition 0 (``checks``: topic_id, lease_epoch)."""
+    line = _tx(topic, _uid(unique, offset), 0, offset)
+    commit_batch(conn, topic, batch_id, [line], [], {0: PartitionRange(offset, offset)}, **checks)
+
+
 # -- pure logic ----------------------------------------------------------------------------------
 @pytest.mark.unit
 def test_a_batch_must_continue_the_ledger() -> None:
@@ -92,15 +99,13 @@ def test_commit_refuses_a_gap_and_a_recreated_topic(settings: Settings, unique: 
     topic = settings.topic
     conn = connect(settings.dsn())
     try:
-        commit_batch(conn, topic, 0, [_tx(topic, _uid(unique, 0), 0, 0)], [], {0: PartitionRange(0, 0)}, topic_id="A")
+        _commit_one(conn, topic, 0, unique, 0, topic_id="A")
         with pytest.raises(OffsetGapError, match=rf"{topic}\[0\]: the batch starts at offset 5"):
-            commit_batch(conn, topic, 1, [_tx(topic, _uid(unique, 5), 0, 5)], [], {0: PartitionRange(5, 5)})
+            _commit_one(conn, topic, 1, unique, 5)
         with pytest.raises(TopicRecreatedError):
-            commit_batch(
-                conn, topic, 1, [_tx(topic, _uid(unique, 1), 0, 1)], [], {0: PartitionRange(1, 1)}, topic_id="B"
-            )
+            _commit_one(conn, topic, 1, unique, 1, topic_id="B")
         assert committed_offsets(conn, topic) == {0: 1}  # nothing of the refused batches was written
-        commit_batch(conn, topic, 1, [_tx(topic, _uid(unique, 1), 0, 1)], [], {0: PartitionRange(1, 1)}, topic_id="A")
+        _commit_one(conn, topic, 1, unique, 1, topic_id="A")
         assert committed_offsets(conn, topic) == {0: 2}
     finally:
         conn.close()
@@ -115,14 +120,12 @@ def test_one_sink_per_topic_and_a_fenced_sink_commits_nothing(settings: Settings
         acquire_lease(connect(settings.dsn()), topic)
     conn = connect(settings.dsn())
     try:
-        commit_batch(conn, topic, 0, [_tx(topic, _uid(unique, 0), 0, 0)], [], {0: PartitionRange(0, 0)},
-                     lease_epoch=first.epoch)  # fmt: skip
+        _commit_one(conn, topic, 0, unique, 0, lease_epoch=first.epoch)
         first.release()  # e.g. its session died; a new sink takes over
         second = acquire_lease(connect(settings.dsn()), topic)
         assert second.epoch == first.epoch + 1
         with pytest.raises(SinkFencedError, match=rf"\[SINK_FENCED\] {topic}: .*epoch {first.epoch}.*batch 1"):
-            commit_batch(conn, topic, 1, [_tx(topic, _uid(unique, 1), 0, 1)], [], {0: PartitionRange(1, 1)},
-                         lease_epoch=first.epoch)  # fmt: skip
+            _commit_one(conn, topic, 1, unique, 1, lease_epoch=first.epoch)
         assert committed_offsets(conn, topic) == {0: 1}
         with pytest.raises(SinkAlreadyRunningError):
             forget_topic(conn, topic, f"{topic}.dlq")  # not while a sink runs
