@@ -22,6 +22,7 @@ from pandera.errors import SchemaErrors
 from spark_jobs.sink import SinkConfig, TransactionSink
 from spark_jobs.sink._dlq import DLQ_MAX_MESSAGE_BYTES
 from tx_platform.checks import daily_merchant_summary_schema, daily_reconciliation
+from tx_platform.contract import EARLIEST_EVENT_TIME
 from tx_platform.resources import KafkaResource, PipelineConfig, PostgresResource, compute_lag
 from tx_platform.warehouse import read_daily_merchant_summary, rebuild_daily_merchant_summary
 
@@ -31,8 +32,9 @@ WAREHOUSE_TRANSACTIONS = AssetKey(["warehouse", "transactions"])
 WAREHOUSE_QUARANTINE = AssetKey(["warehouse", "quarantine"])
 DAILY_MERCHANT_SUMMARY = AssetKey(["warehouse", "daily_merchant_summary"])
 
-#: Daily partitions in UTC; end_offset=1 includes today, which fills up as the stream runs.
-DAILY_PARTITIONS = DailyPartitionsDefinition(start_date="2025-01-01", end_offset=1)
+#: Daily partitions in UTC; end_offset=1 includes today, which fills up as the stream runs. They
+#: start at the earliest event time the sink accepts (older records are quarantined as EVENT_TIME_TOO_OLD).
+DAILY_PARTITIONS = DailyPartitionsDefinition(start_date=EARLIEST_EVENT_TIME.date().isoformat(), end_offset=1)
 
 
 @asset(
