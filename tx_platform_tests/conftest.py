@@ -49,6 +49,12 @@ def stack_env() -> Iterator[dict[str, str]]:
         controller_port=int(os.environ.get("TXP_TEST_CONTROLLER_PORT", "19093")),
         postgres_port=int(os.environ.get("TXP_TEST_POSTGRES_PORT", "15433")),
         registry_port=int(os.environ.get("TXP_TEST_REGISTRY_PORT", "18081")),
+        prometheus_port=int(os.environ.get("TXP_TEST_PROMETHEUS_PORT", "19090")),
+        alertmanager_port=int(os.environ.get("TXP_TEST_ALERTMANAGER_PORT", "19095")),
+        pushgateway_port=int(os.environ.get("TXP_TEST_PUSHGATEWAY_PORT", "19091")),
+        postgres_exporter_port=int(os.environ.get("TXP_TEST_POSTGRES_EXPORTER_PORT", "19187")),
+        metrics_port=int(os.environ.get("TXP_TEST_METRICS_PORT", "19188")),
+        jmx_port=int(os.environ.get("TXP_TEST_JMX_PORT", "19404")),
     )
     stack = LocalStack(TEST_STATE_DIR, load_settings().jars_dir)
     stack.down(purge=True)  # every session starts from nothing

@@ -17,8 +17,10 @@ from tx_platform_tests.conftest import assert_eventually
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LAYOUT = StackLayout(
-    kafka_port=39092, controller_port=39093, postgres_port=35433, registry_port=38081, brokers=3, controllers=3
-)
+    kafka_port=39092, controller_port=39093, postgres_port=35433, registry_port=38081, brokers=3, controllers=3,
+    prometheus_port=39090, alertmanager_port=39095, pushgateway_port=39091, postgres_exporter_port=39187,
+    metrics_port=39188, jmx_port=39404,
+)  # fmt: skip
 
 
 def test_three_brokers_replicate_and_the_sink_stays_exact(spark, tmp_path) -> None:  # noqa: ANN001

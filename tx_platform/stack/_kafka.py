@@ -42,6 +42,7 @@ class KafkaNode:
     log_file: Path
     broker_port: int | None
     controller_port: int | None
+    metrics_port: int | None = None  # the JMX exporter agent's HTTP port (127.0.0.1)
 
     @property
     def name(self) -> str:

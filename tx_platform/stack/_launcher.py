@@ -59,6 +59,13 @@ class StackLayout:
     brokers: int = 1
     controllers: int = 1
     cluster_id: str = field(default_factory=new_cluster_id)
+    # monitoring (9093 is the KRaft controller, so Alertmanager moves to 9095)
+    prometheus_port: int = 9090
+    alertmanager_port: int = 9095
+    pushgateway_port: int = 9091
+    postgres_exporter_port: int = 9187
+    metrics_port: int = 9188  # the pipeline metrics exporter (txp metrics serve)
+    jmx_port: int = 9404  # Kafka node n exports JMX metrics on jmx_port + n - 1
 
     @property
     def combined(self) -> bool:
@@ -91,7 +98,7 @@ class LocalStack:
         path = self.state_dir / _LAYOUT_FILE
         if path.exists():
             stored = StackLayout(**json.loads(path.read_text()))
-            fixed = ("kafka_port", "controller_port", "postgres_port", "registry_port", "brokers", "controllers")
+            fixed = tuple(f for f in asdict(stored) if f != "cluster_id")
             if requested is not None and any(getattr(requested, f) != getattr(stored, f) for f in fixed):
                 msg = (
                     f"the stack in {self.state_dir} was created with {stored}; to change ports or topology "
@@ -153,6 +160,7 @@ class LocalStack:
                     self.logs_dir / "kafka-1.log",
                     layout.kafka_port,
                     layout.controller_port,
+                    layout.jmx_port,
                 )
             ]
         nodes = [
@@ -162,6 +170,7 @@ class LocalStack:
                 self.logs_dir / f"kafka-{i + 1}.log",
                 None,
                 layout.controller_port + 100 * i,
+                layout.jmx_port + i,
             )
             for i in range(layout.controllers)
         ]
@@ -174,6 +183,7 @@ class LocalStack:
                     self.logs_dir / f"kafka-{node_id}.log",
                     layout.kafka_port + 100 * b,
                     None,
+                    layout.jmx_port + node_id - 1,
                 )
             )
         return nodes
@@ -210,7 +220,7 @@ class LocalStack:
             "TXP_POSTGRES_DSN": self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB),
             "TXP_ANALYST_DSN": self.postgres.dsn(ANALYST_ROLE, WAREHOUSE_DB),
             "TXP_SPARK_MASTER": "local[*]",
-            "TXP_PROMETHEUS_URL": "http://127.0.0.1:9090",
+            "TXP_PROMETHEUS_URL": f"http://127.0.0.1:{self.layout.prometheus_port}",
             "TXP_TOPIC_REPLICATION": str(replication),
             "TXP_STATE_DIR": str(self.state_dir),
             # explicit driver: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which we do not ship
