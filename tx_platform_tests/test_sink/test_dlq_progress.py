@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import random
+import signal
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -138,3 +140,35 @@ def test_a_lost_confirmation_is_found_in_the_dlq_not_sent_twice(
     assert _publish(publisher, settings) == 0
     assert _dlq_source_offsets(settings) == [0, 1, 2, 3]
     assert _confirmed(settings) == confirmed
+
+
+def test_deliveries_that_time_out_are_settled_exactly_once(settings: Settings, create_topic, test_stack) -> None:  # noqa: ANN001
+    """The broker freezes mid-publish: deliveries time out (some may still land); nothing is doubled."""
+    ensure_schema(settings.dsn())
+    create_topic(settings.topic, partitions=1)
+    broker = test_stack.kafka_nodes()[0].process.pid()
+    assert broker is not None
+    publisher = DeadLetterPublisher(
+        settings.kafka_bootstrap, settings.topic, settings.dlq_topic, producer_config={"message.timeout.ms": 3_000}
+    )
+    recover = publisher.recover
+
+    def recover_then_freeze(conn, partition: int) -> int:  # noqa: ANN001
+        end = recover(conn, partition)
+        os.kill(broker, signal.SIGSTOP)  # after the scan, before the sends
+        return end
+
+    _quarantine(settings, [f"r{i}".encode() for i in range(20)])
+    publisher.recover = recover_then_freeze  # type: ignore[method-assign]
+    try:
+        with pytest.raises(SinkError, match=r"\[DLQ_PUBLISH_FAILED\] 20 of 20 records did not reach"):
+            _publish(publisher, settings)
+    finally:
+        os.kill(broker, signal.SIGCONT)
+        publisher.recover = recover  # type: ignore[method-assign]
+    assert set(_confirmed(settings).values()) == {None}
+    resent = _publish(publisher, settings)
+    publisher.close()
+    assert 0 <= resent <= 20  # what landed after the broker woke up is confirmed, the rest sent now
+    assert sorted(_dlq_source_offsets(settings)) == list(range(20))  # each exactly once
+    assert None not in _confirmed(settings).values()
