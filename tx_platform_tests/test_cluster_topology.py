@@ -13,6 +13,7 @@ from tx_platform.producer import generate, open_producer, produce
 from tx_platform.stack import LocalStack, StackLayout
 from tx_platform.warehouse import connect
 from tx_platform_tests.conftest import assert_eventually
+from tx_platform_tests.test_stack.test_jmx import scrape_agent, values
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -72,6 +73,26 @@ def test_three_brokers_replicate_and_the_sink_stays_exact(spark, tmp_path) -> No
         assert loss.transactions == 3_000 - producer.faults.injected_total
         assert stored == producer.good_amount
         assert sum(end_offsets(settings.kafka_bootstrap, settings.dlq_topic).values()) == loss.quarantined
+
+        # every node's JMX exporter agent: exactly one active controller, bounded series
+        nodes = stack.kafka_nodes()
+        assert sorted(n.metrics_port or 0 for n in nodes) == list(range(LAYOUT.jmx_port, LAYOUT.jmx_port + 6))
+        scraped = {n.name: scrape_agent(n.metrics_port or 0) for n in nodes}
+        for node in nodes:
+            samples = scraped[node.name]
+            assert values(samples, "jvm_memory_used_bytes", area="heap"), f"{node.name} exports no JVM metrics"
+            if node.controller_port:
+                assert len(values(samples, "kafka_controller_kafkacontroller_offlinepartitionscount")) == 1
+            if node.broker_port:
+                assert values(samples, "kafka_server_replicamanager_underreplicatedpartitions") == [0.0], node.name
+        controllers = [scraped[n.name] for n in nodes if n.controller_port]
+        brokers = [scraped[n.name] for n in nodes if n.broker_port]
+        assert sum(sum(values(s, "kafka_controller_kafkacontroller_activecontrollercount")) for s in controllers) == 1
+        produced = "kafka_server_brokertopicmetrics_messagesin_total"
+        assert sum(sum(values(s, produced, topic="transactions")) for s in brokers) >= 3_000  # counted by leaders
+        series = {name: len(samples) for name, samples in scraped.items()}
+        print(f"JMX agents of 3 controllers + 3 brokers: {sum(series.values())} series {series}")  # noqa: T201
+        assert sum(series.values()) < 3_000, "JMX series must stay bounded (no catch-all rule)"
     finally:
         stopped = stack.down(purge=True)
     assert sorted(stopped) == sorted([f"kafka-{i}" for i in range(1, 7)] + ["schema-registry", "postgres"])

@@ -1,4 +1,7 @@
-"""Resolve the JVM artifacts (Kafka broker, Spark connectors) with Maven into a git-ignored cache."""
+"""Resolve the JVM artifacts with Maven into a git-ignored cache.
+
+Kafka broker, the Prometheus JMX exporter agent, Spark connectors and the schema registry.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from tx_platform.config import PROJECT_ROOT
 from tx_platform.errors import ArtifactError
 
 MAVEN_PROJECT = PROJECT_ROOT / "infra" / "maven"
-MODULES = ("kafka-broker", "spark-connectors")
+MODULES = ("kafka-broker", "jmx-exporter", "spark-connectors")
+JMX_AGENT_GLOB = "jmx_prometheus_javaagent-*.jar"
 REGISTRY_RUNNER = Path("schema-registry") / "quarkus-app" / "quarkus-run.jar"
 _MARKER = ".resolved.json"
 
@@ -56,6 +60,16 @@ class Artifacts:
         """Class path of the Kafka broker JVM."""
         return str(self.module_dir("kafka-broker") / "*")
 
+    def jmx_agent(self) -> Path:
+        """The Prometheus JMX exporter Java agent jar (for ``-javaagent:``), kept off the broker's class path."""
+        directory = self.module_dir("jmx-exporter")
+        jars = sorted(directory.glob(JMX_AGENT_GLOB))
+        if len(jars) != 1:
+            found = ", ".join(j.name for j in jars) or "none"
+            msg = f"expected one JMX exporter agent jar in {directory}, found {found} — run `txp stack setup --force`"
+            raise ArtifactError(msg)
+        return jars[0]
+
     def spark_jars(self) -> list[Path]:
         """Connector jars for ``spark.jars``, minus what pyspark already ships.
 
@@ -80,6 +94,7 @@ class Artifacts:
         return (
             recorded.get("fingerprint") == _fingerprint(pyspark_version())
             and all(any(self.module_dir(m).glob("*.jar")) for m in MODULES)
+            and len(list(self.module_dir("jmx-exporter").glob(JMX_AGENT_GLOB))) == 1
             and self.registry_runner.exists()
         )
 

@@ -18,6 +18,8 @@ from tx_platform.stack._artifacts import Artifacts, require_java
 from tx_platform.stack._process import ManagedProcess, port_in_use
 
 KAFKA_CONFIG_DIR = PROJECT_ROOT / "infra" / "kafka"
+#: Rules of the Prometheus JMX exporter agent attached to every Kafka server JVM (not to CLI tools).
+JMX_RULES = PROJECT_ROOT / "monitoring" / "jmx" / "kafka-kraft.yml"
 _JVM_OPTS = ["-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true"]
 
 
@@ -83,37 +85,51 @@ class KafkaNode:
         path.write_text(text)
         return path
 
-    def format_storage(self, java: str, artifacts: Artifacts, config: Path, cluster_id: str) -> None:
-        """Format the log dir once (KRaft needs it before the first start)."""
-        if (self.root / "data" / "meta.properties").exists():
-            return
-        cmd = [
+    def format_command(self, java: str, artifacts: Artifacts, config: Path, cluster_id: str) -> list[str]:
+        """Argv of the storage-format tool: no JMX agent (it would bind the node's metrics port)."""
+        return [
             java, "-cp", artifacts.kafka_classpath(),
             f"-Dlog4j2.configurationFile={KAFKA_CONFIG_DIR / 'log4j2.properties'}", "kafka.tools.StorageTool",
             "format", "-t", cluster_id, "-c", str(config), "--ignore-formatted",
         ]  # fmt: skip
+
+    def format_storage(self, java: str, artifacts: Artifacts, config: Path, cluster_id: str) -> None:
+        """Format the log dir once (KRaft needs it before the first start)."""
+        if (self.root / "data" / "meta.properties").exists():
+            return
+        cmd = self.format_command(java, artifacts, config, cluster_id)
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:
             msg = f"formatting Kafka storage of node {self.node_id} failed:\n{result.stdout}\n{result.stderr}"
             raise StackError(msg)
+
+    def server_command(self, java: str, artifacts: Artifacts, config: Path) -> list[str]:
+        """Argv of the ``kafka.Kafka`` server JVM, with the JMX exporter agent when the node has a metrics port.
+
+        The agent goes on this command line only, never into KAFKA_OPTS: every Kafka CLI tool would
+        load it too and fail on the already bound port ("Address already in use").
+        """
+        agent = []
+        if self.metrics_port:
+            agent = [f"-javaagent:{artifacts.jmx_agent()}=127.0.0.1:{self.metrics_port}:{JMX_RULES}"]
+        return [
+            java, *_JVM_OPTS, *agent, f"-Dlog4j2.configurationFile={KAFKA_CONFIG_DIR / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.root / 'logs'}", "-cp", artifacts.kafka_classpath(), "kafka.Kafka", str(config),
+        ]  # fmt: skip
 
     def start(self, artifacts: Artifacts, voters: str, replication: int, cluster_id: str) -> None:
         """Render config, format on first start, launch the JVM (no wait)."""
         proc = self.process
         if proc.pid() is not None:
             return
-        for port in (self.broker_port, self.controller_port):
+        for port in (self.broker_port, self.controller_port, self.metrics_port):
             if port and port_in_use(port):
                 msg = f"port {port} on 127.0.0.1 is already in use — stop what uses it or choose other ports"
                 raise StackError(msg)
         java = require_java()
         config = self.render_config(voters, replication)
         self.format_storage(java, artifacts, config, cluster_id)
-        argv = [
-            java, *_JVM_OPTS, f"-Dlog4j2.configurationFile={KAFKA_CONFIG_DIR / 'log4j2.properties'}",
-            f"-Dkafka.logs.dir={self.root / 'logs'}", "-cp", artifacts.kafka_classpath(), "kafka.Kafka", str(config),
-        ]  # fmt: skip
-        proc.start(argv, cwd=self.root)
+        proc.start(self.server_command(java, artifacts, config), cwd=self.root)
 
 
 def broker_ready(bootstrap: str, expected_brokers: int = 1) -> bool:
