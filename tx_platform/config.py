@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     )
     spark_master: str = Field("local[*]", description="Spark master URL.")
     prometheus_url: str = Field("http://127.0.0.1:9090", description="Prometheus URL.")
+    alertmanager_url: str = Field("http://127.0.0.1:9095", description="Alertmanager URL (v2 API under /api/v2).")
+    pushgateway_url: str = Field("http://127.0.0.1:9091", description="Pushgateway URL (batch jobs push metrics).")
     topic: str = Field("transactions", description="Kafka topic of the transaction stream.")
     dlq_topic: str = Field("transactions.dlq", description="Dead-letter topic.")
     topic_partitions: int = Field(3, ge=1, description="Partitions of a topic we create.")

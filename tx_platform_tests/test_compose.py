@@ -1,5 +1,6 @@
 """The Compose cluster stack, validated statically (no Docker engine runs here)."""
 
+import json
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tx_platform.stack._postgres import ANALYST_ROLE, DAGSTER_ROLE, PIPELINE_ROL
 pytestmark = pytest.mark.unit
 
 INFRA = PROJECT_ROOT / "infra"
+PROMETHEUS = PROJECT_ROOT / "monitoring" / "prometheus"
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,8 @@ def test_dagster_services_get_every_connection_setting(compose: dict) -> None:
             "TXP_POSTGRES_DSN",
             "TXP_SPARK_MASTER",
             "TXP_PROMETHEUS_URL",
+            "TXP_ALERTMANAGER_URL",
+            "TXP_PUSHGATEWAY_URL",
         ):  # noqa: E501
             assert env[key], f"{name}: {key}"
         assert env["TXP_KAFKA_BOOTSTRAP"].count(":9092") == 3 and env["TXP_TOPIC_REPLICATION"] == "3"
@@ -84,3 +88,68 @@ def test_no_secret_in_the_files_and_the_same_roles_as_the_laptop(compose: dict) 
     ]
     assert mounted and all((INFRA / m).exists() for m in mounted)
     assert "compose.env" in Path(PROJECT_ROOT / ".gitignore").read_text()
+
+
+def _host_ports(service: dict) -> set[int]:
+    return {int(str(p).split(":")[1]) for p in service.get("ports", [])}
+
+
+def test_monitoring_services_with_loopback_ports(compose: dict) -> None:
+    services = compose["services"]
+    expected = {
+        "prometheus": 9090,
+        "alertmanager": 9095,
+        "pushgateway": 9091,
+        "postgres-exporter": 9187,
+        "grafana": 3001,
+        "kafka-ui": 8080,
+    }
+    for name, port in expected.items():
+        assert port in _host_ports(services[name]), name
+    all_ports = [p for s in services.values() for p in _host_ports(s)]
+    assert len(all_ports) == len(set(all_ports)), "two services publish the same host port"
+    assert services["grafana"]["image"].startswith("grafana/grafana-oss:")
+    assert services["kafka-ui"]["image"].startswith("ghcr.io/kafbat/kafka-ui:")
+    assert services["kafka-ui"]["ports"] == ["127.0.0.1:8080:8080"]
+    assert "--web.enable-lifecycle" in services["prometheus"]["command"]
+    assert "--cluster.listen-address=" in services["alertmanager"]["command"]
+    assert services["postgres-exporter"]["environment"]["DATA_SOURCE_USER"] == "txp_monitor"
+
+
+def test_compose_mounts_the_repository_config_and_the_compose_targets(compose: dict) -> None:
+    volumes = compose["services"]["prometheus"]["volumes"]
+    assert "../monitoring/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in volumes
+    assert "../monitoring/prometheus/rules:/etc/prometheus/rules:ro" in volumes
+    assert "../monitoring/prometheus/targets-compose:/etc/prometheus/targets:ro" in volumes
+    am = compose["services"]["alertmanager"]["volumes"]
+    assert "../monitoring/alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro" in am
+    assert "../monitoring/grafana:/etc/grafana/provisioning:ro" in compose["services"]["grafana"]["volumes"]
+    mounted = [
+        v.split(":")[0] for s in compose["services"].values() for v in s.get("volumes", []) if v.startswith("../")
+    ]
+    assert mounted and all((INFRA / m).exists() for m in mounted)
+
+
+def test_every_scrape_job_uses_file_sd_with_a_compose_target_file(compose: dict) -> None:
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    expected = {"prometheus", "alertmanager", "pushgateway", "postgres", "registry", "kafka", "txp", "spark"}
+    assert expected <= set(jobs)
+    assert jobs["pushgateway"].get("honor_labels") is True
+    assert config["rule_files"] == ["rules/*.yml"]
+    sd_blocks = [job["file_sd_configs"] for job in jobs.values()]
+    sd_blocks += [am["file_sd_configs"] for am in config["alerting"]["alertmanagers"]]
+    for block in sd_blocks:
+        assert block and all(f.startswith("targets/") for sd in block for f in sd["files"])
+    files = {f.removeprefix("targets/") for block in sd_blocks for sd in block for f in sd["files"]}
+    for name in files - {"spark-*.json"}:
+        groups = json.loads((PROMETHEUS / "targets-compose" / name).read_text())
+        hosts = {t.rsplit(":", 1)[0] for g in groups for t in g["targets"]}
+        assert hosts <= set(compose["services"]), f"{name} names a host that is not a Compose service"
+    kafka = json.loads((PROMETHEUS / "targets-compose" / "kafka.json").read_text())
+    nodes = {n: s for n, s in compose["services"].items() if "KAFKA_NODE_ID" in s.get("environment", {})}
+    assert len(kafka) == len(nodes)
+    for group in kafka:
+        service = nodes[group["targets"][0].rsplit(":", 1)[0]]
+        assert group["labels"]["node_id"] == service["environment"]["KAFKA_NODE_ID"]
+        assert group["labels"]["role"] == service["environment"]["KAFKA_PROCESS_ROLES"]

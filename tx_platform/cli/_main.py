@@ -160,10 +160,13 @@ def stack_down(state_dir: Path | None, purge: bool) -> None:
 @stack.command("status")
 @_state_option
 def stack_status(state_dir: Path | None) -> None:
-    """Show each service with its state, pid, ports and log file. Exit 1 if any is down."""
+    """Show each service with its state, pid, ports and log file.
+
+    Exit 1 if a service that should run is down; an optional one that is not installed is not an error.
+    """
     s = _stack(state_dir)
     _print_status(s)
-    if not all(row.running for row in s.status()):
+    if not all(row.running or row.not_installed for row in s.status()):
         sys.exit(1)
 
 
@@ -184,10 +187,17 @@ def stack_env(state_dir: Path | None) -> None:
 
 def _print_status(s: LocalStack) -> None:
     table = Table("service", "state", "pid", "ports", "log")
+    table.columns[1].overflow = "fold"  # a narrow terminal must not cut the package name to install
     dagster = s.dagster_status()
     for row in [*s.status(), *([dagster] if dagster else [])]:
-        state = "[green]running[/]" if row.running else "[red]stopped[/]"
-        table.add_row(row.name, state, str(row.pid or "-"), ",".join(map(str, row.ports)), str(row.log_file))
+        if row.running:
+            state = "[green]running[/]"
+        elif row.not_installed:
+            state = f"[yellow]not installed — apt-get install {row.not_installed}[/]"
+        else:
+            state = "[red]stopped[/]"
+        log = "-" if row.not_installed else str(row.log_file)
+        table.add_row(row.name, state, str(row.pid or "-"), ",".join(map(str, row.ports)), log)
     out.print(table)
 
 

@@ -1,4 +1,8 @@
-"""The local stack: Kafka (KRaft) and PostgreSQL as child processes under one state directory."""
+"""The local stack: Kafka (KRaft) and PostgreSQL as child processes under one state directory.
+
+Monitoring (Prometheus, Alertmanager, Pushgateway, postgres_exporter) joins them when the system
+has the binaries; see ``_monitoring``.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,21 @@ from tx_platform.config import STACK_ENV_FILE
 from tx_platform.errors import StackError
 from tx_platform.stack._artifacts import Artifacts, resolve_artifacts
 from tx_platform.stack._kafka import KafkaNode, broker_ready, new_cluster_id
+from tx_platform.stack._monitoring import (
+    MonitoringService,
+    alertmanager_service,
+    local_targets,
+    postgres_exporter_service,
+    prometheus_service,
+    pushgateway_service,
+    write_alertmanager_config,
+    write_prometheus_files,
+)
 from tx_platform.stack._postgres import (
     ANALYST_ROLE,
     DAGSTER_DB,
     DAGSTER_ROLE,
+    MONITOR_ROLE,
     PIPELINE_ROLE,
     REGISTRY_DB,
     REGISTRY_ROLE,
@@ -82,6 +97,8 @@ class ServiceStatus:
     pid: int | None
     ports: tuple[int, ...]
     log_file: Path
+    #: set for an optional service whose binary is missing: the Debian package that provides it
+    not_installed: str | None = None
 
 
 class LocalStack:
@@ -109,7 +126,7 @@ class LocalStack:
         return requested or StackLayout()
 
     def _load_secrets(self) -> dict[str, str]:
-        roles = (SUPERUSER, PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE, REGISTRY_ROLE)
+        roles = (SUPERUSER, PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE, REGISTRY_ROLE, MONITOR_ROLE)
         stored: dict[str, str] = {}
         path = self.state_dir / _SECRETS_FILE
         if path.exists():
@@ -197,6 +214,68 @@ class LocalStack:
         return ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.kafka_nodes() if n.controller_port)
 
     @property
+    def prometheus(self) -> MonitoringService:
+        root = self.state_dir / "prometheus"
+        return prometheus_service(
+            root, self.layout.prometheus_port, self.logs_dir / "prometheus.log", root / "prometheus.yml"
+        )
+
+    @property
+    def alertmanager(self) -> MonitoringService:
+        root = self.state_dir / "alertmanager"
+        return alertmanager_service(
+            root, self.layout.alertmanager_port, self.logs_dir / "alertmanager.log", root / "alertmanager.yml"
+        )
+
+    @property
+    def pushgateway(self) -> MonitoringService:
+        return pushgateway_service(
+            self.state_dir / "pushgateway", self.layout.pushgateway_port, self.logs_dir / "pushgateway.log"
+        )
+
+    @property
+    def postgres_exporter(self) -> MonitoringService:
+        # lib/pq (the exporter's driver) asks for TLS unless told not to; the server has none
+        dsn = self.postgres.dsn(MONITOR_ROLE, "postgres") + "?sslmode=disable"
+        return postgres_exporter_service(
+            self.state_dir / "postgres-exporter",
+            self.layout.postgres_exporter_port,
+            self.logs_dir / "postgres-exporter.log",
+            dsn,
+        )
+
+    def monitoring(self) -> list[MonitoringService]:
+        """The optional monitoring services, in start order (Prometheus last: it scrapes the others)."""
+        return [self.postgres_exporter, self.pushgateway, self.alertmanager, self.prometheus]
+
+    def _write_monitoring_config(self) -> None:
+        layout = self.layout
+        targets = local_targets(
+            prometheus_port=layout.prometheus_port,
+            alertmanager_port=layout.alertmanager_port,
+            pushgateway_port=layout.pushgateway_port,
+            postgres_exporter_port=layout.postgres_exporter_port,
+            registry_port=layout.registry_port,
+            metrics_port=layout.metrics_port,
+            kafka_nodes=self.kafka_nodes(),
+        )
+        write_prometheus_files(self.prometheus.root, targets)
+        write_alertmanager_config(self.alertmanager.root, layout.metrics_port)
+
+    def _start_monitoring(self, timeout: float) -> None:
+        """Start the installed monitoring services and wait until each is ready; reload running ones."""
+        self._write_monitoring_config()
+        started = []
+        for service in self.monitoring():
+            running = service.process.pid() is not None
+            if service.start():
+                started.append(service)
+                if running:
+                    service.reload()  # the configuration was just rewritten
+        for service in started:
+            service.process.wait_ready(service.ready, timeout, f"{service.name} answering on {service.url}")
+
+    @property
     def dagster_home(self) -> Path:
         return self.state_dir / "dagster_home"
 
@@ -221,6 +300,8 @@ class LocalStack:
             "TXP_ANALYST_DSN": self.postgres.dsn(ANALYST_ROLE, WAREHOUSE_DB),
             "TXP_SPARK_MASTER": "local[*]",
             "TXP_PROMETHEUS_URL": f"http://127.0.0.1:{self.layout.prometheus_port}",
+            "TXP_ALERTMANAGER_URL": f"http://127.0.0.1:{self.layout.alertmanager_port}",
+            "TXP_PUSHGATEWAY_URL": f"http://127.0.0.1:{self.layout.pushgateway_port}",
             "TXP_TOPIC_REPLICATION": str(replication),
             "TXP_STATE_DIR": str(self.state_dir),
             # explicit driver: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which we do not ship
@@ -254,6 +335,7 @@ class LocalStack:
             )
         registry.process.wait_ready(registry.ready, timeout, f"schema registry API on {registry.url}")
         ensure_schema(self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB))
+        self._start_monitoring(timeout)
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         (self.dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
         env_lines = "\n".join(f"{k}={v}" for k, v in self.env().items() if k.startswith("TXP_"))
@@ -267,6 +349,9 @@ class LocalStack:
         stopped = []
         if self.dagster.stop(timeout=30):
             stopped.append("dagster")
+        for service in reversed(self.monitoring()):
+            if service.process.stop(timeout=30):
+                stopped.append(service.name)
         if self.registry.process.stop(timeout=30):
             stopped.append("schema-registry")
         for node in sorted(self.kafka_nodes(), key=lambda n: n.broker_port is None):
@@ -285,7 +370,10 @@ class LocalStack:
         return stopped
 
     def status(self) -> list[ServiceStatus]:
-        """Each service with its pid (None when down), ports and log file."""
+        """Each service with its pid (None when down), ports and log file.
+
+        Monitoring services whose binary is missing are listed with ``not_installed`` set.
+        """
         rows = []
         for node in self.kafka_nodes():
             pid = node.process.pid()
@@ -297,6 +385,10 @@ class LocalStack:
         pg = self.postgres
         pid = pg.process.pid()
         rows.append(ServiceStatus("postgres", pid is not None, pid, (pg.port,), pg.log_file))
+        for service in reversed(self.monitoring()):
+            pid = service.process.pid()
+            missing = None if pid is not None or service.binary else service.package
+            rows.append(ServiceStatus(service.name, pid is not None, pid, (service.port,), service.log_file, missing))
         return rows
 
     def dagster_status(self) -> ServiceStatus | None:

@@ -31,6 +31,8 @@ PIPELINE_ROLE = "txp_pipeline"
 ANALYST_ROLE = "txp_analyst"
 DAGSTER_ROLE = "txp_dagster"
 REGISTRY_ROLE = "txp_registry"
+#: Read-only statistics for postgres_exporter (member of pg_monitor, owns nothing).
+MONITOR_ROLE = "txp_monitor"
 WAREHOUSE_DB = "txp"
 DAGSTER_DB = "dagster"
 REGISTRY_DB = "registry"
@@ -243,11 +245,14 @@ class PostgresService:
         return True
 
     def _bootstrap(self) -> None:
-        """Roles: pipeline (owns the warehouse), analyst (read-only), dagster and registry (own databases)."""
+        """Roles: pipeline (owns the warehouse), analyst (read-only), dagster and registry (own databases).
+
+        The monitor role reads server statistics for postgres_exporter through pg_monitor.
+        """
         conn = psycopg2.connect(self.dsn(SUPERUSER, "postgres"))
         conn.autocommit = True
         with conn.cursor() as cur:
-            for role in (PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE, REGISTRY_ROLE):
+            for role in (PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE, REGISTRY_ROLE, MONITOR_ROLE):
                 cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
                 verb = "ALTER" if cur.fetchone() else "CREATE"
                 cur.execute(
@@ -255,6 +260,7 @@ class PostgresService:
                         sql.SQL(verb), sql.Identifier(role), sql.Literal(self.passwords[role])
                     )
                 )
+            cur.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(MONITOR_ROLE)))
             for database, owner in (
                 (WAREHOUSE_DB, PIPELINE_ROLE),
                 (DAGSTER_DB, DAGSTER_ROLE),
