@@ -56,6 +56,17 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Wait before the sensor retries a failed sink run; doubles per consecutive failure."
     )
     sink_retry_backoff_max_seconds: float = Field(600.0, ge=0, description="Upper bound of the sink retry wait.")
+    e2e_latency_slo_seconds: float = Field(
+        5.0, gt=0, description="End-to-end latency objective (event time -> committed), exported for alert rules."
+    )
+    dead_letter_ratio_threshold: float = Field(
+        0.05, ge=0, le=1, description="Share of records sent to the DLQ above which alerts fire (exported)."
+    )
+    alerts_log: Path | None = Field(
+        None,
+        description="JSON-lines file of the alerts Alertmanager posts to the metrics exporter "
+        "[default: <state_dir>/logs/alerts.log].",
+    )
     spark_ui: bool = Field(False, description="Serve Spark's web UI (on 127.0.0.1 in local mode).")
     state_dir: Path = Field(default_factory=default_state_dir, description="Local stack state.")
     checkpoint_dir: Path | None = Field(None, description="Spark checkpoint root.")

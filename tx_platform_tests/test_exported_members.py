@@ -28,6 +28,16 @@ PUBLIC = {
     "tx_platform.checks": {
         "LossReport", "daily_merchant_summary_schema", "daily_reconciliation", "loss_report", "transactions_schema",
     },
+    "tx_platform.metrics": {
+        "ALL_METRICS", "COMMIT_BUCKETS", "DEAD_LETTER_RATIO_THRESHOLD", "DELIVERY_BUCKETS", "E2E_LATENCY",
+        "E2E_LATENCY_SLO", "EXPORTER_SCRAPE_DURATION", "EXPORTER_UP", "KAFKA_TO_COMMIT_LATENCY", "LATENCY_BUCKETS",
+        "PRODUCER_BYTES_TOTAL", "PRODUCER_DELIVERY_LATENCY", "PRODUCER_JOB", "PRODUCER_RECORDS_TOTAL",
+        "SINK_BATCHES_TOTAL", "SINK_COMMIT_DURATION", "SINK_DEAD_LETTERED_TOTAL", "SINK_LAG_RECORDS",
+        "SINK_LAST_COMMIT_TIMESTAMP", "SINK_QUARANTINED_TOTAL", "SINK_ROWS_TOTAL", "AlertLog", "Metric",
+        "MetricsExporterService", "MetricsServer", "Pipeline", "PipelineCollector", "ProducerMetrics", "Pusher",
+        "SinkFigures", "Thresholds", "bucket_for", "build_server", "cumulative_buckets", "pipeline_for_topic",
+        "pipelines_from_settings", "pushing_producer_metrics", "read_sink_figures", "serve", "sink_families",
+    },
     "spark_jobs.sink": {
         "QUERY_NAME", "SinkConfig", "SinkStats", "TransactionSink", "await_query", "contract_struct", "decode",
         "render",

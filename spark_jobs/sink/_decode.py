@@ -292,8 +292,9 @@ def render(decoded: DataFrame, contract: Contract) -> DataFrame:
     """One pass over a decoded batch: ``(ok, partition, offset, line)``.
 
     ``line`` is the record as a CSV line for its destination: accepted records in the staging
-    column order of ``tx_platform.warehouse`` (contract fields, then Kafka coordinates), rejects
-    in ``QUARANTINE_COLUMNS`` order with the raw key and value hex-encoded (``\\x...``).
+    column order of ``tx_platform.warehouse`` (contract fields, Kafka coordinates, raw bytes, Kafka
+    timestamp), rejects in ``QUARANTINE_COLUMNS`` order with the raw key and value hex-encoded
+    (``\\x...``).
     """
     ok = F.col("error_code").isNull()
     low, high = _KAFKA_TS_RANGE
@@ -307,6 +308,8 @@ def render(decoded: DataFrame, contract: Contract) -> DataFrame:
         # the record's own bytes, kept in case it turns out to be a duplicate (decided in Postgres)
         F.concat(F.lit("\\x"), F.hex("key")),
         F.concat(F.lit("\\x"), F.hex("value")),
+        # Kafka's timestamp, for the Kafka -> commit latency histogram (staged, not stored)
+        kafka_ts,
     )
     reject = F.struct(
         F.col("topic"),

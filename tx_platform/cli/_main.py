@@ -359,6 +359,7 @@ def produce(
     The contract is registered under BACKWARD compatibility first; an incompatible schema stops
     here, before anything is sent.
     """
+    from tx_platform.metrics import pipeline_for_topic, pushing_producer_metrics
     from tx_platform.producer import build_pools, generate, open_producer
     from tx_platform.producer import produce as produce_records
 
@@ -379,7 +380,12 @@ def produce(
         TextColumn("[bold]producing"), BarColumn(), MofNCompleteColumn(),
         _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
     )  # fmt: skip
-    with Progress(*columns, console=err, transient=False) as progress:
+    # metrics go to the Pushgateway every 5 s and at the end, failed runs included; never in the way
+    pipeline = pipeline_for_topic(settings, producer.topic)
+    with (
+        pushing_producer_metrics(producer.report, pipeline, settings.pushgateway_url),
+        Progress(*columns, console=err, transient=False) as progress,
+    ):
         task = progress.add_task("produce", total=count)
         report = produce_records(
             generate(count, seed, first, span, pools),
@@ -392,6 +398,36 @@ def produce(
         f"delivered {report.delivered} of {report.sent}, failed {report.failed}, "
         f"injected bad {injected} → topic {producer.topic}"
     )
+
+
+# -- metrics -----------------------------------------------------------------------------------
+@cli.group()
+def metrics() -> None:
+    """Pipeline metrics for Prometheus: sink figures from Postgres, Kafka lag, Alertmanager's alerts."""
+
+
+@metrics.command("serve")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    envvar="TXP_METRICS_PORT",
+    show_envvar=True,
+    default=None,
+    help="Port on 127.0.0.1 [default: the stack's metrics port, 9188].",
+)
+@_state_option
+def metrics_serve(port: int | None, state_dir: Path | None) -> None:
+    """Serve GET /metrics (read from Postgres and Kafka at each scrape) and POST /alerts until Ctrl+C/SIGTERM.
+
+    Alertmanager's webhook posts to /alerts; each alert is appended to TXP_ALERTS_LOG
+    [default: <state dir>/logs/alerts.log] as one JSON line.
+    """
+    from tx_platform.metrics import serve
+
+    settings = load_settings()
+    if port is None:
+        port = LocalStack(state_dir or settings.state_dir, settings.jars_dir).layout.metrics_port
+    serve(settings, port)
 
 
 # -- sink --------------------------------------------------------------------------------------

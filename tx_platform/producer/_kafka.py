@@ -43,15 +43,19 @@ class DeliveryReport:
     delivered: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    #: also told of every delivery report (the producer's metrics: bytes and latency)
+    observer: Callable[[KafkaError | None, Message], None] | None = field(default=None, repr=False, compare=False)
 
-    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         """librdkafka delivery callback."""
         if err is None:
             self.delivered += 1
-            return
-        self.failed += 1
-        if len(self.errors) < 5:
-            self.errors.append(str(err))
+        else:
+            self.failed += 1
+            if len(self.errors) < 5:
+                self.errors.append(str(err))
+        if self.observer is not None:
+            self.observer(err, msg)
 
     @property
     def undelivered(self) -> int:

@@ -12,7 +12,11 @@ Rows arrive as CSV text (one record per line). Under a table lock on ``sink_offs
 4. new transactions are inserted, ``ON CONFLICT (transaction_id) DO NOTHING``;
 5. a record whose ``transaction_id`` already exists is quarantined as ``DUPLICATE_TRANSACTION_ID``
    with its raw key and value bytes, so that every Kafka record still ends in exactly one place;
-6. rejected records go to ``quarantine``; the offsets move forward; a ``sink_batches`` row is added.
+6. rejected records go to ``quarantine``; the offsets move forward; a ``sink_batches`` row is added
+   with the seconds the transaction ran;
+7. last, the latency of every inserted record (event time and Kafka timestamp -> now) and the
+   commit's duration are added to the cumulative histograms in ``sink_latency``: exact, in the
+   same transaction as the rows, so a crash or a replay never counts a record twice or not at all.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from psycopg2.extensions import connection as Connection
 
 from tx_platform.contract import load_contract
 from tx_platform.errors import SinkError
+from tx_platform.metrics._definitions import COMMIT_BUCKETS, LATENCY_BUCKETS, bucket_for
 from tx_platform.warehouse._ledger import PartitionRange, check_batch, check_lease, read_ledger
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,8 @@ SOURCE_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset")
 
 #: Raw bytes staged with every accepted record: a duplicate is quarantined with them.
 RAW_COLUMNS = ("raw_key", "raw_value")
+#: Kafka's timestamp of an accepted record, staged for the latency histogram only (not stored).
+TIMESTAMP_COLUMN = "kafka_timestamp"
 
 
 def transaction_columns() -> tuple[str, ...]:
@@ -57,8 +64,17 @@ def transaction_columns() -> tuple[str, ...]:
 
 
 def staged_columns() -> tuple[str, ...]:
-    """Columns of a staged accepted record (CSV order): transaction columns, then its raw bytes."""
-    return (*transaction_columns(), *RAW_COLUMNS)
+    """Columns of a staged accepted record (CSV order): transaction columns, raw bytes, Kafka timestamp."""
+    return (*transaction_columns(), *RAW_COLUMNS, TIMESTAMP_COLUMN)
+
+
+def _staged_columns_of(lines: list[str]) -> tuple[str, ...]:
+    """The staged columns ``lines`` carry: lines written without the Kafka timestamp (one field fewer,
+    e.g. by hand in tests or by a sink older than this writer) are still accepted, without it."""
+    columns = staged_columns()
+    if lines and len(next(csv.reader(io.StringIO(lines[0])), [])) == len(columns) - 1:
+        return columns[:-1]
+    return columns
 
 
 @dataclass(frozen=True)
@@ -168,10 +184,14 @@ def commit_batch(
         cur.execute(
             "CREATE TEMP TABLE stage_tx (LIKE transactions INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DROP"
         )
-        cur.execute("ALTER TABLE stage_tx ADD COLUMN raw_key bytea, ADD COLUMN raw_value bytea")
+        cur.execute(
+            "ALTER TABLE stage_tx ADD COLUMN raw_key bytea, ADD COLUMN raw_value bytea, "
+            f"ADD COLUMN {TIMESTAMP_COLUMN} timestamptz"
+        )
         cur.execute("CREATE TEMP TABLE stage_q (LIKE quarantine INCLUDING DEFAULTS) ON COMMIT DROP")
-        refused = copy_isolating(cur, "stage_tx", staged_columns(), transaction_lines)
-        rejects = [warehouse_reject(line, staged_columns(), reason) for line, reason in refused]
+        staged = _staged_columns_of(transaction_lines)
+        refused = copy_isolating(cur, "stage_tx", staged, transaction_lines)
+        rejects = [warehouse_reject(line, staged, reason) for line, reason in refused]
         for line, reason in refused:
             log.warning("batch %d: PostgreSQL refused a record the sink's rules accepted (%s): %.200s", batch_id,
                         reason, line)  # fmt: skip
@@ -233,13 +253,56 @@ def commit_batch(
                 """,
                 (topic, partition, rng.first, rng.last + 1, batch_id, topic_id),
             )
+        # the transaction's duration so far (now() is its start), and the instant its rows count as committed
+        cur.execute("SELECT clock_timestamp(), extract(epoch FROM clock_timestamp() - now())::float8")
+        committed_at, seconds = cur.fetchone()
         cur.execute(
-            "INSERT INTO sink_batches (topic, batch_id, records, inserted, quarantined, skipped) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            (topic, batch_id, records, inserted, quarantined, skipped),
+            "INSERT INTO sink_batches (topic, batch_id, records, inserted, quarantined, skipped, seconds) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (topic, batch_id, records, inserted, quarantined, skipped, seconds),
         )
+        _accumulate_latency(cur, topic, committed_at, seconds, inserted > 0)
     return BatchResult(
         records=records, inserted=inserted, quarantined=quarantined, skipped=skipped, warehouse_rejected=len(refused)
+    )
+
+
+#: Observations of one commit, bucketed by the smallest upper bound at or above them (``sink_latency.le``).
+#: Staged rows at coordinates that ``transactions`` holds now were inserted by this batch: staged
+#: rows at committed offsets were deleted, and a duplicate's coordinates are not in ``transactions``.
+#: A time in the future (clock skew, event time up to MAX_FUTURE_SECONDS ahead) counts as 0 s, which
+#: keeps ``_sum`` monotonic, as Prometheus expects of a histogram.
+_LATENCY_SQL = """
+INSERT INTO sink_latency AS l (topic, kind, le, count, sum)
+SELECT %(topic)s, o.kind, b.le, count(*), sum(o.seconds)
+FROM (
+    SELECT k.kind, greatest(0, extract(epoch FROM %(at)s - k.t))::float8 AS seconds
+    FROM stage_tx s
+    JOIN transactions t
+      ON t.kafka_topic = s.kafka_topic AND t.kafka_partition = s.kafka_partition AND t.kafka_offset = s.kafka_offset
+    CROSS JOIN LATERAL (VALUES ('event_time', t.event_time), ('kafka_timestamp', s.kafka_timestamp)) AS k (kind, t)
+    WHERE k.t IS NOT NULL
+) o
+CROSS JOIN LATERAL (SELECT min(u) AS le FROM unnest(%(bounds)s::float8[]) AS u WHERE u >= o.seconds) b
+GROUP BY o.kind, b.le
+ON CONFLICT (topic, kind, le) DO UPDATE SET count = l.count + EXCLUDED.count, sum = l.sum + EXCLUDED.sum
+"""
+
+
+def _accumulate_latency(
+    cur: Any,  # noqa: ANN401 - a cursor
+    topic: str,
+    committed_at: Any,  # noqa: ANN401 - the transaction's clock_timestamp()
+    seconds: float,
+    inserted: bool,
+) -> None:
+    """Add this commit to the cumulative histograms in ``sink_latency`` (in the commit's transaction)."""
+    if inserted:
+        cur.execute(_LATENCY_SQL, {"topic": topic, "at": committed_at, "bounds": list(LATENCY_BUCKETS)})
+    cur.execute(
+        "INSERT INTO sink_latency AS l (topic, kind, le, count, sum) VALUES (%s, 'commit', %s, 1, %s) "
+        "ON CONFLICT (topic, kind, le) DO UPDATE SET count = l.count + 1, sum = l.sum + EXCLUDED.sum",
+        (topic, bucket_for(seconds, COMMIT_BUCKETS), seconds),
     )
 
 

@@ -103,6 +103,23 @@ CREATE TABLE IF NOT EXISTS sink_batches (
     skipped      bigint      NOT NULL,
     committed_at timestamptz NOT NULL DEFAULT now()
 );
+-- Seconds the batch's commit transaction ran (lock wait included), measured by Postgres; NULL
+-- for batches committed before the column existed.
+ALTER TABLE sink_batches ADD COLUMN IF NOT EXISTS seconds double precision;
+
+-- Cumulative latency histograms per topic, accumulated by each commit in its own transaction, so
+-- they are exact and survive any restart. kind: event_time (event time -> committed), kafka_timestamp
+-- (Kafka's record timestamp -> committed), commit (sink_batches.seconds). One row per bucket: count
+-- holds the observations whose smallest upper bound is le (not cumulative; 'Infinity' for the
+-- rest), sum the seconds they add up to. The exporter (txp metrics serve) serves them as histograms.
+CREATE TABLE IF NOT EXISTS sink_latency (
+    topic text             NOT NULL,
+    kind  text             NOT NULL,
+    le    double precision NOT NULL,
+    count bigint           NOT NULL,
+    sum   double precision NOT NULL,
+    PRIMARY KEY (topic, kind, le)
+);
 
 -- Daily activity per merchant and currency (amounts are never summed across currencies).
 CREATE TABLE IF NOT EXISTS daily_merchant_summary (
