@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # First start of the Compose PostgreSQL: the same roles and databases as the laptop stack
 # (tx_platform/stack/_postgres.py): pipeline owns the warehouse, analyst reads it, Dagster and the
-# registry own their databases. Passwords come from compose.env, never from this file.
+# registry own their databases, monitor (pg_monitor) is postgres_exporter's login. Passwords come from compose.env, never from this file.
 set -euo pipefail
 psql -v ON_ERROR_STOP=1 --username postgres <<SQL
 CREATE ROLE txp_pipeline LOGIN PASSWORD '${TXP_PIPELINE_PASSWORD}';
 CREATE ROLE txp_analyst LOGIN PASSWORD '${TXP_ANALYST_PASSWORD}';
 CREATE ROLE txp_dagster LOGIN PASSWORD '${TXP_DAGSTER_PASSWORD}';
 CREATE ROLE txp_registry LOGIN PASSWORD '${TXP_REGISTRY_PASSWORD}';
+CREATE ROLE txp_monitor LOGIN PASSWORD '${TXP_MONITOR_PASSWORD}';
+GRANT pg_monitor TO txp_monitor;
 CREATE DATABASE txp OWNER txp_pipeline;
 CREATE DATABASE dagster OWNER txp_dagster;
 CREATE DATABASE registry OWNER txp_registry;
