@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,25 @@ _PORT_VARS = {
     "controller_port": "TXP_STACK_CONTROLLER_PORT",
     "postgres_port": "TXP_STACK_POSTGRES_PORT",
     "registry_port": "TXP_STACK_REGISTRY_PORT",
+    "prometheus_port": "TXP_STACK_PROMETHEUS_PORT",
+    "alertmanager_port": "TXP_STACK_ALERTMANAGER_PORT",
+    "pushgateway_port": "TXP_STACK_PUSHGATEWAY_PORT",
+    "postgres_exporter_port": "TXP_STACK_POSTGRES_EXPORTER_PORT",
+    "metrics_port": "TXP_STACK_METRICS_PORT",
+    "jmx_port": "TXP_STACK_JMX_PORT",
 }
+#: Ports `txp stack up` has options for (their options read the same variables).
+_CORE_PORTS = ("kafka_port", "controller_port", "postgres_port", "registry_port")
+
+
+def _env_ports(fields: Iterable[str] = _PORT_VARS) -> dict[str, Any]:
+    """Ports set by TXP_STACK_* variables, for the layout fields ``fields``."""
+    return {field: int(os.environ[_PORT_VARS[field]]) for field in fields if os.environ.get(_PORT_VARS[field])}
 
 
 def _stack(state_dir: Path | None, layout: StackLayout | None = None) -> LocalStack:
     settings = load_settings()
-    ports: dict[str, Any] = {field: int(os.environ[var]) for field, var in _PORT_VARS.items() if os.environ.get(var)}
+    ports = _env_ports()
     if layout is None and ports:
         # so that `txp dev` and `txp demo` start the stack where `txp stack up` would
         layout = dataclasses.replace(StackLayout(), **ports)
@@ -139,6 +153,8 @@ def stack_up(
         registry_port=registry_port,
         brokers=brokers,
         controllers=controllers,
+        # monitoring ports have no options of their own: TXP_STACK_<NAME>_PORT sets them
+        **_env_ports(f for f in _PORT_VARS if f not in _CORE_PORTS),
     )
     s = _stack(state_dir, layout)
     with err.status("starting the local stack…"):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tx_platform.config import STACK_ENV_FILE
 from tx_platform.errors import StackError
+from tx_platform.metrics import MetricsExporterService
 from tx_platform.stack._artifacts import Artifacts, resolve_artifacts
 from tx_platform.stack._kafka import KafkaNode, broker_ready, new_cluster_id
 from tx_platform.stack._monitoring import (
@@ -342,6 +343,8 @@ class LocalStack:
         env_file = self.state_dir / STACK_ENV_FILE
         env_file.write_text(env_lines + "\n")
         env_file.chmod(0o600)
+        # last: it reads Kafka and Postgres, and Prometheus scrapes it
+        MetricsExporterService.for_stack(self).start(timeout)
         return artifacts
 
     def down(self, purge: bool = False) -> list[str]:
@@ -349,6 +352,8 @@ class LocalStack:
         stopped = []
         if self.dagster.stop(timeout=30):
             stopped.append("dagster")
+        if MetricsExporterService.for_stack(self).stop():
+            stopped.append("metrics-exporter")
         for service in reversed(self.monitoring()):
             if service.process.stop(timeout=30):
                 stopped.append(service.name)
@@ -389,6 +394,7 @@ class LocalStack:
             pid = service.process.pid()
             missing = None if pid is not None or service.binary else service.package
             rows.append(ServiceStatus(service.name, pid is not None, pid, (service.port,), service.log_file, missing))
+        rows.append(MetricsExporterService.for_stack(self).status())
         return rows
 
     def dagster_status(self) -> ServiceStatus | None:

@@ -229,6 +229,7 @@ _TOPIC_TABLES = (
     ("sink_offsets", "topic"),
     ("sink_batches", "topic"),
     ("sink_gaps", "topic"),
+    ("sink_latency", "topic"),
 )
 
 
