@@ -123,7 +123,10 @@ def test_compose_mounts_the_repository_config_and_the_compose_targets(compose: d
     assert "../monitoring/prometheus/targets-compose:/etc/prometheus/targets:ro" in volumes
     am = compose["services"]["alertmanager"]["volumes"]
     assert "../monitoring/alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro" in am
-    assert "../monitoring/grafana:/etc/grafana/provisioning:ro" in compose["services"]["grafana"]["volumes"]
+    grafana = compose["services"]["grafana"]
+    assert "../monitoring/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert "../monitoring/grafana/dashboards:/etc/grafana/dashboards:ro" in grafana["volumes"]
+    assert grafana["environment"]["TXP_ANALYST_PASSWORD"].startswith("${TXP_ANALYST_PASSWORD")
     mounted = [
         v.split(":")[0] for s in compose["services"].values() for v in s.get("volumes", []) if v.startswith("../")
     ]
