@@ -215,6 +215,28 @@ def _print_status(s: LocalStack) -> None:
         log = "-" if row.not_installed else str(row.log_file)
         table.add_row(row.name, state, str(row.pid or "-"), ",".join(map(str, row.ports)), log)
     out.print(table)
+    if any(row.name == "prometheus" and row.running for row in s.status()):
+        _print_monitoring(s.env()["TXP_PROMETHEUS_URL"])
+
+
+def _print_monitoring(prometheus_url: str) -> None:
+    """Scrape targets' health, and each pipeline's lag and e2e p99, as Prometheus has them."""
+    from tx_platform.stack._monitoring import monitoring_summary
+
+    summary = monitoring_summary(prometheus_url)
+    if summary.error:
+        out.print(f"[yellow]{summary.error}[/]")
+        return
+    targets = Table("scrape target", "instance", "health", "last error")
+    for t in summary.targets:
+        health = "[green]up[/]" if t.health == "up" else f"[red]{t.health}[/]"
+        targets.add_row(t.job, t.instance, health, t.last_error or "-")
+    out.print(targets)
+    pipelines = Table("pipeline", "lag (records)", "e2e p99, last 5 min")
+    for p in summary.pipelines:
+        p99 = "no commits" if p.e2e_p99_seconds is None else f"{p.e2e_p99_seconds:.2f} s"
+        pipelines.add_row(p.pipeline, "-" if p.lag is None else f"{p.lag:,}", p99)
+    out.print(pipelines if summary.pipelines else "no pipeline metrics yet (is `txp metrics serve` up?)")
 
 
 # -- topics ------------------------------------------------------------------------------------

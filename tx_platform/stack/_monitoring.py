@@ -13,14 +13,17 @@ uses) through a symlink in ``<state>/prometheus/``; every scrape job there finds
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tx_platform.config import PROJECT_ROOT
 from tx_platform.errors import StackError
@@ -272,4 +275,85 @@ def postgres_exporter_service(root: Path, port: int, log_file: Path, dsn: str) -
         args=(),
         ready_path="/",
         env={"DATA_SOURCE_NAME": dsn},
+    )
+
+
+@dataclass(frozen=True)
+class TargetHealth:
+    """One scrape target as Prometheus sees it."""
+
+    job: str
+    instance: str
+    health: str
+    last_error: str
+
+
+@dataclass(frozen=True)
+class PipelineHealth:
+    """What `txp stack status` says of a pipeline: lag now, p99 event-to-commit latency over 5 minutes."""
+
+    pipeline: str
+    lag: int | None
+    e2e_p99_seconds: float | None  # None: nothing committed in the last 5 minutes
+
+
+@dataclass(frozen=True)
+class MonitoringSummary:
+    """Targets and pipelines from Prometheus, or why they could not be read."""
+
+    targets: tuple[TargetHealth, ...] = ()
+    pipelines: tuple[PipelineHealth, ...] = ()
+    error: str | None = None
+
+
+#: The queries behind `txp stack status`; the lag is the sensor's number, summed per pipeline.
+LAG_QUERY = "sum by (pipeline) (txp_sink_lag_records)"
+P99_QUERY = "histogram_quantile(0.99, sum by (pipeline, le) (rate(txp_e2e_latency_seconds_bucket[5m])))"
+
+
+def _prometheus_get(url: str, path: str, timeout: float, **params: str) -> Any:  # noqa: ANN401 - JSON
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    with urllib.request.urlopen(f"{url.rstrip('/')}{path}{query}", timeout=timeout) as response:  # noqa: S310
+        body = json.loads(response.read())
+    if body.get("status") != "success":
+        msg = f"Prometheus answered {path} with {body.get('error', body)}"
+        raise ValueError(msg)
+    return body["data"]
+
+
+def _by_pipeline(data: Any) -> dict[str, float]:  # noqa: ANN401 - JSON
+    return {r["metric"].get("pipeline", "?"): float(r["value"][1]) for r in data["result"]}
+
+
+def monitoring_summary(prometheus_url: str, timeout: float = 3.0) -> MonitoringSummary:
+    """Ask Prometheus for its targets' health and each pipeline's lag and e2e p99; never raises."""
+    try:
+        targets = _prometheus_get(prometheus_url, "/api/v1/targets", timeout, state="active")["activeTargets"]
+        lag = _by_pipeline(_prometheus_get(prometheus_url, "/api/v1/query", timeout, query=LAG_QUERY))
+        p99 = _by_pipeline(_prometheus_get(prometheus_url, "/api/v1/query", timeout, query=P99_QUERY))
+    except (OSError, ValueError, KeyError) as exc:
+        return MonitoringSummary(error=f"Prometheus did not answer at {prometheus_url} ({exc})")
+    return MonitoringSummary(
+        targets=tuple(
+            sorted(
+                (
+                    TargetHealth(
+                        t["labels"].get("job", "?"),
+                        t["labels"].get("instance", "?"),
+                        t["health"],
+                        t.get("lastError", ""),
+                    )
+                    for t in targets
+                ),
+                key=lambda t: (t.job, t.instance),
+            )
+        ),  # fmt: skip
+        pipelines=tuple(
+            PipelineHealth(
+                name,
+                int(lag[name]) if name in lag else None,
+                None if name not in p99 or math.isnan(p99[name]) else p99[name],
+            )
+            for name in sorted(set(lag) | set(p99))
+        ),
     )

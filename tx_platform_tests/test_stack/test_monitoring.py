@@ -383,3 +383,42 @@ def test_services_bind_loopback_and_keep_state_under_the_state_dir(tmp_path: Pat
     assert env["TXP_PUSHGATEWAY_URL"] == "http://127.0.0.1:9091"
     # a port that is a prefix of another never matches its process (pid reuse guard)
     assert prometheus_service(tmp_path, 1909, tmp_path / "l", tmp_path / "c").process.marker.endswith("1909 ")
+
+
+@pytest.mark.unit
+def test_status_summary_says_why_when_prometheus_does_not_answer() -> None:
+    import socket
+
+    from tx_platform.stack._monitoring import monitoring_summary
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        summary = monitoring_summary(url, timeout=1)
+    assert summary.error is not None and summary.error.startswith(f"Prometheus did not answer at {url} (")
+    assert (summary.targets, summary.pipelines) == ((), ())
+
+
+@pytest.mark.integration
+def test_status_shows_targets_lag_and_p99(test_stack: LocalStack, prometheus_url: str, create_topic) -> None:  # noqa: ANN001
+    """`txp stack status` reads its monitoring lines from Prometheus: targets, lag per pipeline, e2e p99."""
+    from tx_platform.stack._monitoring import monitoring_summary
+
+    create_topic("transactions")  # the default pipeline's topic: the exporter reports its lag
+    summary = assert_eventually(
+        lambda: (s := monitoring_summary(prometheus_url)).pipelines and s,
+        timeout=60,
+        what="the transactions pipeline in Prometheus",
+    )
+    jobs = {t.job: t.health for t in summary.targets}
+    assert {"prometheus", "postgres", "kafka", "registry", "txp"} <= set(jobs)
+    assert all(jobs[j] == "up" for j in ("prometheus", "postgres", "kafka", "registry", "txp")), jobs
+    [transactions] = [p for p in summary.pipelines if p.pipeline == "transactions"]
+    assert transactions.lag is not None and transactions.lag >= 0
+    result = subprocess.run(  # noqa: S603
+        [str(Path(sys.executable).parent / "txp"), "stack", "status", "--state-dir", str(test_stack.state_dir)],
+        capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for text in ("scrape target", "registry", "txp", "e2e p99, last 5 min", "transactions"):
+        assert text in result.stdout, text
