@@ -36,6 +36,40 @@ def assert_eventually(predicate: Callable[[], Any], timeout: float = 30.0, what:
         delay = min(delay * 2, 1.0)
 
 
+def listening_sockets() -> dict[str, tuple[str, int]]:
+    """inode -> (local address in hex as in /proc/net/tcp, port) of every listening TCP socket."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A":
+                host, port = address.rsplit(":", 1)
+                found[inode] = (host, int(port, 16))
+    return found
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as in /proc/net/tcp) listening on ``port``."""
+    return {host for host, p in listening_sockets().values() if p == port}
+
+
+def process_group(pgid: int) -> list[tuple[int, list[str]]]:
+    """The live processes of process group ``pgid`` with their argv (a zombie is gone, only not yet reaped)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+        except (OSError, IndexError):
+            continue
+        if int(stat[2]) == pgid and stat[0] != "Z":
+            found.append((int(entry.name), argv))
+    return found
+
+
 @pytest.fixture(scope="session")
 def stack_env() -> Iterator[dict[str, str]]:
     """Start the test stack once (or use an existing one); export its TXP_* settings to the process."""

@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from tx_platform.config import PROJECT_ROOT
-from tx_platform_tests.conftest import assert_eventually
+from tx_platform_tests.conftest import assert_eventually, process_group
 
 README = PROJECT_ROOT / "README.md"
 MARKER = re.compile(r"<!--\s*docs-test(?P<body>.*?)-->")
@@ -216,22 +216,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _group(pgid: int) -> list[tuple[int, list[str]]]:
-    """The processes of process group ``pgid``, with their argv."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
-        except OSError:
-            continue
-        if int(stat[2]) == pgid and stat[0] != "Z":  # a zombie is gone, only not yet reaped
-            found.append((int(entry.name), argv))
-    return found
-
-
 def _start(script: str, ctx: Ctx, name: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
     log = ctx.logs / f"{name}.log"
     with log.open("w") as out:
@@ -248,7 +232,7 @@ def _start(script: str, ctx: Ctx, name: str, env: dict[str, str] | None = None) 
 
 def _stop_group(proc: subprocess.Popen) -> None:
     """Kill what is left of a process group the test started (after a failure)."""
-    if proc.poll() is None or _group(proc.pid):
+    if proc.poll() is None or process_group(proc.pid):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -344,8 +328,8 @@ def _run_make_dev(script: str, ctx: Ctx) -> None:
         # Ctrl+C: `txp dev` forwards it to Dagster and waits for its clean shutdown. (A terminal's
         # Ctrl+C reaches make too, which then reports "Interrupt" whatever its child did; signalling
         # `txp dev`, the process that owns Dagster, lets make's exit status show how it ended.)
-        txp = [pid for pid, argv in _group(proc.pid) if argv[1:3] == [".venv/bin/txp", "dev"]]
-        assert len(txp) == 1, _group(proc.pid)
+        txp = [pid for pid, argv in process_group(proc.pid) if argv[1:3] == [".venv/bin/txp", "dev"]]
+        assert len(txp) == 1, process_group(proc.pid)
         os.kill(txp[0], signal.SIGINT)
         assert proc.wait(timeout=60) == 0, log.read_text()[-4000:]
         output = log.read_text()
@@ -379,19 +363,19 @@ def _run_streaming_sink(script: str, ctx: Ctx) -> None:
         # README: it "stops gracefully on … a SIGINT/SIGTERM to its Python driver"
         drivers = [
             pid
-            for pid, argv in _group(proc.pid)
+            for pid, argv in process_group(proc.pid)
             if argv
             and Path(argv[0]).name.startswith("python")
             and any(a.endswith("spark_jobs/sink/main.py") for a in argv)
         ]
-        assert len(drivers) == 1, _group(proc.pid)
+        assert len(drivers) == 1, process_group(proc.pid)
         os.kill(drivers[0], signal.SIGINT)
         assert proc.wait(timeout=90) == 0, log.read_text()[-4000:]
         output = log.read_text(errors="replace")
         assert "sink running (trigger 2 seconds" in output
         assert "stopping after the batch in flight" in output and "sink stopped" in output
         assert "Traceback" not in output
-        assert_eventually(lambda: not _group(proc.pid), timeout=15, what="spark-submit's processes to exit")
+        assert_eventually(lambda: not process_group(proc.pid), timeout=15, what="spark-submit's processes to exit")
         assert _lag(ctx) == 0
     finally:
         _stop_group(proc)

@@ -19,7 +19,7 @@ from tx_platform.kafka_admin import ensure_topic
 from tx_platform.stack import LocalStack
 from tx_platform.stack._artifacts import Artifacts
 from tx_platform.stack._kafka import JMX_RULES, KafkaNode
-from tx_platform_tests.conftest import assert_eventually
+from tx_platform_tests.conftest import assert_eventually, listening_addresses
 
 RECORDS = 25
 #: Request types whose TotalTimeMs percentiles the dashboards show (exported whether called or not).
@@ -36,18 +36,6 @@ def scrape_agent(port: int) -> list[Sample]:
 def values(samples: Iterable[Sample], name: str, **labels: str) -> list[float]:
     """Values of the series named ``name`` whose labels include ``labels``."""
     return [s.value for s in samples if s.name == name and labels.items() <= s.labels.items()]
-
-
-def _listening(port: int) -> set[str]:
-    """Local addresses (hex, as in /proc/net/tcp) listening on ``port``."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            address, state = fields[1], fields[3]
-            if state == "0A" and int(address.rsplit(":", 1)[1], 16) == port:
-                found.add(address.rsplit(":", 1)[0])
-    return found
 
 
 # -- the command lines (no stack needed) ---------------------------------------------------------
@@ -125,7 +113,7 @@ def traffic(stack_env: dict[str, str], node: KafkaNode) -> tuple[str, list[Sampl
 
 @pytest.mark.integration
 def test_the_agent_listens_on_loopback_only_on_the_layout_port(test_stack: LocalStack, node: KafkaNode) -> None:
-    assert _listening(node.metrics_port or 0) == {"0100007F"}, "the JMX agent must bind 127.0.0.1 only"
+    assert listening_addresses(node.metrics_port or 0) == {"0100007F"}, "the JMX agent must bind 127.0.0.1 only"
     pid = node.process.pid()
     assert pid is not None
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")

@@ -1,37 +1,26 @@
 import time
-from pathlib import Path
 
 import psycopg2
 import pytest
 from click.testing import CliRunner
 
 from tx_platform.cli import cli
+from tx_platform_tests.conftest import listening_addresses
 
 pytestmark = pytest.mark.integration
-
-
-def _listening(port: int) -> set[str]:
-    """Local addresses (hex, as in /proc/net/tcp) listening on ``port``."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            address, state = fields[1], fields[3]
-            if state == "0A" and int(address.rsplit(":", 1)[1], 16) == port:
-                found.add(address.rsplit(":", 1)[0])
-    return found
 
 
 def test_every_service_runs_and_listens_on_loopback_only(test_stack) -> None:  # noqa: ANN001
     rows = test_stack.status()
     assert [r.name for r in rows] == [
         "kafka-1", "schema-registry", "postgres", "prometheus", "alertmanager", "pushgateway", "postgres-exporter",
+        "metrics-exporter",
     ]  # fmt: skip
     rows = [r for r in rows if not r.not_installed]  # monitoring is optional (infra/system-deps.sh)
     assert all(r.running and r.pid for r in rows)
     for row in rows:
         for port in row.ports:
-            assert _listening(port) == {"0100007F"}, f"{row.name} port {port} must bind 127.0.0.1 only"
+            assert listening_addresses(port) == {"0100007F"}, f"{row.name} port {port} must bind 127.0.0.1 only"
 
 
 def test_up_twice_is_harmless(test_stack) -> None:  # noqa: ANN001

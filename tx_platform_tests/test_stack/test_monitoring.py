@@ -33,7 +33,7 @@ from tx_platform.stack._monitoring import (
     render_alertmanager_config,
     write_prometheus_files,
 )
-from tx_platform_tests.conftest import assert_eventually
+from tx_platform_tests.conftest import assert_eventually, listening_sockets, process_group
 
 MONITORING = ("prometheus", "alertmanager", "pushgateway", "postgres-exporter")
 LOOPBACK = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
@@ -176,42 +176,14 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def _process_group(pgid: int) -> list[int]:
-    """Pids in process group ``pgid`` (every service runs in its own session, led by its pid)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(stat[2]) == pgid:
-            pids.append(int(entry.name))
-    return pids
-
-
-def _listening_sockets() -> dict[str, tuple[str, int]]:
-    """inode -> (local address in hex, port) of every listening TCP socket."""
-    found = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            address, state, inode = fields[1], fields[3], fields[9]
-            if state == "0A":
-                host, port = address.rsplit(":", 1)
-                found[inode] = (host, int(port, 16))
-    return found
-
-
 @pytest.mark.integration
 def test_every_listening_port_of_the_stack_is_on_loopback(test_stack: LocalStack) -> None:
     _require_monitoring(test_stack)
-    listening = _listening_sockets()
+    listening = listening_sockets()
     by_service: dict[str, set[tuple[str, int]]] = {}
     for row in test_stack.status():
         assert row.pid, f"{row.name} is not running"
-        inodes = {i for pid in _process_group(row.pid) for i in _socket_inodes(pid)}
+        inodes = {i for pid, _argv in process_group(row.pid) for i in _socket_inodes(pid)}
         by_service[row.name] = {listening[i] for i in inodes if i in listening}
     for name, sockets in by_service.items():
         assert sockets, f"{name} listens nowhere"
