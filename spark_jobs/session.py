@@ -5,12 +5,23 @@ from __future__ import annotations
 from tx_platform.config import Settings
 from tx_platform.stack import resolve_artifacts
 
+#: Where Spark's PrometheusServlet serves the driver's metrics (streaming queries included).
+DRIVER_METRICS_PATH = "/metrics/prometheus"
+#: Where the UI serves the executors' metrics in Prometheus format (``spark.ui.prometheus.enabled``).
+EXECUTOR_METRICS_PATH = "/metrics/executors/prometheus"
 
-def spark_config(settings: Settings, app_name: str = "tx_platform") -> dict[str, str]:
+
+def spark_config(settings: Settings, app_name: str = "tx_platform", metrics: bool = False) -> dict[str, str]:
     """Spark settings for ``settings``: master, connector jars, UTC, loopback-only driver.
 
     The connector jars come from the Maven cache (resolved on first use), so no session ever
     downloads anything at start-up.
+
+    ``metrics`` (the continuous sink): Spark's metrics in Prometheus format on its UI, the driver's
+    at :data:`DRIVER_METRICS_PATH` (streaming query metrics on, names prefixed with ``app_name``
+    instead of the application id, so they stay the same from run to run) and the executors' at
+    :data:`EXECUTOR_METRICS_PATH`. In local mode the UI is on, on ``settings.spark_ui_port``;
+    on a cluster the UI's own settings are left alone.
     """
     jars = resolve_artifacts(settings.jars_dir).spark_jars()
     local = settings.spark_master.startswith("local")
@@ -27,4 +38,18 @@ def spark_config(settings: Settings, app_name: str = "tx_platform") -> dict[str,
     if local:
         # local[*]: the driver and its UI listen on loopback only
         config |= {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+    if metrics:
+        config |= {
+            "spark.ui.prometheus.enabled": "true",
+            "spark.metrics.conf.*.sink.prometheusServlet.class": "org.apache.spark.metrics.sink.PrometheusServlet",
+            "spark.metrics.conf.*.sink.prometheusServlet.path": DRIVER_METRICS_PATH,
+            "spark.metrics.namespace": app_name,
+            "spark.sql.streaming.metricsEnabled": "true",
+        }
+        if local:
+            config["spark.ui.enabled"] = "true"
+        else:
+            del config["spark.ui.enabled"]
+    if local and config.get("spark.ui.enabled") == "true":
+        config["spark.ui.port"] = str(settings.spark_ui_port)
     return config

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         "[default: <state_dir>/logs/alerts.log].",
     )
     spark_ui: bool = Field(False, description="Serve Spark's web UI (on 127.0.0.1 in local mode).")
+    spark_ui_port: int = Field(
+        4040, ge=1, le=65535,
+        description="Port of Spark's web UI in local mode; the continuous sink serves Prometheus metrics there.",
+    )  # fmt: skip
     state_dir: Path = Field(default_factory=default_state_dir, description="Local stack state.")
     checkpoint_dir: Path | None = Field(None, description="Spark checkpoint root.")
     jars_dir: Path = Field(PROJECT_ROOT / ".cache" / "jars", description="Maven-resolved jars.")

@@ -28,6 +28,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from spark_jobs.sink._decode import decode, render, wire_schema_id
 from spark_jobs.sink._dlq import DeadLetterPublisher
+from spark_jobs.sink._progress import SinkProgressReporter
 from spark_jobs.sink._registry import WriterSchemas
 from tx_platform.config import Settings
 from tx_platform.contract import load_contract, subject_for
@@ -110,6 +111,8 @@ class TransactionSink:
         self._dlq: DeadLetterPublisher | None = None
         self._lease: SinkLease | None = None
         self._topic_id: str | None = None
+        #: pushes the query's progress (txp_spark_*) to the Pushgateway while it runs
+        self._progress: SinkProgressReporter | None = None
         #: the error a batch raised on purpose, re-raised by wait() instead of Spark's wrapper
         self.batch_error: TxPlatformError | None = None
 
@@ -222,7 +225,13 @@ class TransactionSink:
         ensure_schema(self.config.dsn)
         self._lease = acquire_lease(connect(self.config.dsn), self.config.topic)
         try:
-            return self._start(available_now, processing_time)
+            if self._progress is not None:  # started again without close(): one listener at a time
+                self._progress.close()
+            self._progress = SinkProgressReporter.for_topic(self.spark, self.config.topic, QUERY_NAME)
+            query = self._start(available_now, processing_time)
+            if self._progress is not None:
+                self._progress.attach(query)
+            return query
         except BaseException:
             self.close()
             raise
@@ -274,7 +283,13 @@ class TransactionSink:
             raise
 
     def close(self) -> None:
-        """Release the lease and the DLQ publisher's Kafka clients (new ones are made on next use)."""
+        """Release the lease and the DLQ publisher's Kafka clients (new ones are made on next use).
+
+        Also pushes the query's last progress and unregisters its listener.
+        """
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
         if self._dlq is not None:
             self._dlq.close()
             self._dlq = None

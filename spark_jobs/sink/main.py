@@ -4,30 +4,42 @@
 
 Settings come from TXP_* variables (see README). Ctrl+C / SIGTERM stops the query gracefully:
 the batch in flight commits or rolls back as a whole, and the next start resumes from Postgres.
+
+Running continuously, the driver serves Spark's metrics in Prometheus format on its UI (local
+mode: 127.0.0.1:TXP_SPARK_UI_PORT) and registers itself with the local stack's Prometheus by
+writing ``<state>/prometheus/targets/spark-<pid>.json``, deleted when it stops. A driver killed
+with SIGKILL leaves its file behind: Prometheus then shows a target that is down until it is removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
 from spark_jobs.session import spark_config
 from spark_jobs.sink._query import SinkConfig, TransactionSink
-from tx_platform.config import load_settings
+from tx_platform.config import Settings, load_settings
+from tx_platform.metrics import pipeline_for_topic
 
 log = logging.getLogger("spark_jobs.sink")
 
 
-def _session() -> SparkSession:
+def _session(metrics: bool = False) -> SparkSession:
     settings = load_settings()
-    wanted = spark_config(settings, app_name="tx_platform_sink")
+    if metrics and settings.spark_master.startswith("local"):
+        # Spark's UI binds to SPARK_LOCAL_IP, else to every interface: loopback only, like the driver
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    wanted = spark_config(settings, app_name="tx_platform_sink", metrics=metrics)
     given = SparkConf()  # what spark-submit set (master, jars, ...) wins over our local defaults
     builder = SparkSession.builder
     for key, value in wanted.items():
@@ -36,17 +48,48 @@ def _session() -> SparkSession:
     return builder.getOrCreate()
 
 
+def register_target(settings: Settings, ui_url: str | None, pid: int | None = None) -> Path | None:
+    """Write ``<state>/prometheus/targets/spark-<pid>.json`` for the driver's UI (atomically).
+
+    None when there is no UI or no local stack's Prometheus directory to register with.
+    """
+    targets = settings.state_dir / "prometheus" / "targets"
+    if not ui_url or not targets.is_dir():
+        log.info("Spark metrics: no Prometheus target written (UI %s, target directory %s)", ui_url, targets)
+        return None
+    pid = os.getpid() if pid is None else pid
+    address = urlsplit(ui_url).netloc
+    group = [{"targets": [address], "labels": {"pipeline": pipeline_for_topic(settings, settings.topic),
+                                                "pid": str(pid)}}]  # fmt: skip
+    path = targets / f"spark-{pid}.json"
+    tmp = targets / f".spark-{pid}.json.tmp"  # outside Prometheus' spark-*.json pattern
+    tmp.write_text(json.dumps(group, indent=2) + "\n")
+    tmp.replace(path)
+    log.info("Spark metrics: %s registered with Prometheus in %s", address, path)
+    return path
+
+
+def _unregister(target: Path | None) -> None:
+    if target is not None:
+        target.unlink(missing_ok=True)
+
+
 def run(available_now: bool = False, trigger: str = "5 seconds") -> None:
     """Run the sink until it is stopped (or, with available_now, until it has caught up)."""
     settings = load_settings()
-    spark = _session()
+    spark = _session(metrics=not available_now)
     spark.sparkContext.setLogLevel("WARN")
     sink = TransactionSink(spark, SinkConfig.from_settings(settings))
     if available_now:
         stats = sink.run_available_now()
         log.info("caught up: %s", stats)
         return
+    _run_continuously(sink, trigger, settings, spark.sparkContext.uiWebUrl)
+
+
+def _run_continuously(sink: TransactionSink, trigger: str, settings: Settings, ui_url: str | None) -> None:
     query = sink.start(available_now=False, processing_time=trigger)
+    target: Path | None = None
     log.info("sink running (trigger %s, checkpoint %s); Ctrl+C to stop", trigger, sink.config.checkpoint)
     stop_requested = threading.Event()
 
@@ -55,6 +98,7 @@ def run(available_now: bool = False, trigger: str = "5 seconds") -> None:
         # a py4j call, breaks the gateway
         if stop_requested.is_set():
             log.warning("second signal: exiting now")
+            _unregister(target)
             os._exit(130)
         log.info("signal %d: stopping after the batch in flight (again to exit now)", signum)
         stop_requested.set()
@@ -62,12 +106,15 @@ def run(available_now: bool = False, trigger: str = "5 seconds") -> None:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
+        # registered once the signals lead to the finally below, which deletes it
+        target = register_target(settings, ui_url)
         while not query.awaitTermination(1):
             if stop_requested.is_set():
                 query.stop()  # waits for the batch in flight; its commit is all or nothing
                 break
         sink.wait(query)
     finally:
+        _unregister(target)
         sink.close()
     log.info("sink stopped: %s", sink.stats)
 

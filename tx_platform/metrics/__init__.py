@@ -2,7 +2,8 @@
 
 - the sink's figures are derived from Postgres at scrape time by ``txp metrics serve``
   (``PipelineCollector``), so no process death loses them; its ``/alerts`` takes Alertmanager's webhook;
-- the producer, a short-lived client, pushes its own to the Pushgateway (``pushing_producer_metrics``).
+- the producer, a short-lived client, pushes its own to the Pushgateway (``pushing_producer_metrics``);
+- the sink pushes each streaming query's progress there too (``txp_spark_*``, job ``txp_sink``).
 """
 
 from tx_platform.metrics._definitions import (
@@ -26,6 +27,13 @@ from tx_platform.metrics._definitions import (
     SINK_LAST_COMMIT_TIMESTAMP,
     SINK_QUARANTINED_TOTAL,
     SINK_ROWS_TOTAL,
+    SPARK_BATCH_DURATION,
+    SPARK_BATCH_ROWS,
+    SPARK_BATCHES_TOTAL,
+    SPARK_INPUT_ROWS_PER_SECOND,
+    SPARK_PROCESSED_ROWS_PER_SECOND,
+    SPARK_STATE_ROWS,
+    SPARK_WATERMARK_DELAY,
     Metric,
     bucket_for,
     cumulative_buckets,
@@ -40,7 +48,7 @@ from tx_platform.metrics._exporter import (
     read_sink_figures,
     sink_families,
 )
-from tx_platform.metrics._push import PRODUCER_JOB, ProducerMetrics, Pusher, pushing_producer_metrics
+from tx_platform.metrics._push import PRODUCER_JOB, SINK_JOB, ProducerMetrics, Pusher, pushing_producer_metrics
 from tx_platform.metrics._server import AlertLog, MetricsServer, build_server, serve
 from tx_platform.metrics._service import MetricsExporterService
 
@@ -65,7 +73,15 @@ __all__ = [
     "SINK_LAG_RECORDS",
     "SINK_LAST_COMMIT_TIMESTAMP",
     "SINK_QUARANTINED_TOTAL",
+    "SINK_JOB",
     "SINK_ROWS_TOTAL",
+    "SPARK_BATCHES_TOTAL",
+    "SPARK_BATCH_DURATION",
+    "SPARK_BATCH_ROWS",
+    "SPARK_INPUT_ROWS_PER_SECOND",
+    "SPARK_PROCESSED_ROWS_PER_SECOND",
+    "SPARK_STATE_ROWS",
+    "SPARK_WATERMARK_DELAY",
     "AlertLog",
     "Metric",
     "MetricsExporterService",

@@ -179,6 +179,44 @@ PRODUCER_DELIVERY_LATENCY = Metric(
     DELIVERY_BUCKETS,
 )
 
+# -- each streaming query's progress, pushed by the sink's StreamingQueryListener -------------------
+SPARK_INPUT_ROWS_PER_SECOND = Metric(
+    "txp_spark_input_rows_per_second",
+    "Records per second arriving from Kafka, as the last micro-batch's progress reports them.",
+    "gauge",
+    _P,
+)
+SPARK_PROCESSED_ROWS_PER_SECOND = Metric(
+    "txp_spark_processed_rows_per_second",
+    "Records per second the last micro-batch processed (its rows over its duration).",
+    "gauge",
+    _P,
+)
+SPARK_BATCH_DURATION = Metric(
+    "txp_spark_batch_duration_seconds",
+    "Seconds the last micro-batch took, planning and commit included (progress batchDuration).",
+    "gauge",
+    _P,
+)
+SPARK_BATCH_ROWS = Metric(
+    "txp_spark_batch_rows", "Records read from Kafka by the last micro-batch (progress numInputRows).", "gauge", _P
+)
+SPARK_BATCHES_TOTAL = Metric(
+    "txp_spark_batches_total", "Micro-batches the streaming query completed (this run of the sink).", "counter", _P
+)
+SPARK_WATERMARK_DELAY = Metric(
+    "txp_spark_watermark_delay_seconds",
+    "Seconds the event-time watermark trails the last micro-batch's trigger time (queries with a watermark).",
+    "gauge",
+    _P,
+)
+SPARK_STATE_ROWS = Metric(
+    "txp_spark_state_rows",
+    "Rows held in the streaming query's state stores, all stateful operators (stateful queries).",
+    "gauge",
+    _P,
+)
+
 #: Every metric the platform exposes, for docs and tests.
 ALL_METRICS: tuple[Metric, ...] = (
     SINK_LAG_RECORDS,
@@ -197,4 +235,11 @@ ALL_METRICS: tuple[Metric, ...] = (
     PRODUCER_RECORDS_TOTAL,
     PRODUCER_BYTES_TOTAL,
     PRODUCER_DELIVERY_LATENCY,
+    SPARK_INPUT_ROWS_PER_SECOND,
+    SPARK_PROCESSED_ROWS_PER_SECOND,
+    SPARK_BATCH_DURATION,
+    SPARK_BATCH_ROWS,
+    SPARK_BATCHES_TOTAL,
+    SPARK_WATERMARK_DELAY,
+    SPARK_STATE_ROWS,
 )

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: The Pushgateway job of the producer; the pipeline is the other grouping label.
 PRODUCER_JOB = "txp_producer"
+#: The Pushgateway job of the sink's streaming query progress (``txp_spark_*``), grouped by pipeline too.
+SINK_JOB = "txp_sink"
 
 
 class _Report(Protocol):
@@ -79,7 +81,10 @@ class ProducerMetrics:
 
 
 class Pusher:
-    """Pushes a registry to the Pushgateway every ``interval`` seconds and once more on ``stop``."""
+    """Pushes a registry to the Pushgateway every ``interval`` seconds, soon after ``request``, and on ``stop``.
+
+    ``request`` only sets a flag (any thread, never blocks); the push itself runs on the pusher's thread.
+    """
 
     def __init__(
         self,
@@ -99,6 +104,7 @@ class Pusher:
         self.pushes = 0
         self.failures = 0
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="txp-metrics-push", daemon=True)
 
     def push(self) -> bool:
@@ -108,25 +114,38 @@ class Pusher:
         except Exception as exc:  # noqa: BLE001 - whatever the gateway does, producing goes on
             self.failures += 1
             if self.failures == 1:
-                log.warning("metrics: could not push to the Pushgateway at %s (%s); producing goes on without it",
-                            self.url, exc)  # fmt: skip
+                log.warning("metrics: could not push to the Pushgateway at %s (%s); %s goes on without it",
+                            self.url, exc, self._what)  # fmt: skip
             else:
                 log.debug("metrics: push to %s failed again: %s", self.url, exc)
             return False
         self.pushes += 1
         return True
 
+    @property
+    def _what(self) -> str:
+        return {PRODUCER_JOB: "producing", SINK_JOB: "the sink"}.get(self.job, self.job)
+
     def _loop(self) -> None:
         self.push()  # at start: the new run's zeros make the counter reset visible
-        while not self._stop.wait(self.interval):
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self.push()
 
     def start(self) -> None:
         self._thread.start()
 
+    def request(self) -> None:
+        """Ask for a push soon (on the pusher's thread); returns at once."""
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop the loop (a push in flight ends within ``timeout``), then push the final figures."""
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(self.timeout + 1)
         self.push()
