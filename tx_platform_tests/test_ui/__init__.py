@@ -1,0 +1,1 @@
+"""Tests of the Dagster UI in a real (headless Debian Chromium) browser."""
