@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tx_platform.config import PROJECT_ROOT
-from tx_platform_tests.conftest import assert_eventually
+from tx_platform_tests.conftest import assert_eventually, process_group
 
 VENV_BIN = PROJECT_ROOT / ".venv" / "bin"
 #: Debian's Chromium (infra/system-deps.sh); never a downloaded one (`playwright install` is not used).
@@ -41,22 +41,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _group(pgid: int) -> list[tuple[int, str]]:
-    """Live (non-zombie) processes of process group ``pgid``, with their command line."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if int(stat[2]) == pgid and stat[0] != "Z":
-            found.append((int(entry.name), cmdline))
-    return found
 
 
 def _txp(env: dict[str, str], *args: str) -> str:
@@ -126,9 +110,9 @@ def dagster_url(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFact
         except subprocess.TimeoutExpired:
             pass
         deadline = time.monotonic() + 30
-        while _group(proc.pid) and time.monotonic() < deadline:
+        while process_group(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.5)
-        left = _group(proc.pid)
+        left = process_group(proc.pid)
         if left:
             os.killpg(proc.pid, signal.SIGKILL)
         assert not left, f"processes of dagster dev left after SIGINT: {left}\n{log.read_text()[-4000:]}"
