@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,24 @@ def assert_eventually(predicate: Callable[[], Any], timeout: float = 30.0, what:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+def produce_records(settings: Settings, count: int, seed: int, hours_ago: float = 2.0) -> None:
+    """Produce ``count`` generated records to ``settings.topic``, all delivered.
+
+    The seed is mixed with the topic name: the same seed in two tests of one session (or of two
+    sessions on a reused stack) would give the same transaction ids, and the second test's records
+    would be quarantined as duplicates.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from tx_platform.producer import generate, open_producer, produce
+
+    producer, _ = open_producer(settings.kafka_bootstrap, settings.topic, settings.schema_registry_url)
+    mixed = seed * 1_000_003 + zlib.crc32(settings.topic.encode())
+    start = datetime.now(UTC) - timedelta(hours=hours_ago)
+    report = produce(generate(count, seed=mixed, start=start, span=timedelta(hours=hours_ago / 2)), producer)
+    assert report.delivered == count, report
 
 
 def listening_sockets() -> dict[str, tuple[str, int]]:

@@ -5,7 +5,6 @@ two sinks on one topic, and retention deleting what the sink never read. None ma
 from __future__ import annotations
 
 import shutil
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -15,19 +14,10 @@ from spark_jobs.sink import SinkConfig, TransactionSink
 from tx_platform.checks import loss_report
 from tx_platform.config import Settings
 from tx_platform.errors import DataLossError, OffsetGapError, SinkAlreadyRunningError, TopicRecreatedError
-from tx_platform.producer import generate, open_producer, produce
 from tx_platform.warehouse import connect, forget_topic
-from tx_platform_tests.conftest import assert_eventually
+from tx_platform_tests.conftest import assert_eventually, produce_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _produce(settings: Settings, count: int, seed: int) -> None:
-    """``count`` records; the seed is mixed with the test's topic so that a reused stack holds no ids yet."""
-    producer, _ = open_producer(settings.kafka_bootstrap, settings.topic, settings.schema_registry_url)
-    start = datetime.now(UTC) - timedelta(hours=2)
-    seed = seed * 1_000_003 + int(settings.topic.removeprefix("tx_"), 16) % 1_000_003
-    assert produce(generate(count, seed=seed, start=start, span=timedelta(hours=1)), producer).delivered == count
 
 
 def _rows(settings: Settings) -> int:
@@ -54,10 +44,10 @@ def _sink(spark, settings: Settings) -> TransactionSink:  # noqa: ANN001
 
 def test_a_checkpoint_ahead_of_postgres_stops_the_sink_instead_of_skipping(spark, settings, create_topic) -> None:  # noqa: ANN001
     create_topic(settings.topic, partitions=1)
-    _produce(settings, 100, seed=11)
+    produce_records(settings, 100, seed=11)
     assert _sink(spark, settings).run_available_now().inserted == 100
     _forget(settings)  # Postgres restored to before the sink ran; the checkpoint still says offset 100
-    _produce(settings, 50, seed=12)
+    produce_records(settings, 50, seed=12)
     with pytest.raises(OffsetGapError, match=rf"\[OFFSET_GAP\] {settings.topic}\[0\]: the batch starts at offset 100 "
                        "but the ledger in Postgres ends at 0"):  # fmt: skip
         _sink(spark, settings).run_available_now()
@@ -69,13 +59,13 @@ def test_a_checkpoint_ahead_of_postgres_stops_the_sink_instead_of_skipping(spark
 
 def test_a_recreated_topic_is_refused_not_read_as_a_replay(spark, settings, create_topic) -> None:  # noqa: ANN001
     create_topic(settings.topic, partitions=1)
-    _produce(settings, 100, seed=21)
+    produce_records(settings, 100, seed=21)
     assert _sink(spark, settings).run_available_now().inserted == 100
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     admin.delete_topics([settings.topic])[settings.topic].result(timeout=30)
     assert_eventually(lambda: settings.topic not in admin.list_topics(timeout=10).topics, what="topic deletion")
     create_topic(settings.topic, partitions=1)
-    _produce(settings, 150, seed=22)  # past the old offset 100: a replay check alone would skip 0..99
+    produce_records(settings, 150, seed=22)  # past the old offset 100: a replay check alone would skip 0..99
     with pytest.raises(TopicRecreatedError, match=rf"\[TOPIC_RECREATED\] {settings.topic}: Kafka's topic id is"):
         _sink(spark, settings).run_available_now()
     assert _rows(settings) == 100
@@ -86,7 +76,7 @@ def test_a_recreated_topic_is_refused_not_read_as_a_replay(spark, settings, crea
 
 def test_a_second_sink_on_the_same_topic_fails_while_the_first_runs(spark, settings, create_topic) -> None:  # noqa: ANN001
     create_topic(settings.topic, partitions=1)
-    _produce(settings, 40, seed=31)
+    produce_records(settings, 40, seed=31)
     first = _sink(spark, settings)
     query = first.start(available_now=False, processing_time="1 second")
     try:
@@ -97,15 +87,15 @@ def test_a_second_sink_on_the_same_topic_fails_while_the_first_runs(spark, setti
     finally:
         query.stop()
         first.close()
-    _produce(settings, 10, seed=32)
+    produce_records(settings, 10, seed=32)
     assert _sink(spark, settings).run_available_now().inserted == 10  # the lease is free again
 
 
 def test_records_deleted_before_the_sink_read_them_stop_it_or_are_recorded(spark, settings, create_topic) -> None:  # noqa: ANN001
     create_topic(settings.topic, partitions=1)
-    _produce(settings, 100, seed=41)
+    produce_records(settings, 100, seed=41)
     assert _sink(spark, settings).run_available_now().inserted == 100
-    _produce(settings, 100, seed=42)
+    produce_records(settings, 100, seed=42)
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     [future] = admin.delete_records([TopicPartition(settings.topic, 0, 150)]).values()  # what retention does
     future.result(timeout=30)

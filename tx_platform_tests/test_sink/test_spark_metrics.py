@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,8 @@ from spark_jobs.sink import SinkConfig, TransactionSink
 from spark_jobs.sink._progress import ProgressFigures, ProgressListener, ProgressMetrics, progress_figures
 from tx_platform.config import PROJECT_ROOT, Settings, load_settings
 from tx_platform.metrics import SINK_JOB, pipeline_for_topic
-from tx_platform.producer import generate, open_producer, produce
 from tx_platform.warehouse import connect
-from tx_platform_tests.conftest import assert_eventually
+from tx_platform_tests.conftest import assert_eventually, produce_records
 
 QUERY_ID = "3a4f1e52-6a5c-4d3e-9d0b-6f1b2a7c9e01"
 
@@ -181,12 +179,6 @@ def test_spark_config_for_metrics() -> None:
 # -- integration: the real sink, the stack's Pushgateway and Prometheus ----------------------------
 
 
-def _produce(settings: Settings, count: int, seed: int) -> None:
-    producer, _ = open_producer(settings.kafka_bootstrap, settings.topic, settings.schema_registry_url)
-    start = datetime.now(UTC) - timedelta(hours=1)
-    assert produce(generate(count, seed, start, timedelta(minutes=30)), producer).delivered == count
-
-
 def _get_json(url: str) -> Any:  # noqa: ANN401 - JSON
     with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own loopback stack
         return json.loads(response.read())
@@ -209,7 +201,7 @@ def _pushed(pushgateway: str, job: str, pipeline: str) -> dict[str, float]:
 def test_available_now_run_pushes_its_progress(spark, settings: Settings, create_topic) -> None:  # noqa: ANN001
     count = 437
     create_topic(settings.topic, 1)
-    _produce(settings, count, seed=4242)
+    produce_records(settings, count, seed=4242)
     config = SinkConfig.from_settings(settings.model_copy(update={"max_offsets_per_trigger": 10 * count}))
     listeners = len(spark.streams._jsqm.listListeners())
     stats = TransactionSink(spark, config).run_available_now()
@@ -281,7 +273,7 @@ def test_continuous_driver_serves_spark_metrics_to_prometheus(
         assert group["labels"] == {"pipeline": "transactions", "pid": str(proc.pid)}
         [address] = group["targets"]
         assert address.startswith("127.0.0.1:")
-        _produce(settings, 50, seed=77)
+        produce_records(settings, 50, seed=77)
         # SIGINT only once they are committed: the test is about metrics, not about a batch in flight
         assert_eventually(lambda: _stored(settings) == 50, timeout=60, what="50 rows from the running sink")
         assert_eventually(
