@@ -520,9 +520,43 @@ def business_kpis() -> Board:
     return b
 
 
+# -- Spark streaming -----------------------------------------------------------------------------------
+def spark_streaming() -> Board:
+    """Spark streaming: each query's progress, pushed by the sink's listener after every batch, in every mode."""
+    b = Board(
+        "txp-spark-streaming",
+        "Spark streaming",
+        ["pipeline", "spark"],
+        "The sink's streaming query as Spark reports it after each micro-batch (Dagster's AvailableNow runs "
+        "and continuous sinks alike), from the Pushgateway. A continuous driver also serves Spark's own "
+        "metrics (jobs spark and spark_executors).",
+    ).pipeline_variable()
+    b.stat("Batches in the last run", f"sum(txp_spark_batches_total{{{P}}})", w=8)
+    b.stat("Rows in the last batch", f"sum(txp_spark_batch_rows{{{P}}})", w=8)
+    b.stat("Last batch duration", f"max(txp_spark_batch_duration_seconds{{{P}}})", unit="s", w=8)
+    b.timeseries(
+        "Input and processed rows/s",
+        prom(
+            f'{{__name__=~"txp_spark_(input|processed)_rows_per_second",{P}}}',
+            "{{__name__}} {{pipeline}}",
+        ),
+        description="Processed below input for long means the sink falls behind (see the lag).",
+        unit="rowsps",
+    )
+    b.timeseries(
+        "Batch duration",
+        prom(f"txp_spark_batch_duration_seconds{{{P}}}", "{{pipeline}}"),
+        description="Trigger to commit of each micro-batch, decoding and the Postgres commit included.",
+        unit="s",
+    )
+    b.timeseries("Rows per batch", prom(f"txp_spark_batch_rows{{{P}}}", "{{pipeline}}"), w=24, h=6)
+    return b
+
+
 BOARDS = {
     "kafka-cluster.json": kafka_cluster,
     "pipeline-slo.json": pipeline_slo,
+    "spark-streaming.json": spark_streaming,
     "dead-letters.json": dead_letters,
     "business-kpis.json": business_kpis,
 }

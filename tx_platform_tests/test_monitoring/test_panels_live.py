@@ -146,9 +146,11 @@ def seeded_pipeline(stack_env: dict[str, str], spark, tmp_path_factory: pytest.T
         rows = _scalar(prometheus, f'sum(txp_sink_rows_total{{pipeline="{PIPELINE}",outcome!="skipped"}})')
         dead = _scalar(prometheus, f'sum(txp_sink_dead_lettered_total{{pipeline="{PIPELINE}"}})')
         produced = _scalar(prometheus, f'sum(txp_producer_records_total{{pipeline="{PIPELINE}"}})')
-        return rows >= (0 if math.isnan(before) else before) + committed and dead >= stats.quarantined and produced > 0
+        batches = _scalar(prometheus, f'sum(txp_spark_batches_total{{pipeline="{PIPELINE}"}})')
+        caught_up = rows >= (0 if math.isnan(before) else before) + committed and dead >= stats.quarantined
+        return caught_up and produced > 0 and batches > 0
 
-    assert_eventually(scraped, timeout=90, what="Prometheus to scrape the sink's and the producer's new figures")
+    assert_eventually(scraped, timeout=90, what="Prometheus to scrape the sink's, Spark's and the producer's figures")
     return {"inserted": stats.inserted, "quarantined": stats.quarantined}
 
 
