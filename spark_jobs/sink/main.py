@@ -100,7 +100,9 @@ def _run_continuously(sink: TransactionSink, trigger: str, settings: Settings, u
             log.warning("second signal: exiting now")
             _unregister(target)
             os._exit(130)
-        log.info("signal %d: stopping after the batch in flight (again to exit now)", signum)
+        log.info(
+            "signal %d: stopping the query; a batch in flight commits whole or is replayed (again to exit now)", signum
+        )
         stop_requested.set()
 
     signal.signal(signal.SIGINT, _stop)
@@ -110,7 +112,7 @@ def _run_continuously(sink: TransactionSink, trigger: str, settings: Settings, u
         target = register_target(settings, ui_url)
         while not query.awaitTermination(1):
             if stop_requested.is_set():
-                query.stop()  # waits for the batch in flight; its commit is all or nothing
+                query.stop()  # may interrupt a batch in flight: its commit is all or nothing, replayed next start
                 break
         sink.wait(query)
     finally:
