@@ -227,6 +227,9 @@ def _print_monitoring(prometheus_url: str) -> None:
     if summary.error:
         out.print(f"[yellow]{summary.error}[/]")
         return
+    if not summary.targets:  # right after `txp stack up`: the first scrape has not happened yet
+        out.print("Prometheus has not scraped its targets yet (every 5 s): run `txp stack status` again")
+        return
     targets = Table("scrape target", "instance", "health", "last error")
     for t in summary.targets:
         health = "[green]up[/]" if t.health == "up" else f"[red]{t.health}[/]"
