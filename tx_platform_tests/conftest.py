@@ -8,6 +8,8 @@ stack that TXP_* variables already point at instead of starting one (no start, n
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 import zlib
@@ -53,6 +55,24 @@ def produce_records(settings: Settings, count: int, seed: int, hours_ago: float 
     start = datetime.now(UTC) - timedelta(hours=hours_ago)
     report = produce(generate(count, seed=mixed, start=start, span=timedelta(hours=hours_ago / 2)), producer)
     assert report.delivered == count, report
+
+
+def start_continuous_sink(settings: Settings, log: Path, **env: str) -> subprocess.Popen:
+    """`spark_jobs/sink/main.py --trigger "1 second"` for ``settings``' topic, output into ``log``."""
+    variables = {
+        **os.environ,
+        "TXP_TOPIC": settings.topic,
+        "TXP_DLQ_TOPIC": settings.dlq_topic,
+        "TXP_CHECKPOINT_DIR": str(settings.checkpoint_root),
+        **env,
+    }
+    with log.open("w") as out:
+        return subprocess.Popen(  # noqa: S603 - our own entry point
+            [sys.executable, str(PROJECT_ROOT / "spark_jobs" / "sink" / "main.py"), "--trigger", "1 second"],
+            env=variables,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def listening_sockets() -> dict[str, tuple[str, int]]:

@@ -1,19 +1,16 @@
 """The continuous sink stops gracefully on SIGINT/SIGTERM and loses nothing."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tx_platform.config import PROJECT_ROOT, Settings
+from tx_platform.config import Settings
 from tx_platform.producer import generate, open_producer, produce
 from tx_platform.warehouse import connect
-from tx_platform_tests.conftest import assert_eventually
+from tx_platform_tests.conftest import assert_eventually, start_continuous_sink
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,19 +24,7 @@ def test_continuous_sink_finishes_its_batch_and_exits_cleanly(
 ) -> None:
     create_topic(settings.topic)
     log = tmp_path / "sink.log"
-    env = {
-        **os.environ,
-        "TXP_TOPIC": settings.topic,
-        "TXP_DLQ_TOPIC": settings.dlq_topic,
-        "TXP_CHECKPOINT_DIR": str(settings.checkpoint_root),
-    }
-    with log.open("w") as out:
-        proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, str(PROJECT_ROOT / "spark_jobs" / "sink" / "main.py"), "--trigger", "1 second"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_continuous_sink(settings, log)
     try:
         assert_eventually(lambda: "sink running" in log.read_text(), timeout=90, what="the sink to start")
         producer, _ = open_producer(settings.kafka_bootstrap, settings.topic, settings.schema_registry_url)

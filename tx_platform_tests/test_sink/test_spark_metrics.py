@@ -5,8 +5,6 @@ import math
 import os
 import signal
 import socket
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,10 +16,10 @@ from pyspark.sql.streaming.listener import QueryProgressEvent, StreamingQueryPro
 from spark_jobs.session import DRIVER_METRICS_PATH, EXECUTOR_METRICS_PATH, spark_config
 from spark_jobs.sink import SinkConfig, TransactionSink
 from spark_jobs.sink._progress import ProgressFigures, ProgressListener, ProgressMetrics, progress_figures
-from tx_platform.config import PROJECT_ROOT, Settings, load_settings
+from tx_platform.config import Settings, load_settings
 from tx_platform.metrics import SINK_JOB, pipeline_for_topic
 from tx_platform.warehouse import connect
-from tx_platform_tests.conftest import assert_eventually, produce_records
+from tx_platform_tests.conftest import assert_eventually, produce_records, start_continuous_sink
 
 QUERY_ID = "3a4f1e52-6a5c-4d3e-9d0b-6f1b2a7c9e01"
 
@@ -252,20 +250,7 @@ def test_continuous_driver_serves_spark_metrics_to_prometheus(
 ) -> None:
     create_topic(settings.topic, 1)
     log = tmp_path / "sink.log"
-    env = {
-        **os.environ,
-        "TXP_TOPIC": settings.topic,
-        "TXP_DLQ_TOPIC": settings.dlq_topic,
-        "TXP_CHECKPOINT_DIR": str(settings.checkpoint_root),
-        "TXP_SPARK_UI_PORT": str(_free_port()),
-    }
-    with log.open("w") as out:
-        proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, str(PROJECT_ROOT / "spark_jobs" / "sink" / "main.py"), "--trigger", "1 second"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_continuous_sink(settings, log, TXP_SPARK_UI_PORT=str(_free_port()))
     target = settings.state_dir / "prometheus" / "targets" / f"spark-{proc.pid}.json"
     try:
         assert_eventually(target.exists, timeout=120, what=f"the driver's target file {target}")
