@@ -9,12 +9,16 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tx_platform.errors import ServiceUnavailableError, TopicNotFoundError
 
-#: Errors that mean "ask again shortly": leadership is moving or the broker is busy.
+#: Errors that mean "ask again shortly": leadership is moving, the broker is busy, or the client's
+#: metadata does not know a topic created a moment ago yet (the local _UNKNOWN_* codes; seen on the
+#: 3+3 cluster right after the sink created its dead-letter topic).
 _TRANSIENT_CODES = frozenset(
     {
         KafkaError.NOT_LEADER_FOR_PARTITION,
         KafkaError.LEADER_NOT_AVAILABLE,
         KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
         KafkaError._TIMED_OUT,
         KafkaError._TRANSPORT,
     }
