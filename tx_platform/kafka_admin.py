@@ -30,6 +30,19 @@ def _unreachable(bootstrap: str, exc: Exception) -> ServiceUnavailableError:
     return ServiceUnavailableError(msg)
 
 
+def _ready_on(address: str, name: str, timeout: float) -> bool:
+    """True when the broker at ``address`` reports ``name`` with a leader for every partition.
+
+    A fresh client bootstrapped with one address asks that broker first, so this reads that
+    broker's own view of the metadata.
+    """
+    probe = AdminClient({"bootstrap.servers": address})
+    info = probe.list_topics(topic=name, timeout=timeout).topics.get(name)
+    if info is None or info.error is not None or not info.partitions:
+        return False
+    return all(p.leader >= 0 and p.error is None for p in info.partitions.values())
+
+
 def ensure_topic(
     bootstrap: str,
     name: str,
@@ -38,31 +51,33 @@ def ensure_topic(
     config: dict[str, str] | None = None,
     timeout: float = 20.0,
 ) -> bool:
-    """Create ``name`` if missing and wait until its partitions have leaders. True if created now."""
+    """Create ``name`` if missing and wait until every broker knows it with leaders. True if created now.
+
+    Creation returns before partitions have leaders, and each broker applies new metadata on its
+    own: a client asking another broker right after would be told the topic does not exist.
+    """
     admin = AdminClient({"bootstrap.servers": bootstrap})
     try:
-        existing = admin.list_topics(timeout=timeout).topics
+        metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise _unreachable(bootstrap, exc) from exc
-    if name in existing:
-        return False
-    futures = admin.create_topics([NewTopic(name, partitions, replication, config=config or {})])
-    try:
-        futures[name].result(timeout=timeout)
-    except KafkaException as exc:
-        if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-            return False
-        raise
-    # creation returns before partitions have leaders; reads right after would fail
+    created = name not in metadata.topics
+    if created:
+        futures = admin.create_topics([NewTopic(name, partitions, replication, config=config or {})])
+        try:
+            futures[name].result(timeout=timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            created = False
+    brokers = [f"{b.host}:{b.port}" for b in metadata.brokers.values()]
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = admin.list_topics(topic=name, timeout=timeout).topics.get(name)
-        if info is not None and info.error is None and info.partitions:
-            if all(p.leader >= 0 and p.error is None for p in info.partitions.values()):
-                return True
+    while not all(_ready_on(address, name, timeout) for address in brokers):
+        if time.monotonic() > deadline:
+            msg = f"topic {name!r} has no leader for every partition on every broker after {timeout:.0f} s"
+            raise ServiceUnavailableError(msg)
         time.sleep(0.2)
-    msg = f"topic {name!r} was created but its partitions got no leader within {timeout:.0f} s"
-    raise ServiceUnavailableError(msg)
+    return created
 
 
 def partition_count(bootstrap: str, topic: str, timeout: float = 20.0) -> int:
