@@ -130,6 +130,7 @@ def transactions_sink(
         checkpoint_root=pipeline.checkpoint_root,
         max_offsets_per_trigger=pipeline.max_offsets_per_trigger,
         topic_replication=pipeline.topic_replication,
+        on_data_loss=pipeline.on_data_loss,
     )
     stats = TransactionSink(pyspark.spark_session, config).run_available_now()
     lag = compute_lag(kafka.end_offsets(pipeline.topic), postgres.committed_offsets(pipeline.topic)).total

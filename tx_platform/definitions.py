@@ -66,6 +66,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
             lag_threshold=settings.lag_threshold,
             retry_backoff_seconds=settings.sink_retry_backoff_seconds,
             retry_backoff_max_seconds=settings.sink_retry_backoff_max_seconds,
+            on_data_loss=settings.sink_on_data_loss,
         ),
         "pyspark": LazyPySparkResource(spark_config=spark_config(settings)),
     }

@@ -68,6 +68,9 @@ class PipelineConfig(ConfigurableResource):
         30.0, ge=0, description="Wait before retrying a failed sink run; doubles per consecutive failure."
     )
     retry_backoff_max_seconds: float = Field(600.0, ge=0, description="Upper bound of the retry wait.")
+    on_data_loss: str = Field(
+        "fail", description="Records deleted by retention before the sink read them: fail, or record the gap."
+    )
 
 
 @dataclass(frozen=True)

@@ -38,3 +38,11 @@ def test_definitions_load_with_the_designed_asset_keys() -> None:
         "matches_schema",
         "reconciles_with_transactions",
     }
+
+
+def test_the_data_loss_policy_reaches_the_dagster_sink() -> None:
+    from tx_platform.config import load_settings
+    from tx_platform.definitions import build_resources
+
+    assert build_resources(load_settings(sink_on_data_loss="record"))["pipeline"].on_data_loss == "record"
+    assert build_resources(load_settings())["pipeline"].on_data_loss == "fail"
