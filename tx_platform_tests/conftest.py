@@ -57,6 +57,19 @@ def produce_records(settings: Settings, count: int, seed: int, hours_ago: float 
     assert report.delivered == count, report
 
 
+def fetch_one(dsn: str, query: str, *params: object) -> tuple:
+    """The first row of ``query`` on the warehouse at ``dsn``."""
+    from tx_platform.warehouse import connect
+
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
 def start_continuous_sink(settings: Settings, log: Path, **env: str) -> subprocess.Popen:
     """`spark_jobs/sink/main.py --trigger "1 second"` for ``settings``' topic, output into ``log``."""
     variables = {

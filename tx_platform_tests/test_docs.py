@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from tx_platform.config import PROJECT_ROOT
-from tx_platform_tests.conftest import assert_eventually, process_group
+from tx_platform_tests.conftest import assert_eventually, fetch_one, process_group
 
 README = PROJECT_ROOT / "README.md"
 MARKER = re.compile(r"<!--\s*docs-test(?P<body>.*?)-->")
@@ -252,23 +252,13 @@ def _run(script: str, ctx: Ctx, name: str, timeout: float = 600) -> str:
     return output
 
 
-def _sql(ctx: Ctx, query: str, *params: object) -> tuple:
-    from tx_platform.warehouse import connect
-
-    conn = connect(ctx.env["TXP_POSTGRES_DSN"])
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchone()
-    finally:
-        conn.close()
-
-
 def _lag(ctx: Ctx, topic: str = "transactions") -> int:
     from tx_platform.kafka_admin import end_offsets
 
     ends = end_offsets(ctx.env["TXP_KAFKA_BOOTSTRAP"], topic)
-    (committed,) = _sql(ctx, "SELECT coalesce(sum(next_offset), 0) FROM sink_offsets WHERE topic = %s", topic)
+    (committed,) = fetch_one(
+        ctx.env["TXP_POSTGRES_DSN"], "SELECT coalesce(sum(next_offset), 0) FROM sink_offsets WHERE topic = %s", topic
+    )
     return sum(ends.values()) - int(committed)
 
 
@@ -415,8 +405,14 @@ def _check_dagster_materialize(script: str, _ctx: Ctx, output: str) -> None:
         assert "Asset check 'transactions_match_contract' on 'warehouse/transactions' passed" in output
 
 
+def _dsn(ctx: Ctx) -> str:
+    return ctx.env["TXP_POSTGRES_DSN"]
+
+
 def _check_dlq_show(_script: str, ctx: Ctx, output: str) -> None:
-    (quarantined,) = _sql(ctx, "SELECT count(*) FROM quarantine WHERE kafka_topic = 'transactions'")
+    (quarantined,) = fetch_one(
+        ctx.env["TXP_POSTGRES_DSN"], "SELECT count(*) FROM quarantine WHERE kafka_topic = 'transactions'"
+    )
     assert f"{quarantined} records in transactions.dlq" in output
 
 

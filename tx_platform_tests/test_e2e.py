@@ -10,7 +10,7 @@ from tx_platform.config import Settings
 from tx_platform.definitions import ASSET_CHECKS, ASSETS, build_resources, sink_job
 from tx_platform.producer import generate, open_producer, produce
 from tx_platform.sensors import build_kafka_lag_sensor
-from tx_platform.warehouse import connect
+from tx_platform_tests.conftest import fetch_one
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -19,17 +19,8 @@ SEED = 20_260_301
 START = datetime(2026, 3, 1, 6, tzinfo=UTC)  # 24 h from here: partitions 2026-03-01 and 2026-03-02
 
 
-def _query(settings: Settings, sql: str, *params: object) -> tuple:
-    conn = connect(settings.dsn())
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchone()
-    finally:
-        conn.close()
-
-
 def test_seeded_transactions_flow_exactly_once(spark, settings: Settings) -> None:  # noqa: ANN001
+    dsn = settings.dsn()
     instance = DagsterInstance.ephemeral()
     resources = build_resources(settings)
     everything = [*ASSETS, *ASSET_CHECKS]
@@ -55,11 +46,11 @@ def test_seeded_transactions_flow_exactly_once(spark, settings: Settings) -> Non
     sink = run(AssetSelection.assets("warehouse/transactions", "warehouse/quarantine"))
     checks = {e.check_name: e.passed for e in sink.get_asset_check_evaluations()}
     assert checks == {"no_unexplained_loss": True, "transactions_match_contract": True, "dlq_matches_quarantine": True}
-    rows, amount = _query(
-        settings, "SELECT count(*), sum(amount) FROM transactions WHERE kafka_topic = %s", settings.topic
+    rows, amount = fetch_one(
+        dsn, "SELECT count(*), sum(amount) FROM transactions WHERE kafka_topic = %s", settings.topic
     )
     assert (rows, amount) == (COUNT, expected_sum)
-    (quarantined,) = _query(settings, "SELECT count(*) FROM quarantine WHERE kafka_topic = %s", settings.topic)
+    (quarantined,) = fetch_one(dsn, "SELECT count(*) FROM quarantine WHERE kafka_topic = %s", settings.topic)
     assert quarantined == 0
 
     caught_up = sensor(build_sensor_context(instance=instance, resources=resources))
@@ -68,7 +59,7 @@ def test_seeded_transactions_flow_exactly_once(spark, settings: Settings) -> Non
     second = run(AssetSelection.assets("warehouse/transactions", "warehouse/quarantine"))
     meta = second.asset_materializations_for_node("transactions_sink")[0].metadata
     assert meta["records_read"].value == 0 and meta["rows_inserted"].value == 0
-    assert _query(settings, "SELECT count(*) FROM transactions WHERE kafka_topic = %s", settings.topic)[0] == COUNT
+    assert fetch_one(dsn, "SELECT count(*) FROM transactions WHERE kafka_topic = %s", settings.topic)[0] == COUNT
 
     days = [START.date(), (START + timedelta(days=1)).date()]
     for day in days:
@@ -77,8 +68,8 @@ def test_seeded_transactions_flow_exactly_once(spark, settings: Settings) -> Non
             "matches_schema": True,
             "reconciles_with_transactions": True,
         }
-    count, total = _query(
-        settings,
+    count, total = fetch_one(
+        dsn,
         "SELECT sum(transaction_count), sum(total_amount) FROM daily_merchant_summary WHERE day = ANY(%s)",
         days,
     )
