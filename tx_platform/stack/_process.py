@@ -68,8 +68,14 @@ class ManagedProcess:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        if _alive(pid) and self.marker in _cmdline(pid):
-            return pid
+        # a live process is read again a few times before its pid file is declared stale: right
+        # after a start, one reading failed to match and the live service lost its pid file
+        for attempt in range(5):
+            if not _alive(pid):
+                break
+            if self.marker in _cmdline(pid):
+                return pid
+            time.sleep(0.05 * (attempt + 1))
         self.pid_file.unlink(missing_ok=True)
         return None
 
