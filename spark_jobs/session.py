@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from tx_platform.config import Settings
-from tx_platform.stack import resolve_artifacts
 
 #: Where Spark's PrometheusServlet serves the driver's metrics (streaming queries included).
 DRIVER_METRICS_PATH = "/metrics/prometheus"
@@ -11,11 +13,14 @@ DRIVER_METRICS_PATH = "/metrics/prometheus"
 EXECUTOR_METRICS_PATH = "/metrics/executors/prometheus"
 
 
-def spark_config(settings: Settings, app_name: str = "tx_platform", metrics: bool = False) -> dict[str, str]:
-    """Spark settings for ``settings``: master, connector jars, UTC, loopback-only driver.
+def spark_config(
+    settings: Settings, jars: Sequence[Path | str], app_name: str = "tx_platform", metrics: bool = False
+) -> dict[str, str]:
+    """Spark settings for ``settings``: master, connector ``jars``, UTC, loopback-only driver.
 
-    The connector jars come from the Maven cache (resolved on first use), so no session ever
-    downloads anything at start-up.
+    The jars are resolved at the edge (the CLI, the Dagster definitions: ``tx_platform.stack.
+    resolve_artifacts``) from the Maven cache, so no session ever downloads anything at start-up;
+    under ``spark-submit`` they come from ``--jars``.
 
     ``metrics`` (the continuous sink): Spark's metrics in Prometheus format on its UI, the driver's
     at :data:`DRIVER_METRICS_PATH` (streaming query metrics on, names prefixed with ``app_name``
@@ -23,18 +28,18 @@ def spark_config(settings: Settings, app_name: str = "tx_platform", metrics: boo
     :data:`EXECUTOR_METRICS_PATH`. In local mode the UI is on, on ``settings.spark_ui_port``;
     on a cluster the UI's own settings are left alone.
     """
-    jars = resolve_artifacts(settings.jars_dir).spark_jars()
     local = settings.spark_master.startswith("local")
     config = {
         "spark.master": settings.spark_master,
         "spark.app.name": app_name,
-        "spark.jars": ",".join(str(j) for j in jars),
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": "4" if local else "64",
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.enabled": str(settings.spark_ui).lower(),
     }
+    if jars:
+        config["spark.jars"] = ",".join(str(j) for j in jars)
     if local:
         # local[*]: the driver and its UI listen on loopback only
         config |= {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}

@@ -41,8 +41,6 @@ class Settings(BaseSettings):
     prometheus_url: str = Field("http://127.0.0.1:9090", description="Prometheus URL.")
     alertmanager_url: str = Field("http://127.0.0.1:9095", description="Alertmanager URL (v2 API under /api/v2).")
     pushgateway_url: str = Field("http://127.0.0.1:9091", description="Pushgateway URL (batch jobs push metrics).")
-    topic: str = Field("transactions", description="Kafka topic of the transaction stream.")
-    dlq_topic: str = Field("transactions.dlq", description="Dead-letter topic.")
     topic_partitions: int = Field(3, ge=1, description="Partitions of a topic we create.")
     topic_replication: int = Field(1, ge=1, description="Replication factor of a topic we create.")
     lag_threshold: int = Field(1, ge=1, description="Lag (records) at which the sensor runs the sink.")
@@ -89,10 +87,6 @@ class Settings(BaseSettings):
     def checkpoint_root(self) -> Path:
         """Spark checkpoints: explicit setting or ``<state_dir>/checkpoints``."""
         return self.checkpoint_dir or self.state_dir / "checkpoints"
-
-    def sink_checkpoint(self, topic: str) -> Path:
-        """Checkpoint directory of the sink's query for ``topic``."""
-        return self.checkpoint_root / f"sink-{topic}"
 
     def dsn(self) -> str:
         """The warehouse DSN in clear, for the client libraries that need it."""

@@ -1,4 +1,4 @@
-"""Kafka admin helpers shared by Dagster resources, the sink and the CLI."""
+"""Kafka helpers shared by Dagster resources, the producer, the sink and the CLI."""
 
 from __future__ import annotations
 
@@ -8,6 +8,18 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollectio
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tx_platform.errors import ServiceUnavailableError, TopicNotFoundError
+
+#: librdkafka settings of every producer we run (the generator's and the sink's dead-letter
+#: publisher): idempotent, acks=all, batched and compressed, so DESIGN.md's guarantees hold.
+PRODUCER_DEFAULTS: dict[str, object] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "compression.type": "lz4",
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    "queue.buffering.max.messages": 500_000,
+    "message.timeout.ms": 120_000,
+}
 
 #: Errors that mean "ask again shortly": leadership is moving, the broker is busy, or the client's
 #: metadata does not know a topic created a moment ago yet (the local _UNKNOWN_* codes; seen on the

@@ -20,22 +20,14 @@ from pyspark.sql import functions as F
 from pyspark.sql.avro.functions import from_avro
 from pyspark.sql.types import DecimalType, StructField, StructType
 
-from tx_platform.contract import (
-    EARLIEST_EVENT_TIME,
-    MAX_FUTURE_SECONDS,
-    MCC_REGEX,
-    UUID_REGEX,
-    Contract,
-    country_codes,
-    currency_codes,
-    java_full_match,
-)
+from spark_jobs.sink._rules import compile_rule, quoted
+from tx_platform.contract import Contract
 from tx_platform.errors import ContractError
+from tx_platform.pipelines import PipelineSpec
+from tx_platform.warehouse import QUARANTINE_COLUMNS, staged_columns
 
 #: Longest text accepted in any string field (a guard against oversized records).
 MAX_TEXT_LENGTH = 256
-#: Characters of an offending value quoted in a reason (a reason must stay readable and small).
-REASON_VALUE_CHARS = 64
 #: Decimals are decoded at Spark's widest precision, then range-checked against the contract's.
 #: Decoded at the contract's own precision (<= 18 digits), Spark's Avro reader keeps the unscaled
 #: value in a long and silently wraps anything wider: 10^20 would be stored as another amount.
@@ -83,13 +75,6 @@ def _decimal_bounds(contract: Contract) -> list[tuple[str, int, int]]:
     return bounds
 
 
-def _quoted(value: Column) -> Column:
-    """A value for a reason: at most REASON_VALUE_CHARS characters, with an ellipsis when cut."""
-    text = value.cast("string")
-    cut = F.concat(F.substring(text, 1, REASON_VALUE_CHARS), F.lit("…"))
-    return F.when(F.length(text) > REASON_VALUE_CHARS, cut).otherwise(text)
-
-
 def wire_schema_id() -> Column:
     """Schema id of Confluent wire-format bytes (bytes 2-5, big-endian); meaningless if not that format."""
     return F.conv(F.hex(F.substring(F.col("value"), 2, 4)), 16, 10).cast("long")
@@ -133,8 +118,13 @@ def _first_field(names: list[str], violates: Callable[[Column], Column]) -> tupl
     return reduce(operator.or_, checks), F.coalesce(*[F.when(c, F.lit(n)) for c, n in zip(checks, names, strict=True)])
 
 
-def _rules(contract: Contract, known_ids: list[int]) -> list[tuple[Column, str, Column]]:
-    """(violation condition, error code, reason) in check order; first match wins."""
+def _rules(spec: PipelineSpec, known_ids: list[int]) -> list[tuple[Column, str, Column]]:
+    """(violation condition, error code, reason) in check order; first match wins.
+
+    First what follows from the bytes and the contract's types (the same for every pipeline),
+    then the rules of the pipeline's spec.
+    """
+    contract = spec.contract
     r = F.col("r")
     rules: list[tuple[Column, str, Column]] = [
         (F.col("value").isNull(), "NULL_VALUE", F.lit("record value is null (tombstone)")),
@@ -184,13 +174,6 @@ def _rules(contract: Contract, known_ids: list[int]) -> list[tuple[Column, str, 
                     F.lit(f"required field {field.name} is empty"),
                 )
             )
-    rules.append(
-        (
-            ~r["transaction_id"].rlike(java_full_match(UUID_REGEX)),
-            "INVALID_UUID",
-            F.concat(F.lit("transaction_id is not a UUID: "), _quoted(r["transaction_id"])),
-        )
-    )
     for field in contract.fields:
         if field.enum_symbols:
             rules.append(
@@ -198,7 +181,7 @@ def _rules(contract: Contract, known_ids: list[int]) -> list[tuple[Column, str, 
                     ~r[field.name].isin(*field.enum_symbols),
                     "INVALID_ENUM",
                     F.concat(
-                        F.lit(f"{field.name} is not one of {', '.join(field.enum_symbols)}: "), _quoted(r[field.name])
+                        F.lit(f"{field.name} is not one of {', '.join(field.enum_symbols)}: "), quoted(r[field.name])
                     ),
                 )
             )
@@ -220,108 +203,69 @@ def _rules(contract: Contract, known_ids: list[int]) -> list[tuple[Column, str, 
                 F.concat(
                     F.lit(f"{name} does not fit decimal({precision},{scale}) (at most {precision - scale} digits "
                           "before the point): "),
-                    _quoted(r[name]),
+                    quoted(r[name]),
                 ),
             )
         )  # fmt: skip
-    rules += [
-        (
-            r["amount"] <= 0,
-            "NON_POSITIVE_AMOUNT",
-            F.concat(F.lit("amount must be positive, got "), r["amount"].cast("string")),
-        ),
-        (
-            ~r["currency"].isin(*sorted(currency_codes())),
-            "UNKNOWN_CURRENCY",
-            F.concat(F.lit("currency is not an ISO 4217 code: "), _quoted(r["currency"])),
-        ),
-        (
-            ~r["country"].isin(*sorted(country_codes())),
-            "UNKNOWN_COUNTRY",
-            F.concat(F.lit("country is not an ISO 3166-1 alpha-2 code: "), _quoted(r["country"])),
-        ),
-        (
-            ~r["merchant_category"].rlike(java_full_match(MCC_REGEX)),
-            "INVALID_MERCHANT_CATEGORY",
-            F.concat(F.lit("merchant_category is not a 4-digit ISO 18245 code: "), _quoted(r["merchant_category"])),
-        ),
-        (
-            (F.abs(r["latitude"]) > 90)
-            | (F.abs(r["longitude"]) > 180)
-            | F.isnan(r["latitude"])
-            | F.isnan(r["longitude"]),
-            "INVALID_COORDINATES",
-            F.lit("latitude/longitude out of range"),
-        ),
-        (
-            r["event_time"] < F.lit(EARLIEST_EVENT_TIME),
-            "EVENT_TIME_TOO_OLD",
-            F.concat(
-                F.lit(f"event_time before {EARLIEST_EVENT_TIME:%Y-%m-%d}, the first daily partition: "),
-                r["event_time"].cast("string"),
-            ),
-        ),
-        (
-            r["event_time"] > F.current_timestamp() + F.expr(f"INTERVAL {MAX_FUTURE_SECONDS} SECONDS"),
-            "EVENT_TIME_IN_FUTURE",
-            F.concat(
-                F.lit(f"event_time more than {MAX_FUTURE_SECONDS} s in the future: "), r["event_time"].cast("string")
-            ),
-        ),
-    ]
+    # the pipeline's own rules, declared in its spec
+    rules += [compile_rule(rule, r) for rule in spec.rules]
     return rules
 
 
-def decode(records: DataFrame, contract: Contract, writer_schemas: Mapping[int, str]) -> DataFrame:
+def decode(records: DataFrame, spec: PipelineSpec, writer_schemas: Mapping[int, str]) -> DataFrame:
     """Kafka rows -> one row per record with the decoded struct ``r`` and ``error_code``/``reason``.
 
     ``writer_schemas`` maps every schema id registered under the subject to its schema text.
     ``error_code`` is null for records that satisfy every rule.
     """
-    decoded = records.withColumn("r", _avro_struct(writer_schemas, contract))
+    decoded = records.withColumn("r", _avro_struct(writer_schemas, spec.contract))
     code: Column = F.lit(None).cast("string")
     reason: Column = F.lit(None).cast("string")
-    for condition, error_code, why in reversed(_rules(contract, sorted(writer_schemas))):
+    for condition, error_code, why in reversed(_rules(spec, sorted(writer_schemas))):
         # built inside-out so that the first rule of the list is checked first
         code = F.when(F.coalesce(condition, F.lit(False)), F.lit(error_code)).otherwise(code)
         reason = F.when(F.coalesce(condition, F.lit(False)), why).otherwise(reason)
     return decoded.withColumn("error_code", code).withColumn("reason", reason)
 
 
-def render(decoded: DataFrame, contract: Contract) -> DataFrame:
-    """One pass over a decoded batch: ``(ok, partition, offset, line)``.
-
-    ``line`` is the record as a CSV line for its destination: accepted records in the staging
-    column order of ``tx_platform.warehouse`` (contract fields, Kafka coordinates, raw bytes, Kafka
-    timestamp), rejects in ``QUARANTINE_COLUMNS`` order with the raw key and value hex-encoded
-    (``\\x...``).
-    """
-    ok = F.col("error_code").isNull()
+def _column_sources(spec: PipelineSpec) -> dict[str, Column]:
+    """Spark expression of every column the warehouse stages, by the warehouse's column name."""
     low, high = _KAFKA_TS_RANGE
     kafka_ts = F.when(F.col("timestamp").between(F.lit(low).cast("timestamp"), F.lit(high).cast("timestamp")),
                       F.col("timestamp"))  # fmt: skip
-    good = F.struct(
-        *[F.col("r")[f.name].alias(f.name) for f in contract.fields],
-        F.col("topic"),
-        F.col("partition"),
-        F.col("offset"),
-        # the record's own bytes, kept in case it turns out to be a duplicate (decided in Postgres)
-        F.concat(F.lit("\\x"), F.hex("key")),
-        F.concat(F.lit("\\x"), F.hex("value")),
+    return {
+        **{name: F.col("r")[name] for name in spec.contract.field_names},
+        "kafka_topic": F.col("topic"),
+        "kafka_partition": F.col("partition"),
+        "kafka_offset": F.col("offset"),
+        # the record's own bytes (hex, as COPY reads bytea), kept in case it is a duplicate or rejected
+        "raw_key": F.concat(F.lit("\\x"), F.hex("key")),
+        "raw_value": F.concat(F.lit("\\x"), F.hex("value")),
         # Kafka's timestamp, for the Kafka -> commit latency histogram (staged, not stored)
-        kafka_ts,
-    )
-    reject = F.struct(
-        F.col("topic"),
-        F.col("partition"),
-        F.col("offset"),
-        kafka_ts,
-        F.concat(F.lit("\\x"), F.hex("key")),
-        F.concat(F.lit("\\x"), F.hex("value")),
-        F.col("error_code"),
-        F.col("reason"),
-    )
-    line = F.when(ok, F.to_csv(good, _CSV)).otherwise(F.to_csv(reject, _CSV))
+        "kafka_timestamp": kafka_ts,
+        "error_code": F.col("error_code"),
+        "reason": F.col("reason"),
+    }
+
+
+def _line(sources: dict[str, Column], columns: tuple[str, ...]) -> Column:
+    missing = [c for c in columns if c not in sources]
+    if missing:
+        msg = f"the warehouse stages columns the sink cannot render: {missing}"
+        raise ContractError(msg)
+    return F.to_csv(F.struct(*[sources[c].alias(c) for c in columns]), _CSV)
+
+
+def render(decoded: DataFrame, spec: PipelineSpec) -> DataFrame:
+    """One pass over a decoded batch: ``(ok, partition, offset, line)``.
+
+    ``line`` is the record as a CSV line for its destination, in the column order the warehouse
+    owns (:func:`tx_platform.warehouse.staged_columns` for accepted records,
+    ``QUARANTINE_COLUMNS`` for rejects), with raw key and value hex-encoded (``\\x...``).
+    """
+    sources = _column_sources(spec)
+    ok = F.col("error_code").isNull()
+    line = F.when(ok, _line(sources, staged_columns(spec))).otherwise(_line(sources, QUARANTINE_COLUMNS))
     return decoded.select(ok.alias("ok"), "partition", "offset", line.alias("line"))
 
 

@@ -26,8 +26,13 @@ from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 from psycopg2.extensions import connection as Connection
 
 from tx_platform.errors import SinkError
-from tx_platform.kafka_admin import ensure_topic, offset_consumer, partition_count, partition_watermarks
-from tx_platform.producer import PRODUCER_DEFAULTS
+from tx_platform.kafka_admin import (
+    PRODUCER_DEFAULTS,
+    ensure_topic,
+    offset_consumer,
+    partition_count,
+    partition_watermarks,
+)
 
 log = logging.getLogger(__name__)
 

@@ -216,14 +216,12 @@ class SinkProgressReporter:
             self.pusher.start()
 
     @classmethod
-    def for_topic(cls, spark: SparkSession, topic: str, query_name: str) -> SinkProgressReporter | None:
-        """The reporter of a sink reading ``topic``; None (one warning) when it cannot be set up."""
+    def for_pipeline(
+        cls, spark: SparkSession, pipeline: str, url: str | None, query_name: str
+    ) -> SinkProgressReporter | None:
+        """The reporter of ``pipeline``'s sink; None (one warning) when it cannot be set up."""
         try:
-            from tx_platform.config import load_settings
-            from tx_platform.metrics import pipeline_for_topic
-
-            settings = load_settings()
-            return cls(spark, pipeline_for_topic(settings, topic), settings.pushgateway_url, query_name)
+            return cls(spark, pipeline, url, query_name)
         except Exception as exc:  # noqa: BLE001 - metrics are never a reason for the sink not to run
             log.warning("metrics: streaming progress is not reported (%s); the sink goes on", exc)
             return None

@@ -1,4 +1,7 @@
-"""The streaming sink: Kafka `transactions` -> Postgres `transactions` / `quarantine`, exactly once.
+"""The streaming sink of a pipeline: its Kafka topic -> its Postgres table / `quarantine`, exactly once.
+
+One query per pipeline (named ``<pipeline>_sink``, with its own checkpoint), built from the
+pipeline's spec; the settings arrive as one :class:`~tx_platform.config.Settings` object.
 
 Each micro-batch is decoded in Spark, collected to the driver as CSV lines, and committed by
 :func:`tx_platform.warehouse.commit_batch` together with its Kafka offsets. Postgres, not the
@@ -17,7 +20,7 @@ import json
 import logging
 import time
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from psycopg2.extensions import connection as Connection
@@ -31,9 +34,9 @@ from spark_jobs.sink._dlq import DeadLetterPublisher
 from spark_jobs.sink._progress import SinkProgressReporter
 from spark_jobs.sink._registry import WriterSchemas
 from tx_platform.config import Settings
-from tx_platform.contract import load_contract, subject_for
 from tx_platform.errors import OffsetGapError, SinkError, TxPlatformError
 from tx_platform.kafka_admin import partition_count, topic_id, watermarks
+from tx_platform.pipelines import PipelineSpec
 from tx_platform.warehouse import (
     Gap,
     PartitionRange,
@@ -47,8 +50,6 @@ from tx_platform.warehouse import (
 )
 
 log = logging.getLogger(__name__)
-
-QUERY_NAME = "transactions_sink"
 
 
 @dataclass
@@ -64,50 +65,16 @@ class SinkStats:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class SinkConfig:
-    """What the sink needs to know; built from Settings (CLI) or from Dagster resources."""
+class PipelineSink:
+    """Builds and runs the streaming query of one pipeline."""
 
-    kafka_bootstrap: str
-    dsn: str = field(repr=False)
-    registry_url: str
-    topic: str
-    dlq_topic: str
-    checkpoint_root: str
-    max_offsets_per_trigger: int = 200_000
-    topic_replication: int = 1
-    on_data_loss: str = "fail"  # or "record": gaps go to sink_gaps
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SinkConfig:
-        """Sink settings from the platform settings."""
-        return cls(
-            kafka_bootstrap=settings.kafka_bootstrap,
-            dsn=settings.dsn(),
-            registry_url=settings.schema_registry_url,
-            topic=settings.topic,
-            dlq_topic=settings.dlq_topic,
-            checkpoint_root=str(settings.checkpoint_root),
-            max_offsets_per_trigger=settings.max_offsets_per_trigger,
-            topic_replication=settings.topic_replication,
-            on_data_loss=settings.sink_on_data_loss,
-        )
-
-    @property
-    def checkpoint(self) -> str:
-        """Checkpoint location of this topic's query."""
-        return f"{self.checkpoint_root.rstrip('/')}/sink-{self.topic}"
-
-
-class TransactionSink:
-    """Builds and runs the streaming query for one topic."""
-
-    def __init__(self, spark: SparkSession, config: SinkConfig) -> None:
+    def __init__(self, spark: SparkSession, spec: PipelineSpec, settings: Settings) -> None:
         self.spark = spark
-        self.config = config
-        self.contract = load_contract()
+        self.spec = spec
+        self.settings = settings
+        self.checkpoint = spec.checkpoint(settings.checkpoint_root)
         self.stats = SinkStats()
-        self.writer_schemas = WriterSchemas(config.registry_url, subject_for(config.topic))
+        self.writer_schemas = WriterSchemas(settings.schema_registry_url, spec.subject)
         self._dlq: DeadLetterPublisher | None = None
         self._lease: SinkLease | None = None
         self._topic_id: str | None = None
@@ -117,11 +84,15 @@ class TransactionSink:
         self.batch_error: TxPlatformError | None = None
 
     @property
+    def _dsn(self) -> str:
+        return self.settings.dsn()
+
+    @property
     def dlq(self) -> DeadLetterPublisher:
         """The DLQ publisher, created on first use (it makes sure the DLQ topic exists)."""
         if self._dlq is None:
             self._dlq = DeadLetterPublisher(
-                self.config.kafka_bootstrap, self.config.topic, self.config.dlq_topic, self.config.topic_replication
+                self.settings.kafka_bootstrap, self.spec.topic, self.spec.dlq_topic, self.settings.topic_replication
             )
         return self._dlq
 
@@ -136,20 +107,20 @@ class TransactionSink:
             if unknown:
                 msg = (
                     f"[REGISTRY_UNAVAILABLE] schema ids {unknown} are not cached and the registry at "
-                    f"{self.config.registry_url} does not answer; the batch is retried when the sink restarts"
+                    f"{self.settings.schema_registry_url} does not answer; the batch is retried when the sink restarts"
                 )
                 raise SinkError(msg)
         return schemas
 
     def starting_offsets(self) -> str:
         """Offsets committed in Postgres for every partition (earliest where none), as Spark JSON."""
-        partitions = range(partition_count(self.config.kafka_bootstrap, self.config.topic))
-        with closing(connect(self.config.dsn)) as conn:
-            committed = committed_offsets(conn, self.config.topic)
+        partitions = range(partition_count(self.settings.kafka_bootstrap, self.spec.topic))
+        with closing(connect(self._dsn)) as conn:
+            committed = committed_offsets(conn, self.spec.topic)
         if not committed:
             return "earliest"
         # -2 is Spark's "earliest" for a partition without committed offsets
-        return json.dumps({self.config.topic: {str(p): committed.get(p, -2) for p in partitions}})
+        return json.dumps({self.spec.topic: {str(p): committed.get(p, -2) for p in partitions}})
 
     def _process_batch(self, batch: DataFrame, batch_id: int) -> None:
         try:
@@ -162,19 +133,19 @@ class TransactionSink:
         """Check the ledger against the topic; record or refuse records deleted by retention."""
         gaps = prepare_ledger(
             conn,
-            self.config.topic,
+            self.spec.topic,
             self._topic_id,
-            watermarks(self.config.kafka_bootstrap, self.config.topic),
-            record_gaps=self.config.on_data_loss == "record",
+            watermarks(self.settings.kafka_bootstrap, self.spec.topic),
+            record_gaps=self.settings.sink_on_data_loss == "record",
         )
         for gap in gaps:
-            log.warning("[DATA_LOSS] recorded in sink_gaps and skipped: %s", gap.describe(self.config.topic))
+            log.warning("[DATA_LOSS] recorded in sink_gaps and skipped: %s", gap.describe(self.spec.topic))
         return gaps
 
     def _commit_batch(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         schemas = self._schemas_for(batch)
-        lines = render(decode(batch, self.contract, schemas), self.contract).collect()
+        lines = render(decode(batch, self.spec, schemas), self.spec).collect()
         if not lines:
             return
         ranges: dict[int, PartitionRange] = {}
@@ -190,12 +161,12 @@ class TransactionSink:
                 else PartitionRange(min(current.first, offset), max(current.last, offset))
             )
         # the topic's id now, not at start: a topic recreated while the sink runs must not pass as a replay
-        self._topic_id = topic_id(self.config.kafka_bootstrap, self.config.topic)
+        self._topic_id = topic_id(self.settings.kafka_bootstrap, self.spec.topic)
         lease = self._lease.epoch if self._lease is not None else None
-        with closing(connect(self.config.dsn)) as conn:
+        with closing(connect(self._dsn)) as conn:
             try:
                 result = commit_batch(
-                    conn, self.config.topic, batch_id, good_lines, bad_lines, ranges,
+                    conn, self.spec, batch_id, good_lines, bad_lines, ranges,
                     topic_id=self._topic_id, lease_epoch=lease,
                 )  # fmt: skip
             except OffsetGapError:
@@ -203,7 +174,7 @@ class TransactionSink:
                 if not self._prepare_ledger(conn):
                     raise
                 result = commit_batch(
-                    conn, self.config.topic, batch_id, good_lines, bad_lines, ranges,
+                    conn, self.spec, batch_id, good_lines, bad_lines, ranges,
                     topic_id=self._topic_id, lease_epoch=lease,
                 )  # fmt: skip
             dead_lettered = self.dlq.publish(conn) if result.quarantined else 0
@@ -222,12 +193,14 @@ class TransactionSink:
 
     def start(self, available_now: bool = True, processing_time: str = "5 seconds") -> StreamingQuery:
         """Start the query; AvailableNow processes what is there and stops, else runs continuously."""
-        ensure_schema(self.config.dsn)
-        self._lease = acquire_lease(connect(self.config.dsn), self.config.topic)
+        ensure_schema(self._dsn, [self.spec])
+        self._lease = acquire_lease(connect(self._dsn), self.spec.topic)
         try:
             if self._progress is not None:  # started again without close(): one listener at a time
                 self._progress.close()
-            self._progress = SinkProgressReporter.for_topic(self.spark, self.config.topic, QUERY_NAME)
+            self._progress = SinkProgressReporter.for_pipeline(
+                self.spark, self.spec.name, self.settings.pushgateway_url, self.spec.query_name
+            )
             query = self._start(available_now, processing_time)
             if self._progress is not None:
                 self._progress.attach(query)
@@ -237,26 +210,26 @@ class TransactionSink:
             raise
 
     def _start(self, available_now: bool, processing_time: str) -> StreamingQuery:
-        self._topic_id = topic_id(self.config.kafka_bootstrap, self.config.topic)
-        with closing(connect(self.config.dsn)) as conn:
+        self._topic_id = topic_id(self.settings.kafka_bootstrap, self.spec.topic)
+        with closing(connect(self._dsn)) as conn:
             self._prepare_ledger(conn)
-        drop_uncommitted_batches(self.config.checkpoint)
+        drop_uncommitted_batches(self.checkpoint)
         # catch up on DLQ publication a crash may have interrupted (no-op when up to date)
-        with closing(connect(self.config.dsn)) as conn:
+        with closing(connect(self._dsn)) as conn:
             self.stats.dead_lettered += self.dlq.publish(conn)
         stream = (
             self.spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", self.config.kafka_bootstrap)
-            .option("subscribe", self.config.topic)
+            .option("kafka.bootstrap.servers", self.settings.kafka_bootstrap)
+            .option("subscribe", self.spec.topic)
             .option("startingOffsets", self.starting_offsets())
-            .option("maxOffsetsPerTrigger", self.config.max_offsets_per_trigger)
+            .option("maxOffsetsPerTrigger", self.settings.max_offsets_per_trigger)
             .option("failOnDataLoss", "false")
             .load()
         )
         writer = (
-            stream.writeStream.queryName(QUERY_NAME)
+            stream.writeStream.queryName(self.spec.query_name)
             .foreachBatch(self._process_batch)
-            .option("checkpointLocation", self.config.checkpoint)
+            .option("checkpointLocation", self.checkpoint)
         )
         writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=processing_time)
         return writer.start()

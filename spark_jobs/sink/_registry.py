@@ -11,7 +11,7 @@ import logging
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from tx_platform.contract import SUBJECT, registry_client
+from tx_platform.contract import registry_client
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class WriterSchemas:
     """Schema id -> schema text for every version of ``subject`` (refreshed per micro-batch)."""
 
-    def __init__(self, url: str, subject: str = SUBJECT, client: SchemaRegistryClient | None = None) -> None:
+    def __init__(self, url: str, subject: str, client: SchemaRegistryClient | None = None) -> None:
         self.url = url
         self.subject = subject
         self._client = client or registry_client(url)

@@ -1,9 +1,14 @@
-"""Entry point of the sink for `spark-submit` (continuous by default) and `txp sink`.
+"""Entry point of a pipeline's sink for `spark-submit` (continuous by default) and `txp sink`.
 
-    spark-submit --master spark://host:7077 spark_jobs/sink/main.py [--available-now] [--trigger "5 seconds"]
+    spark-submit --master spark://host:7077 --jars <connector jars> spark_jobs/sink/main.py \\
+        [--pipeline crypto_trades] [--available-now] [--trigger "5 seconds"]
 
-Settings come from TXP_* variables (see README). Ctrl+C / SIGTERM stops the query gracefully:
-the batch in flight commits or rolls back as a whole, and the next start resumes from Postgres.
+Settings come from TXP_* variables (see README); the pipeline from ``--pipeline`` (default
+``transactions``). Run with plain ``python``, the connector jars come from ``--jars`` (or
+``TXP_SPARK_JARS``); ``txp sink`` resolves them from the Maven cache and passes them.
+
+Ctrl+C / SIGTERM stops the query gracefully: the batch in flight commits or rolls back as a
+whole, and the next start resumes from Postgres.
 
 Running continuously, the driver serves Spark's metrics in Prometheus format on its UI (local
 mode: 127.0.0.1:TXP_SPARK_UI_PORT) and registers itself with the local stack's Prometheus by
@@ -27,19 +32,18 @@ from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
 from spark_jobs.session import spark_config
-from spark_jobs.sink._query import SinkConfig, TransactionSink
+from spark_jobs.sink._query import PipelineSink
 from tx_platform.config import Settings, load_settings
-from tx_platform.metrics import pipeline_for_topic
+from tx_platform.pipelines import DEFAULT_PIPELINE, PIPELINES, PipelineSpec, get_pipeline
 
 log = logging.getLogger("spark_jobs.sink")
 
 
-def _session(metrics: bool = False) -> SparkSession:
-    settings = load_settings()
+def _session(settings: Settings, jars: list[str], metrics: bool = False) -> SparkSession:
     if metrics and settings.spark_master.startswith("local"):
         # Spark's UI binds to SPARK_LOCAL_IP, else to every interface: loopback only, like the driver
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    wanted = spark_config(settings, app_name="tx_platform_sink", metrics=metrics)
+    wanted = spark_config(settings, jars, app_name="tx_platform_sink", metrics=metrics)
     given = SparkConf()  # what spark-submit set (master, jars, ...) wins over our local defaults
     builder = SparkSession.builder
     for key, value in wanted.items():
@@ -48,7 +52,7 @@ def _session(metrics: bool = False) -> SparkSession:
     return builder.getOrCreate()
 
 
-def register_target(settings: Settings, ui_url: str | None, pid: int | None = None) -> Path | None:
+def register_target(settings: Settings, pipeline: str, ui_url: str | None, pid: int | None = None) -> Path | None:
     """Write ``<state>/prometheus/targets/spark-<pid>.json`` for the driver's UI (atomically).
 
     None when there is no UI or no local stack's Prometheus directory to register with.
@@ -59,8 +63,7 @@ def register_target(settings: Settings, ui_url: str | None, pid: int | None = No
         return None
     pid = os.getpid() if pid is None else pid
     address = urlsplit(ui_url).netloc
-    group = [{"targets": [address], "labels": {"pipeline": pipeline_for_topic(settings, settings.topic),
-                                                "pid": str(pid)}}]  # fmt: skip
+    group = [{"targets": [address], "labels": {"pipeline": pipeline, "pid": str(pid)}}]
     path = targets / f"spark-{pid}.json"
     tmp = targets / f".spark-{pid}.json.tmp"  # outside Prometheus' spark-*.json pattern
     tmp.write_text(json.dumps(group, indent=2) + "\n")
@@ -74,12 +77,17 @@ def _unregister(target: Path | None) -> None:
         target.unlink(missing_ok=True)
 
 
-def run(available_now: bool = False, trigger: str = "5 seconds") -> None:
-    """Run the sink until it is stopped (or, with available_now, until it has caught up)."""
-    settings = load_settings()
-    spark = _session(metrics=not available_now)
+def run(
+    spec: PipelineSpec,
+    settings: Settings,
+    jars: list[str],
+    available_now: bool = False,
+    trigger: str = "5 seconds",
+) -> None:
+    """Run ``spec``'s sink until it is stopped (or, with available_now, until it has caught up)."""
+    spark = _session(settings, jars, metrics=not available_now)
     spark.sparkContext.setLogLevel("WARN")
-    sink = TransactionSink(spark, SinkConfig.from_settings(settings))
+    sink = PipelineSink(spark, spec, settings)
     if available_now:
         stats = sink.run_available_now()
         log.info("caught up: %s", stats)
@@ -87,10 +95,10 @@ def run(available_now: bool = False, trigger: str = "5 seconds") -> None:
     _run_continuously(sink, trigger, settings, spark.sparkContext.uiWebUrl)
 
 
-def _run_continuously(sink: TransactionSink, trigger: str, settings: Settings, ui_url: str | None) -> None:
+def _run_continuously(sink: PipelineSink, trigger: str, settings: Settings, ui_url: str | None) -> None:
     query = sink.start(available_now=False, processing_time=trigger)
     target: Path | None = None
-    log.info("sink running (trigger %s, checkpoint %s); Ctrl+C to stop", trigger, sink.config.checkpoint)
+    log.info("sink running (trigger %s, checkpoint %s); Ctrl+C to stop", trigger, sink.checkpoint)
     stop_requested = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -109,7 +117,7 @@ def _run_continuously(sink: TransactionSink, trigger: str, settings: Settings, u
     signal.signal(signal.SIGTERM, _stop)
     try:
         # registered once the signals lead to the finally below, which deletes it
-        target = register_target(settings, ui_url)
+        target = register_target(settings, sink.spec.name, ui_url)
         while not query.awaitTermination(1):
             if stop_requested.is_set():
                 query.stop()  # may interrupt a batch in flight: its commit is all or nothing, replayed next start
@@ -126,9 +134,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--available-now", action="store_true", help="process what is there, then stop")
     parser.add_argument("--trigger", default="5 seconds", help="micro-batch interval (default: 5 seconds)")
+    parser.add_argument(
+        "--pipeline", default=DEFAULT_PIPELINE, choices=sorted(PIPELINES), help=f"default: {DEFAULT_PIPELINE}"
+    )
+    parser.add_argument("--topic", help="read this topic instead of the pipeline's (its DLQ: <topic>.dlq)")
+    parser.add_argument(
+        "--jars",
+        default=os.environ.get("TXP_SPARK_JARS", ""),
+        help="comma-separated connector jars when not run by spark-submit (env: TXP_SPARK_JARS)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
-    run(available_now=args.available_now, trigger=args.trigger)
+    spec = get_pipeline(args.pipeline)
+    if args.topic:
+        spec = spec.with_topic(args.topic)
+    jars = [j for j in args.jars.split(",") if j]
+    run(spec, load_settings(), jars, available_now=args.available_now, trigger=args.trigger)
 
 
 if __name__ == "__main__":

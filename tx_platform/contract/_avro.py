@@ -19,7 +19,6 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from tx_platform.contract._schema import SUBJECT, load_contract
 from tx_platform.contract._serde import Record
 from tx_platform.errors import ContractError, ServiceUnavailableError
 
@@ -51,15 +50,13 @@ def _unavailable(url: str, exc: Exception) -> ServiceUnavailableError:
     return ServiceUnavailableError(msg)
 
 
-def register_contract(
-    client: SchemaRegistryClient, url: str, schema_str: str | None = None, subject: str = SUBJECT
-) -> Registration:
-    """Register ``schema_str`` (default: the packaged contract) under BACKWARD compatibility.
+def register_contract(client: SchemaRegistryClient, url: str, schema_str: str, subject: str) -> Registration:
+    """Register ``schema_str`` under ``subject`` with BACKWARD compatibility.
 
     Raises :class:`SchemaIncompatibleError` naming the subject, the latest version and the
     registry's reasons when the schema would break readers of earlier versions.
     """
-    text = schema_str or load_contract().schema_str
+    text = schema_str
     schema = Schema(text, "AVRO")
     try:
         client.set_compatibility(subject_name=subject, level=COMPATIBILITY)
@@ -104,10 +101,10 @@ def _compatibility_reasons(url: str, subject: str, schema_str: str) -> str:
 class AvroRecordSerializer:
     """Record -> Confluent wire-format bytes, for the schema already registered under the subject."""
 
-    def __init__(self, client: SchemaRegistryClient, topic: str, schema_str: str | None = None) -> None:
+    def __init__(self, client: SchemaRegistryClient, topic: str, schema_str: str) -> None:
         self._inner = AvroSerializer(
             client,
-            schema_str or load_contract().schema_str,
+            schema_str,
             conf={"auto.register.schemas": False, "use.latest.version": False, "normalize.schemas": False},
         )
         self._context = SerializationContext(topic, MessageField.VALUE)

@@ -1,11 +1,11 @@
-"""The one data contract, loaded from ``transaction.avsc``; everything else derives from it."""
+"""A pipeline's data contract, loaded from its ``.avsc`` file; everything else derives from it."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import Any
 
 from tx_platform.errors import ContractError
@@ -14,11 +14,6 @@ from tx_platform.errors import ContractError
 def subject_for(topic: str) -> str:
     """Registry subject of a topic's record values (Confluent's TopicNameStrategy)."""
     return f"{topic}-value"
-
-
-#: Registry subject of the record value for the default topic `transactions`.
-SUBJECT = subject_for("transactions")
-SCHEMA_FILE = "transaction.avsc"
 
 
 @dataclass(frozen=True)
@@ -76,7 +71,7 @@ def _map_type(avro_type: Any) -> tuple[str, str, tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class Contract:
-    """The parsed transaction schema."""
+    """A parsed Avro record schema: the fields with their types in Spark and Postgres."""
 
     schema: dict[str, Any]
     fields: tuple[Field, ...]
@@ -117,13 +112,24 @@ def parse_contract(schema: dict[str, Any]) -> Contract:
     return Contract(schema=schema, fields=tuple(fields))
 
 
-@cache
-def load_contract() -> Contract:
-    """Load the packaged ``transaction.avsc`` (cached)."""
-    text = resources.files("tx_platform.contract").joinpath(SCHEMA_FILE).read_text("utf-8")
-    try:
-        schema = json.loads(text)
-    except json.JSONDecodeError as exc:
-        msg = f"{SCHEMA_FILE} is not valid JSON: {exc}"
-        raise ContractError(msg) from exc
-    return parse_contract(schema)
+#: Parsed contracts by path: every pipeline object that asks for its contract shares one.
+_LOADED: dict[str, Contract] = {}
+
+
+def load_contract(path: Traversable | Path | str) -> Contract:
+    """Load and parse an ``.avsc`` file (cached per path)."""
+    key = str(path)
+    if key not in _LOADED:
+        source = Path(path) if isinstance(path, str) else path
+        try:
+            text = source.read_text("utf-8")
+        except OSError as exc:
+            msg = f"cannot read the contract {path}: {exc}"
+            raise ContractError(msg) from exc
+        try:
+            schema = json.loads(text)
+        except json.JSONDecodeError as exc:
+            msg = f"{path} is not valid JSON: {exc}"
+            raise ContractError(msg) from exc
+        _LOADED[key] = parse_contract(schema)
+    return _LOADED[key]

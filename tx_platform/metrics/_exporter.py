@@ -25,7 +25,6 @@ from prometheus_client.core import Metric as MetricFamily
 from psycopg2.extensions import connection as Connection
 
 from tx_platform.config import Settings
-from tx_platform.contract import ERROR_CODES
 from tx_platform.errors import TopicNotFoundError
 from tx_platform.metrics._definitions import (
     COMMIT_BUCKETS,
@@ -45,6 +44,7 @@ from tx_platform.metrics._definitions import (
     SINK_ROWS_TOTAL,
     histogram_sample,
 )
+from tx_platform.pipelines import PIPELINES, PipelineSpec, pipeline_of_topic
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +57,21 @@ LATENCY_KINDS = (
 OUTCOMES = ("inserted", "quarantined", "skipped")
 
 
-@dataclass(frozen=True)
-class Pipeline:
-    """One pipeline the exporter reports on: its label value, source topic and dead-letter topic."""
-
-    name: str
-    topic: str
-    dlq_topic: str
+#: What the exporter reports on: a pipeline's spec (its name is the ``pipeline`` label).
+Pipeline = PipelineSpec
 
 
 def pipelines_from_settings(settings: Settings) -> tuple[Pipeline, ...]:
-    """The pipelines of this deployment (today one: ``transactions``, its topics from the settings)."""
-    return (Pipeline("transactions", settings.topic, settings.dlq_topic),)
+    """The pipelines of this deployment: every shipped pipeline."""
+    del settings  # every deployment runs the shipped pipelines
+    return tuple(PIPELINES.values())
 
 
 def pipeline_for_topic(settings: Settings, topic: str) -> str:
     """The pipeline label of records produced to ``topic`` (the topic itself when no pipeline reads it)."""
-    return next((p.name for p in pipelines_from_settings(settings) if p.topic == topic), topic)
+    del settings
+    spec = pipeline_of_topic(topic)
+    return topic if spec is None else spec.name
 
 
 @dataclass(frozen=True)
@@ -193,7 +191,7 @@ def sink_families(
         for outcome in OUTCOMES:
             rows.add_metric([p.name, outcome], f.outcomes.get(outcome, 0))
         # every known code from 0, so that increase() sees the first record of a new code
-        for code in sorted({*ERROR_CODES, *f.quarantined}):
+        for code in sorted({*p.error_codes, *f.quarantined}):
             codes.add_metric([p.name, code], f.quarantined.get(code, 0))
         dead.add_metric([p.name], f.dead_lettered)
         batches.add_metric([p.name], f.batches)

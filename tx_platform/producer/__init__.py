@@ -1,31 +1,16 @@
-"""Synthetic transaction producer: Faker-built entity pools, a seeded generator, a Kafka producer."""
+"""The generic producer: any pipeline's seeded records into Kafka, with an optional bad-input corpus."""
 
-from tx_platform.producer._catalog import CATEGORIES, COUNTRIES, Category, Country
-from tx_platform.producer._faults import FAULTS, INJECTED_HEADER, Fault, FaultInjector
-from tx_platform.producer._generator import Pools, build_pools, generate
-from tx_platform.producer._kafka import (
-    PRODUCER_DEFAULTS,
-    DeliveryReport,
-    TransactionProducer,
-    open_producer,
-    produce,
-)
+from tx_platform.producer._faults import INJECTED_HEADER, WIRE_FAULTS, Fault, FaultInjector, faults_for
+from tx_platform.producer._kafka import DeliveryReport, RecordProducer, open_producer, produce
 
 __all__ = [
-    "CATEGORIES",
-    "COUNTRIES",
-    "FAULTS",
     "INJECTED_HEADER",
+    "WIRE_FAULTS",
+    "DeliveryReport",
     "Fault",
     "FaultInjector",
-    "PRODUCER_DEFAULTS",
-    "Category",
-    "Country",
-    "DeliveryReport",
-    "Pools",
-    "TransactionProducer",
-    "build_pools",
-    "generate",
+    "RecordProducer",
+    "faults_for",
     "open_producer",
     "produce",
 ]

@@ -1,6 +1,8 @@
-"""Deliberately bad records, to demonstrate and test the dead-letter path.
+"""Deliberately bad records, to demonstrate and test the dead-letter path, for any pipeline.
 
 Each kind is labelled (header ``txp.injected``) and names the error code the sink must give it.
+The corpus of a pipeline: bytes no contract can read (the same for every pipeline), an empty
+natural key, and one record per rule of its spec, carrying the rule's ``bad_example``.
 """
 
 from __future__ import annotations
@@ -9,10 +11,9 @@ import random
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from decimal import Decimal
 
 from tx_platform.contract import Record
+from tx_platform.pipelines import PipelineSpec
 
 Encode = Callable[[Record], bytes]
 INJECTED_HEADER = "txp.injected"
@@ -48,29 +49,30 @@ def _truncated(r: Record, encode: Encode, _rng: random.Random) -> bytes:
     return data[: 5 + (len(data) - 5) // 3]
 
 
-FAULTS: tuple[Fault, ...] = (
+#: Bytes no contract reads, whatever the pipeline.
+WIRE_FAULTS: tuple[Fault, ...] = (
     Fault("random_bytes", "NOT_WIRE_FORMAT", _random_bytes),
     Fault("empty_value", "NOT_WIRE_FORMAT", lambda _r, _e, _g: b""),
     Fault("wrong_magic_byte", "NOT_WIRE_FORMAT", _wrong_magic),
     Fault("unknown_schema_id", "UNKNOWN_SCHEMA_ID", _unknown_schema_id),
     Fault("truncated_avro", "UNDECODABLE_AVRO", _truncated),
     Fault("tombstone", "NULL_VALUE", lambda _r, _e, _g: None),
-    Fault(
-        "non_positive_amount",
-        "NON_POSITIVE_AMOUNT",
-        lambda r, e, _g: e(_with(r, amount=-r["amount"], transaction_type="PURCHASE")),
-    ),
-    Fault("unknown_currency", "UNKNOWN_CURRENCY", lambda r, e, _g: e(_with(r, currency="XQZ"))),
-    Fault("unknown_country", "UNKNOWN_COUNTRY", lambda r, e, _g: e(_with(r, country="QZ"))),
-    Fault(
-        "future_event_time",
-        "EVENT_TIME_IN_FUTURE",
-        lambda r, e, _g: e(_with(r, event_time=r["event_time"] + timedelta(days=3650))),
-    ),
-    Fault("missing_transaction_id", "MISSING_FIELD", lambda r, e, _g: e(_with(r, transaction_id=""))),
-    Fault("zero_amount", "NON_POSITIVE_AMOUNT", lambda r, e, _g: e(_with(r, amount=Decimal("0.00")))),
 )
-FAULTS_BY_KIND = {f.kind: f for f in FAULTS}
+
+
+def _replacing(field: str, value: object) -> Callable[[Record, Encode, random.Random], bytes | None]:
+    return lambda r, encode, _rng: encode(_with(r, **{field: value}))
+
+
+def faults_for(spec: PipelineSpec) -> tuple[Fault, ...]:
+    """The bad-input corpus of ``spec``: wire faults, an empty natural key, a violation of each rule."""
+    own = [Fault(f"missing_{spec.natural_key}", "MISSING_FIELD", _replacing(spec.natural_key, ""))]
+    own += [
+        Fault(f"{rule.field}_{rule.code.lower()}", rule.code, _replacing(rule.field, rule.bad_example))
+        for rule in spec.rules
+        if rule.bad_example is not None
+    ]
+    return (*WIRE_FAULTS, *own)
 
 
 @dataclass(frozen=True)
@@ -85,22 +87,24 @@ class Outgoing:
 class FaultInjector:
     """Replaces a seeded share of records with bad ones, cycling through every kind."""
 
-    def __init__(self, ratio: float, seed: int, encode: Encode) -> None:
+    def __init__(self, ratio: float, seed: int, encode: Encode, spec: PipelineSpec) -> None:
         if not 0.0 <= ratio <= 1.0:
             msg = "--bad-ratio must be between 0 and 1"
             raise ValueError(msg)
         self.ratio = ratio
         self._rng = random.Random(f"faults-{seed}")  # noqa: S311 - reproducible test data
         self._encode = encode
+        self._key = spec.kafka_key
+        self.faults = faults_for(spec)
         self._next = 0
         self.injected: dict[str, int] = {}
 
     def outgoing(self, record: Record) -> Outgoing:
         """The bytes to send for ``record``: its encoding, or a bad variant."""
-        key = record["account_id"].encode()
+        key = str(record[self._key]).encode()
         if self.ratio == 0 or self._rng.random() >= self.ratio:
             return Outgoing(key, self._encode(record), None)
-        fault = FAULTS[self._next % len(FAULTS)]
+        fault = self.faults[self._next % len(self.faults)]
         self._next += 1
         self.injected[fault.kind] = self.injected.get(fault.kind, 0) + 1
         return Outgoing(key, fault.make(record, self._encode, self._rng), fault.kind)

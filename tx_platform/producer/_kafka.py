@@ -17,22 +17,11 @@ from tx_platform.contract import (
     Serializer,
     register_contract,
     registry_client,
-    subject_for,
 )
 from tx_platform.errors import DeliveryError
-from tx_platform.kafka_admin import partition_count
+from tx_platform.kafka_admin import PRODUCER_DEFAULTS, partition_count
+from tx_platform.pipelines import PipelineSpec
 from tx_platform.producer._faults import INJECTED_HEADER, FaultInjector
-
-#: librdkafka settings that make the guarantees in DESIGN.md hold.
-PRODUCER_DEFAULTS: dict[str, Any] = {
-    "enable.idempotence": True,
-    "acks": "all",
-    "compression.type": "lz4",
-    "linger.ms": 20,
-    "batch.size": 1_000_000,
-    "queue.buffering.max.messages": 500_000,
-    "message.timeout.ms": 120_000,
-}
 
 
 @dataclass
@@ -63,24 +52,26 @@ class DeliveryReport:
         return self.sent - self.delivered - self.failed
 
 
-class TransactionProducer:
-    """Context manager around a confluent-kafka producer; flushes once on exit."""
+class RecordProducer:
+    """Context manager around a confluent-kafka producer for one pipeline; flushes once on exit."""
 
     def __init__(
         self,
         bootstrap: str,
-        topic: str,
+        spec: PipelineSpec,
         serializer: Serializer,
         extra_config: dict[str, Any] | None = None,
         flush_timeout: float = 120.0,
         bad_ratio: float = 0.0,
         seed: int = 0,
     ) -> None:
-        self.topic = topic
+        self.spec = spec
+        self.topic = spec.topic
         self._bootstrap = bootstrap
-        self.faults = FaultInjector(bad_ratio, seed, serializer) if bad_ratio > 0 else None
-        #: Sum of the amounts of the good records sent (what the warehouse must add up to).
-        self.good_amount = Decimal(0)
+        self.faults = FaultInjector(bad_ratio, seed, serializer, spec) if bad_ratio > 0 else None
+        #: Sums of every decimal field over the good records sent (what the warehouse must add up to).
+        self._decimals = [f.name for f in spec.contract.fields if f.postgres_type.startswith("numeric")]
+        self.good_totals: dict[str, Decimal] = dict.fromkeys(self._decimals, Decimal(0))
         self._serializer = serializer
         self._flush_timeout = flush_timeout
         self.report = DeliveryReport()
@@ -92,12 +83,12 @@ class TransactionProducer:
         partition_count(self._bootstrap, self.topic, timeout)
 
     def send(self, record: Record) -> None:
-        """Queue one record keyed by account_id (or a bad variant of it); serve callbacks without blocking."""
+        """Queue one record keyed by the spec's key field (or a bad variant of it); serve callbacks without blocking."""
         key: bytes
         value: bytes | None
         headers: list[tuple[str, str | bytes | None]] | None
         if self.faults is None:
-            key, value, headers = record["account_id"].encode(), self._serializer(record), None
+            key, value, headers = str(record[self.spec.kafka_key]).encode(), self._serializer(record), None
             injected = False
         else:
             out = self.faults.outgoing(record)
@@ -105,7 +96,8 @@ class TransactionProducer:
             injected = out.injected is not None
             headers = [(INJECTED_HEADER, out.injected.encode())] if out.injected else None
         if not injected:
-            self.good_amount += record["amount"]
+            for name in self._decimals:
+                self.good_totals[name] += record[name]
         while True:
             try:
                 self._producer.produce(
@@ -118,7 +110,7 @@ class TransactionProducer:
         self.report.sent += 1
         self._producer.poll(0)
 
-    def __enter__(self) -> TransactionProducer:
+    def __enter__(self) -> RecordProducer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -129,7 +121,7 @@ class TransactionProducer:
 
 def produce(
     records: Iterable[Record],
-    producer: TransactionProducer,
+    producer: RecordProducer,
     rate: float = 0.0,
     on_progress: Callable[[int], None] | None = None,
 ) -> DeliveryReport:
@@ -157,20 +149,21 @@ def produce(
 
 
 def open_producer(
+    spec: PipelineSpec,
     bootstrap: str,
-    topic: str,
     registry_url: str,
     bad_ratio: float = 0.0,
     seed: int = 0,
     schema_str: str | None = None,
-) -> tuple[TransactionProducer, Registration]:
-    """Register the contract (BACKWARD), check Kafka and the topic, return a ready producer.
+) -> tuple[RecordProducer, Registration]:
+    """Register ``spec``'s contract (or ``schema_str``; BACKWARD), check Kafka and the topic, return a producer.
 
     Everything that can refuse (registry, broker, topic) is asked before the first record is sent.
     """
+    text = schema_str or spec.contract.schema_str
     client = registry_client(registry_url)
-    registration = register_contract(client, registry_url, schema_str=schema_str, subject=subject_for(topic))
-    serializer = AvroRecordSerializer(client, topic, schema_str)
-    producer = TransactionProducer(bootstrap, topic, serializer, bad_ratio=bad_ratio, seed=seed)
+    registration = register_contract(client, registry_url, text, spec.subject)
+    serializer = AvroRecordSerializer(client, spec.topic, text)
+    producer = RecordProducer(bootstrap, spec, serializer, bad_ratio=bad_ratio, seed=seed)
     producer.check_reachable()
     return producer, registration

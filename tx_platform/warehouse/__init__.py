@@ -9,6 +9,7 @@ from tx_platform.warehouse._db import (
     rebuild_daily_merchant_summary,
     transaction,
 )
+from tx_platform.warehouse._ddl import SOURCE_COLUMNS, sql_check, table_columns, table_ddl
 from tx_platform.warehouse._ledger import (
     Gap,
     LedgerEntry,
@@ -26,11 +27,12 @@ from tx_platform.warehouse._sink_writer import (
     commit_batch,
     committed_offsets,
     copy_isolating,
-    transaction_columns,
+    staged_columns,
 )
 
 __all__ = [
     "QUARANTINE_COLUMNS",
+    "SOURCE_COLUMNS",
     "BatchResult",
     "Gap",
     "LedgerEntry",
@@ -51,5 +53,8 @@ __all__ = [
     "read_recent_transactions",
     "rebuild_daily_merchant_summary",
     "transaction",
-    "transaction_columns",
+    "sql_check",
+    "staged_columns",
+    "table_columns",
+    "table_ddl",
 ]

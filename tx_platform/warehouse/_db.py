@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from importlib import resources
@@ -15,6 +15,8 @@ import psycopg2
 from psycopg2.extensions import connection as Connection
 
 from tx_platform.errors import ServiceUnavailableError
+from tx_platform.pipelines import PipelineSpec
+from tx_platform.warehouse._ddl import table_ddl
 
 
 def describe_dsn(dsn: str) -> str:
@@ -57,18 +59,25 @@ def transaction(dsn: str) -> Iterator[Connection]:
         conn.close()
 
 
-def ensure_schema(dsn: str) -> None:
-    """Create the warehouse tables if they do not exist (idempotent)."""
-    ddl = resources.files("tx_platform.warehouse").joinpath("schema.sql").read_text("utf-8")
+def ensure_schema(dsn: str, specs: Iterable[PipelineSpec] = ()) -> None:
+    """Create the shared tables, and each pipeline's table and derived tables, if missing (idempotent)."""
+    ddl = [resources.files("tx_platform.warehouse").joinpath("schema.sql").read_text("utf-8")]
+    for spec in specs:
+        ddl.append(table_ddl(spec))
+        if spec.derived_ddl is not None:
+            ddl.append(spec.derived_ddl.read_text("utf-8"))
     with transaction(dsn) as conn, conn.cursor() as cur:
         # serialise concurrent first runs (sink and assets may start together)
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('tx_platform.ensure_schema'))")
-        cur.execute(ddl)
+        for statement in ddl:
+            cur.execute(statement)
 
 
 def rebuild_daily_merchant_summary(conn: Connection, day: date) -> int:
     """Replace one day of daily_merchant_summary in the caller's transaction; returns rows written."""
-    insert = resources.files("tx_platform.warehouse").joinpath("daily_merchant_summary.sql").read_text("utf-8")
+    insert = (
+        resources.files("tx_platform.pipelines.transactions").joinpath("daily_merchant_summary.sql").read_text("utf-8")
+    )
     with conn.cursor() as cur:
         cur.execute("DELETE FROM daily_merchant_summary WHERE day = %s", (day,))
         cur.execute(insert, {"day": day})

@@ -1,5 +1,7 @@
 """The sink's commit: rows, quarantine and offsets of one micro-batch in one Postgres transaction.
 
+Generic over the pipeline: its spec names the table, the natural key and the time column.
+
 Rows arrive as CSV text (one record per line). Under a table lock on ``sink_offsets``:
 
 1. the sink's lease is checked (a fenced sink commits nothing) and the batch must continue the
@@ -9,8 +11,8 @@ Rows arrive as CSV text (one record per line). Under a table lock on ``sink_offs
    by bisection under savepoints and quarantined as ``WAREHOUSE_REJECTED`` with Postgres' message,
    so no record can make the batch fail for ever;
 3. staged records at offsets the sink has already committed are dropped (a replay writes nothing);
-4. new transactions are inserted, ``ON CONFLICT (transaction_id) DO NOTHING``;
-5. a record whose ``transaction_id`` already exists is quarantined as ``DUPLICATE_TRANSACTION_ID``
+4. new rows are inserted, ``ON CONFLICT (<natural key>) DO NOTHING``;
+5. a record whose natural key already exists is quarantined as ``DUPLICATE_<KEY>``
    with its raw key and value bytes, so that every Kafka record still ends in exactly one place;
 6. rejected records go to ``quarantine``; the offsets move forward; a ``sink_batches`` row is added
    with the seconds the transaction ran;
@@ -31,9 +33,11 @@ from typing import Any
 import psycopg2
 from psycopg2.extensions import connection as Connection
 
-from tx_platform.contract import load_contract
+from tx_platform.contract import WAREHOUSE_REJECTED
 from tx_platform.errors import SinkError
 from tx_platform.metrics._definitions import COMMIT_BUCKETS, LATENCY_BUCKETS, bucket_for
+from tx_platform.pipelines import PipelineSpec
+from tx_platform.warehouse._ddl import table_columns
 from tx_platform.warehouse._ledger import PartitionRange, check_batch, check_lease, read_ledger
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,6 @@ QUARANTINE_COLUMNS = (
     "error_code",
     "reason",
 )
-SOURCE_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset")
 
 
 #: Raw bytes staged with every accepted record: a duplicate is quarantined with them.
@@ -58,20 +61,16 @@ RAW_COLUMNS = ("raw_key", "raw_value")
 TIMESTAMP_COLUMN = "kafka_timestamp"
 
 
-def transaction_columns() -> tuple[str, ...]:
-    """Columns of ``transactions`` the sink writes: the contract's fields, then the Kafka coordinates."""
-    return (*load_contract().field_names, *SOURCE_COLUMNS)
+def staged_columns(spec: PipelineSpec) -> tuple[str, ...]:
+    """Columns of a staged accepted record, in the CSV order the sink renders: the table's columns,
+    raw bytes, Kafka timestamp. The warehouse owns this layout; the Spark side renders it by name."""
+    return (*table_columns(spec), *RAW_COLUMNS, TIMESTAMP_COLUMN)
 
 
-def staged_columns() -> tuple[str, ...]:
-    """Columns of a staged accepted record (CSV order): transaction columns, raw bytes, Kafka timestamp."""
-    return (*transaction_columns(), *RAW_COLUMNS, TIMESTAMP_COLUMN)
-
-
-def _staged_columns_of(lines: list[str]) -> tuple[str, ...]:
+def _staged_columns_of(spec: PipelineSpec, lines: list[str]) -> tuple[str, ...]:
     """The staged columns ``lines`` carry: lines written without the Kafka timestamp (one field fewer,
     e.g. by hand in tests or by a sink older than this writer) are still accepted, without it."""
-    columns = staged_columns()
+    columns = staged_columns(spec)
     if lines and len(next(csv.reader(io.StringIO(lines[0])), [])) == len(columns) - 1:
         return columns[:-1]
     return columns
@@ -150,7 +149,7 @@ def warehouse_reject(line: str, columns: tuple[str, ...], reason: str) -> str:
             "",
             row.get("raw_key", ""),
             row.get("raw_value", ""),
-            "WAREHOUSE_REJECTED",
+            WAREHOUSE_REJECTED,
             f"PostgreSQL refused the record: {reason}",
         ]
     )
@@ -158,9 +157,9 @@ def warehouse_reject(line: str, columns: tuple[str, ...], reason: str) -> str:
 
 def commit_batch(
     conn: Connection,
-    topic: str,
+    spec: PipelineSpec,
     batch_id: int,
-    transaction_lines: list[str],
+    row_lines: list[str],
     quarantine_lines: list[str],
     ranges: Mapping[int, PartitionRange],
     *,
@@ -172,8 +171,9 @@ def commit_batch(
     ``topic_id`` (Kafka's id of the topic) and ``lease_epoch`` (from ``acquire_lease``) are checked
     against the ledger when given; a batch that does not continue the ledger raises LedgerError.
     """
-    tx_cols = transaction_columns()
-    records = len(transaction_lines) + len(quarantine_lines)
+    topic, table, key = spec.topic, spec.table, spec.natural_key
+    columns = table_columns(spec)
+    records = len(row_lines) + len(quarantine_lines)
     with conn, conn.cursor() as cur:
         cur.execute("LOCK TABLE sink_offsets IN SHARE ROW EXCLUSIVE MODE")
         if lease_epoch is not None:
@@ -182,15 +182,15 @@ def commit_batch(
         # staging carries the target's CHECK and NOT NULL constraints: a refused value fails here,
         # line by line, not in the INSERT below, where it would take the whole batch with it
         cur.execute(
-            "CREATE TEMP TABLE stage_tx (LIKE transactions INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DROP"
+            f"CREATE TEMP TABLE stage_tx (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DROP"
         )
         cur.execute(
             "ALTER TABLE stage_tx ADD COLUMN raw_key bytea, ADD COLUMN raw_value bytea, "
             f"ADD COLUMN {TIMESTAMP_COLUMN} timestamptz"
         )
         cur.execute("CREATE TEMP TABLE stage_q (LIKE quarantine INCLUDING DEFAULTS) ON COMMIT DROP")
-        staged = _staged_columns_of(transaction_lines)
-        refused = copy_isolating(cur, "stage_tx", staged, transaction_lines)
+        staged = _staged_columns_of(spec, row_lines)
+        refused = copy_isolating(cur, "stage_tx", staged, row_lines)
         rejects = [warehouse_reject(line, staged, reason) for line, reason in refused]
         for line, reason in refused:
             log.warning("batch %d: PostgreSQL refused a record the sink's rules accepted (%s): %.200s", batch_id,
@@ -210,19 +210,19 @@ def commit_batch(
                 "WHERE o.topic = s.kafka_topic AND o.partition = s.kafka_partition AND s.kafka_offset < o.next_offset"
             )
             skipped += cur.rowcount
-        cols = ", ".join(tx_cols)
+        cols = ", ".join(columns)
         cur.execute(
             f"""
             WITH inserted AS (
-                INSERT INTO transactions ({cols})
+                INSERT INTO {table} ({cols})
                 SELECT {cols} FROM stage_tx ORDER BY kafka_partition, kafka_offset
-                ON CONFLICT (transaction_id) DO NOTHING
+                ON CONFLICT ({key}) DO NOTHING
                 RETURNING kafka_partition, kafka_offset
             ), duplicates AS (
                 INSERT INTO quarantine ({", ".join(QUARANTINE_COLUMNS)})
                 SELECT s.kafka_topic, s.kafka_partition, s.kafka_offset, NULL, s.raw_key, s.raw_value,
-                       'DUPLICATE_TRANSACTION_ID',
-                       'transaction_id ' || s.transaction_id || ' was already stored from another record'
+                       %(duplicate)s,
+                       %(key)s || ' ' || s.{key} || ' was already stored from another record'
                 FROM stage_tx s
                 WHERE NOT EXISTS (
                     SELECT 1 FROM inserted i
@@ -231,7 +231,8 @@ def commit_batch(
                 RETURNING 1
             )
             SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM duplicates)
-            """  # noqa: S608 - columns come from the contract file, not from input
+            """,  # noqa: S608 - names come from the spec and its contract file, not from input
+            {"duplicate": spec.duplicate_code, "key": key},
         )
         inserted, duplicates = cur.fetchone()
         cur.execute(
@@ -261,26 +262,26 @@ def commit_batch(
             "VALUES (%s, %s, %s, %s, %s, %s, %s)",
             (topic, batch_id, records, inserted, quarantined, skipped, seconds),
         )
-        _accumulate_latency(cur, topic, committed_at, seconds, inserted > 0)
+        _accumulate_latency(cur, spec, committed_at, seconds, inserted > 0)
     return BatchResult(
         records=records, inserted=inserted, quarantined=quarantined, skipped=skipped, warehouse_rejected=len(refused)
     )
 
 
 #: Observations of one commit, bucketed by the smallest upper bound at or above them (``sink_latency.le``).
-#: Staged rows at coordinates that ``transactions`` holds now were inserted by this batch: staged
-#: rows at committed offsets were deleted, and a duplicate's coordinates are not in ``transactions``.
+#: Staged rows at coordinates that the pipeline's table holds now were inserted by this batch: staged
+#: rows at committed offsets were deleted, and a duplicate's coordinates are not in the table.
 #: A time in the future (clock skew, event time up to MAX_FUTURE_SECONDS ahead) counts as 0 s, which
-#: keeps ``_sum`` monotonic, as Prometheus expects of a histogram.
+#: keeps ``_sum`` monotonic, as Prometheus expects of a histogram. ``{table}``/``{time}``: the spec's.
 _LATENCY_SQL = """
 INSERT INTO sink_latency AS l (topic, kind, le, count, sum)
 SELECT %(topic)s, o.kind, b.le, count(*), sum(o.seconds)
 FROM (
     SELECT k.kind, greatest(0, extract(epoch FROM %(at)s - k.t))::float8 AS seconds
     FROM stage_tx s
-    JOIN transactions t
+    JOIN {table} t
       ON t.kafka_topic = s.kafka_topic AND t.kafka_partition = s.kafka_partition AND t.kafka_offset = s.kafka_offset
-    CROSS JOIN LATERAL (VALUES ('event_time', t.event_time), ('kafka_timestamp', s.kafka_timestamp)) AS k (kind, t)
+    CROSS JOIN LATERAL (VALUES ('event_time', t.{time}), ('kafka_timestamp', s.kafka_timestamp)) AS k (kind, t)
     WHERE k.t IS NOT NULL
 ) o
 CROSS JOIN LATERAL (SELECT min(u) AS le FROM unnest(%(bounds)s::float8[]) AS u WHERE u >= o.seconds) b
@@ -291,14 +292,16 @@ ON CONFLICT (topic, kind, le) DO UPDATE SET count = l.count + EXCLUDED.count, su
 
 def _accumulate_latency(
     cur: Any,  # noqa: ANN401 - a cursor
-    topic: str,
+    spec: PipelineSpec,
     committed_at: Any,  # noqa: ANN401 - the transaction's clock_timestamp()
     seconds: float,
     inserted: bool,
 ) -> None:
     """Add this commit to the cumulative histograms in ``sink_latency`` (in the commit's transaction)."""
+    topic = spec.topic
     if inserted:
-        cur.execute(_LATENCY_SQL, {"topic": topic, "at": committed_at, "bounds": list(LATENCY_BUCKETS)})
+        sql = _LATENCY_SQL.format(table=spec.table, time=spec.time_column)
+        cur.execute(sql, {"topic": topic, "at": committed_at, "bounds": list(LATENCY_BUCKETS)})
     cur.execute(
         "INSERT INTO sink_latency AS l (topic, kind, le, count, sum) VALUES (%s, 'commit', %s, 1, %s) "
         "ON CONFLICT (topic, kind, le) DO UPDATE SET count = l.count + 1, sum = l.sum + EXCLUDED.sum",

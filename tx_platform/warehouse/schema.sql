@@ -1,30 +1,6 @@
--- Warehouse tables written by the pipeline role. Applied idempotently by `ensure_schema`.
--- The `transactions` columns are tested against the Avro contract (transaction.avsc).
-
-CREATE TABLE IF NOT EXISTS transactions (
-    transaction_id    uuid             PRIMARY KEY,
-    account_id        text             NOT NULL,
-    customer_id       text             NOT NULL,
-    card_id           text             NOT NULL,
-    merchant_id       text             NOT NULL,
-    merchant_category text             NOT NULL CHECK (merchant_category ~ '^[0-9]{4}$'),
-    amount            numeric(18,2)    NOT NULL,
-    currency          text             NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
-    channel           text             NOT NULL CHECK (channel IN ('POS', 'ECOM', 'ATM', 'TRANSFER')),
-    transaction_type  text             NOT NULL CHECK (transaction_type IN ('PURCHASE', 'REFUND', 'WITHDRAWAL', 'TRANSFER')),
-    country           text             NOT NULL CHECK (country ~ '^[A-Z]{2}$'),
-    city              text             NOT NULL,
-    latitude          double precision NOT NULL CHECK (latitude BETWEEN -90 AND 90),
-    longitude         double precision NOT NULL CHECK (longitude BETWEEN -180 AND 180),
-    event_time        timestamptz      NOT NULL,
-    -- where the record came from: lets every row be traced to exactly one Kafka record
-    kafka_topic       text             NOT NULL,
-    kafka_partition   integer          NOT NULL,
-    kafka_offset      bigint           NOT NULL,
-    ingested_at       timestamptz      NOT NULL DEFAULT now(),
-    UNIQUE (kafka_topic, kafka_partition, kafka_offset)
-);
-CREATE INDEX IF NOT EXISTS transactions_event_time_idx ON transactions (event_time);
+-- Tables every pipeline shares (quarantine, the offset ledger, the sink's audit and latency),
+-- written by the pipeline role. Applied idempotently by `ensure_schema`, before each pipeline's
+-- own table (generated from its spec, see _ddl.py) and its derived tables (its derived.sql).
 
 -- Records the sink rejected, with the raw bytes and why. One row per Kafka record, like above.
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -46,7 +22,7 @@ CREATE INDEX IF NOT EXISTS quarantine_unpublished_idx ON quarantine (kafka_topic
     WHERE dlq_offset IS NULL;
 
 -- Offsets the sink has committed, in the same transaction as the rows they cover.
--- Records in [first_offset, next_offset) of a partition are all in transactions or quarantine,
+-- Records in [first_offset, next_offset) of a partition are all in the pipeline's table or quarantine,
 -- except the ranges recorded in sink_gaps. Batches must start exactly at next_offset.
 CREATE TABLE IF NOT EXISTS sink_offsets (
     topic        text        NOT NULL,
@@ -120,39 +96,3 @@ CREATE TABLE IF NOT EXISTS sink_latency (
     sum   double precision NOT NULL,
     PRIMARY KEY (topic, kind, le)
 );
-
--- Daily activity per merchant and currency (amounts are never summed across currencies).
-CREATE TABLE IF NOT EXISTS daily_merchant_summary (
-    day               date          NOT NULL,
-    merchant_id       text          NOT NULL,
-    currency          text          NOT NULL,
-    merchant_category text          NOT NULL,
-    country           text          NOT NULL,
-    transaction_count bigint        NOT NULL,
-    purchase_count    bigint        NOT NULL,
-    refund_count      bigint        NOT NULL,
-    -- sums of numeric(18,2) amounts need more digits than one amount
-    total_amount      numeric(38,2) NOT NULL,
-    purchase_amount   numeric(38,2) NOT NULL,
-    refund_amount     numeric(38,2) NOT NULL,
-    avg_amount        numeric(18,2) NOT NULL,
-    unique_cards      bigint        NOT NULL,
-    first_event_time  timestamptz   NOT NULL,
-    last_event_time   timestamptz   NOT NULL,
-    computed_at       timestamptz   NOT NULL DEFAULT now(),
-    PRIMARY KEY (day, merchant_id, currency)
-);
-
--- Warehouses created before the sums were widened: numeric(18,2) overflowed on large days.
-DO $$
-BEGIN
-    IF (SELECT numeric_precision FROM information_schema.columns
-        WHERE table_schema = current_schema() AND table_name = 'daily_merchant_summary'
-          AND column_name = 'total_amount') < 38 THEN
-        ALTER TABLE daily_merchant_summary
-            ALTER COLUMN total_amount TYPE numeric(38,2),
-            ALTER COLUMN purchase_amount TYPE numeric(38,2),
-            ALTER COLUMN refund_amount TYPE numeric(38,2);
-    END IF;
-END
-$$;

@@ -21,7 +21,7 @@ from faker import Faker
 
 from tx_platform.contract import Record
 from tx_platform.errors import ConfigError
-from tx_platform.producer._catalog import (
+from tx_platform.pipelines.transactions._catalog import (
     ATM_MCC,
     CATEGORIES,
     COUNTRIES,

@@ -1,0 +1,1 @@
+-- Derived tables of the `crypto_trades` pipeline. Applied idempotently by `ensure_schema`.
