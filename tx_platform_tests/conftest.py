@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tx_platform.config import PROJECT_ROOT, Settings, load_settings
+from tx_platform.pipelines import TRANSACTIONS, PipelineSpec
 
 #: TXP_TEST_STATE_DIR (with the TXP_TEST_*_PORT variables) lets two suites run side by side.
 TEST_STATE_DIR = Path(os.environ.get("TXP_TEST_STATE_DIR") or PROJECT_ROOT / ".txp-test")
@@ -39,22 +40,28 @@ def assert_eventually(predicate: Callable[[], Any], timeout: float = 30.0, what:
         delay = min(delay * 2, 1.0)
 
 
-def produce_records(settings: Settings, count: int, seed: int, hours_ago: float = 2.0) -> None:
-    """Produce ``count`` generated records to ``settings.topic``, all delivered.
+def produce_records(
+    spec: PipelineSpec, settings: Settings, count: int, seed: int, hours_ago: float = 2.0, bad_ratio: float = 0.0
+) -> Any:  # noqa: ANN401 - the RecordProducer, for its figures
+    """Produce ``count`` records of ``spec``'s generator to ``spec.topic``, all delivered.
 
     The seed is mixed with the topic name: the same seed in two tests of one session (or of two
-    sessions on a reused stack) would give the same transaction ids, and the second test's records
+    sessions on a reused stack) would give the same record ids, and the second test's records
     would be quarantined as duplicates.
     """
     from datetime import UTC, datetime, timedelta
 
-    from tx_platform.producer import generate, open_producer, produce
+    from tx_platform.producer import open_producer, produce
 
-    producer, _ = open_producer(settings.kafka_bootstrap, settings.topic, settings.schema_registry_url)
-    mixed = seed * 1_000_003 + zlib.crc32(settings.topic.encode())
+    producer, _ = open_producer(
+        spec, settings.kafka_bootstrap, settings.schema_registry_url, bad_ratio=bad_ratio, seed=seed
+    )
+    mixed = seed * 1_000_003 + zlib.crc32(spec.topic.encode())
     start = datetime.now(UTC) - timedelta(hours=hours_ago)
-    report = produce(generate(count, seed=mixed, start=start, span=timedelta(hours=hours_ago / 2)), producer)
+    records = spec.generate(count, mixed, start, span=timedelta(hours=hours_ago / 2))
+    report = produce(records, producer)
     assert report.delivered == count, report
+    return producer
 
 
 def fetch_one(dsn: str, query: str, *params: object) -> tuple:
@@ -70,18 +77,24 @@ def fetch_one(dsn: str, query: str, *params: object) -> tuple:
         conn.close()
 
 
-def start_continuous_sink(settings: Settings, log: Path, **env: str) -> subprocess.Popen:
-    """`spark_jobs/sink/main.py --trigger "1 second"` for ``settings``' topic, output into ``log``."""
-    variables = {
-        **os.environ,
-        "TXP_TOPIC": settings.topic,
-        "TXP_DLQ_TOPIC": settings.dlq_topic,
-        "TXP_CHECKPOINT_DIR": str(settings.checkpoint_root),
-        **env,
-    }
+def spark_jars() -> list[str]:
+    """The connector jars from the Maven cache (resolved at the edge, as the CLI does)."""
+    from tx_platform.stack import resolve_artifacts
+
+    return [str(j) for j in resolve_artifacts(load_settings().jars_dir).spark_jars()]
+
+
+def start_continuous_sink(spec: PipelineSpec, settings: Settings, log: Path, **env: str) -> subprocess.Popen:
+    """`spark_jobs/sink/main.py --trigger "1 second"` for ``spec`` (a shipped pipeline, maybe on another
+    topic), output into ``log``."""
+    variables = {**os.environ, "TXP_CHECKPOINT_DIR": str(settings.checkpoint_root), **env}
+    command = [
+        sys.executable, str(PROJECT_ROOT / "spark_jobs" / "sink" / "main.py"), "--trigger", "1 second",
+        "--pipeline", spec.name, "--topic", spec.topic, "--jars", ",".join(spark_jars()),
+    ]  # fmt: skip
     with log.open("w") as out:
         return subprocess.Popen(  # noqa: S603 - our own entry point
-            [sys.executable, str(PROJECT_ROOT / "spark_jobs" / "sink" / "main.py"), "--trigger", "1 second"],
+            command,
             env=variables,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -181,13 +194,15 @@ def unique() -> str:
 
 
 @pytest.fixture
-def settings(stack_env: dict[str, str], unique: str, tmp_path: Path) -> Settings:
-    """Settings for one test: the session's stack, its own topic and checkpoint directory."""
-    return load_settings(
-        topic=f"tx_{unique}",
-        dlq_topic=f"tx_{unique}.dlq",
-        checkpoint_dir=tmp_path / "checkpoints",
-    )
+def settings(stack_env: dict[str, str], tmp_path: Path) -> Settings:
+    """Settings for one test: the session's stack and its own checkpoint directory."""
+    return load_settings(checkpoint_dir=tmp_path / "checkpoints")
+
+
+@pytest.fixture
+def spec(unique: str) -> PipelineSpec:
+    """The transactions pipeline on a topic of this test's own (``tx_<unique>``, DLQ ``tx_<unique>.dlq``)."""
+    return TRANSACTIONS.with_topic(f"tx_{unique}")
 
 
 @pytest.fixture(scope="session")
@@ -198,7 +213,7 @@ def spark(stack_env: dict[str, str]):  # noqa: ANN201 - SparkSession
     from spark_jobs.session import spark_config
 
     builder = SparkSession.builder
-    for key, value in spark_config(load_settings(), app_name="tx_platform_tests").items():
+    for key, value in spark_config(load_settings(), spark_jars(), app_name="tx_platform_tests").items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
