@@ -89,6 +89,9 @@ class PipelineSpec:
     generator: str | Generator = ""
     #: ``(spec) -> Dagster definitions`` of the pipeline's derived assets and checks, or a reference.
     derived_assets: str | Callable[..., Any] | None = None
+    #: ``(spec, conn) -> prometheus_client metric families`` the metrics exporter adds at each scrape
+    #: (e.g. market figures read from derived tables), or a reference; None when there are none.
+    derived_metrics: str | Callable[..., Any] | None = None
     #: Extra DDL (derived tables), applied after the pipeline's table; None when there is none.
     derived_ddl: Traversable | Path | None = None
     #: Dead-letter topic; default ``<topic>.dlq``.

@@ -35,6 +35,7 @@ CRYPTO_TRADES = PipelineSpec(
     generator="tx_platform.pipelines.crypto_trades._simulator:simulate",
     derived_assets="tx_platform.pipelines.crypto_trades._assets:derived_assets",
     derived_ddl=_HERE / "derived.sql",
+    derived_metrics="tx_platform.pipelines.crypto_trades._metrics:market_metrics",
     description="Crypto trades: Kafka key symbol, upserted on trade_id; OHLCV candles, VWAP, spread, whales.",
 )
 
