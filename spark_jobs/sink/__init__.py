@@ -1,13 +1,11 @@
-"""The streaming sink from Kafka to PostgreSQL."""
+"""The streaming sink of a pipeline, from its Kafka topic to PostgreSQL."""
 
 from spark_jobs.sink._decode import contract_struct, decode, render
-from spark_jobs.sink._query import QUERY_NAME, SinkConfig, SinkStats, TransactionSink, await_query
+from spark_jobs.sink._query import PipelineSink, SinkStats, await_query
 
 __all__ = [
-    "QUERY_NAME",
-    "SinkConfig",
+    "PipelineSink",
     "SinkStats",
-    "TransactionSink",
     "await_query",
     "contract_struct",
     "decode",
