@@ -32,6 +32,7 @@ from tx_platform.errors import (
     SinkFencedError,
     TopicRecreatedError,
 )
+from tx_platform.pipelines import PipelineSpec
 
 
 @dataclass(frozen=True)
@@ -222,9 +223,9 @@ def check_lease(cur: Any, topic: str, epoch: int, batch_id: int) -> None:  # noq
         raise SinkFencedError(topic, epoch, current, holder, batch_id)
 
 
-#: Tables holding a topic's rows and progress, with the column naming the topic.
+#: Shared tables holding a topic's rejects and progress, with the column naming the topic (the
+#: pipeline's own table, keyed by ``kafka_topic``, comes first).
 _TOPIC_TABLES = (
-    ("transactions", "kafka_topic"),
     ("quarantine", "kafka_topic"),
     ("sink_offsets", "topic"),
     ("sink_batches", "topic"),
@@ -233,12 +234,14 @@ _TOPIC_TABLES = (
 )
 
 
-def forget_topic(conn: Connection, topic: str, dlq_topic: str) -> dict[str, int]:
-    """Delete everything the warehouse holds of ``topic`` (rows, quarantine, ledger); commits.
+def forget_topic(conn: Connection, spec: PipelineSpec) -> dict[str, int]:
+    """Delete everything the warehouse holds of ``spec``'s topic (its table's rows from that topic,
+    quarantine, ledger, DLQ progress of its dead-letter topic); commits. Returns rows deleted per table.
 
     For a topic that was deleted and created again: its offsets start over, so its old rows must
     go before the sink can read it again. Refused while a sink holds the topic's lease.
     """
+    topic, dlq_topic = spec.topic, spec.dlq_topic
     deleted: dict[str, int] = {}
     with conn, conn.cursor() as cur:
         cur.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (_lock_key(topic),))
@@ -246,8 +249,11 @@ def forget_topic(conn: Connection, topic: str, dlq_topic: str) -> dict[str, int]
             cur.execute("SELECT holder, acquired_at FROM sink_leases WHERE topic = %s", (topic,))
             raise SinkAlreadyRunningError(topic, *(cur.fetchone() or ("unknown", None)))
         cur.execute("LOCK TABLE sink_offsets IN SHARE ROW EXCLUSIVE MODE")
-        for table, column in _TOPIC_TABLES:
-            cur.execute(f"DELETE FROM {table} WHERE {column} = %s", (topic,))  # noqa: S608 - fixed names
+        # the pipeline's table exists only once its sink (or ensure_schema with its spec) has run
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (spec.table,))
+        own = ((spec.table, "kafka_topic"),) if cur.fetchone()[0] else ()
+        for table, column in (*own, *_TOPIC_TABLES):
+            cur.execute(f"DELETE FROM {table} WHERE {column} = %s", (topic,))  # noqa: S608 - names from the spec
             deleted[table] = cur.rowcount
         cur.execute("DELETE FROM dlq_progress WHERE dlq_topic = %s", (dlq_topic,))
         deleted["dlq_progress"] = cur.rowcount

@@ -5,8 +5,9 @@ from decimal import Decimal
 
 import pytest
 
-from tx_platform.contract import SUBJECT, load_contract, parse_contract
+from tx_platform.contract import load_contract, parse_contract
 from tx_platform.errors import ContractError
+from tx_platform.pipelines import CRYPTO_TRADES, TRANSACTIONS
 
 pytestmark = pytest.mark.unit
 
@@ -16,16 +17,42 @@ CONTRACT_FIELDS = (
 )  # fmt: skip
 
 
+TRADE_FIELDS = (
+    "trade_id", "exchange", "symbol", "side", "price", "quantity", "quote_currency", "taker_order_id", "event_time",
+)  # fmt: skip
+
+
 def test_contract_fields_are_exactly_the_designed_ones() -> None:
-    contract = load_contract()
+    contract = load_contract(TRANSACTIONS.contract_path)
     assert contract.field_names == CONTRACT_FIELDS
-    assert SUBJECT == "transactions-value"
+    assert TRANSACTIONS.subject == "transactions-value"
     assert contract.field("channel").enum_symbols == ("POS", "ECOM", "ATM", "TRANSFER")
     assert contract.field("transaction_type").enum_symbols == ("PURCHASE", "REFUND", "WITHDRAWAL", "TRANSFER")
 
 
+def test_trade_contract_fields_and_types() -> None:
+    contract = load_contract(CRYPTO_TRADES.contract_path)
+    assert contract.field_names == TRADE_FIELDS
+    assert CRYPTO_TRADES.subject == "crypto.trades-value"
+    assert contract.field("side").enum_symbols == ("BUY", "SELL")
+    assert contract.field("trade_id").postgres_type == "uuid"
+    assert contract.field("price").postgres_type == "numeric(24,10)"
+    assert contract.field("quantity").postgres_type == "numeric(30,18)"
+    assert contract.spark_ddl().split(", ")[4:6] == ["`price` DECIMAL(24,10)", "`quantity` DECIMAL(30,18)"]
+    assert not any(f.nullable for f in contract.fields)
+
+
+def test_contracts_are_loaded_once_per_file_and_a_missing_file_is_a_contract_error(tmp_path) -> None:  # noqa: ANN001
+    assert load_contract(TRANSACTIONS.contract_path) is TRANSACTIONS.contract
+    with pytest.raises(ContractError, match="cannot read the contract"):
+        load_contract(tmp_path / "missing.avsc")
+    (tmp_path / "broken.avsc").write_text("{not json")
+    with pytest.raises(ContractError, match="is not valid JSON"):
+        load_contract(tmp_path / "broken.avsc")
+
+
 def test_spark_ddl_is_derived_from_the_avsc() -> None:
-    ddl = load_contract().spark_ddl()
+    ddl = load_contract(TRANSACTIONS.contract_path).spark_ddl()
     assert ddl.startswith("`transaction_id` STRING, `account_id` STRING")
     assert "`amount` DECIMAL(18,2)" in ddl
     assert "`latitude` DOUBLE" in ddl
@@ -33,19 +60,22 @@ def test_spark_ddl_is_derived_from_the_avsc() -> None:
 
 
 def test_postgres_types_follow_the_logical_types() -> None:
-    contract = load_contract()
+    contract = load_contract(TRANSACTIONS.contract_path)
     assert contract.field("transaction_id").postgres_type == "uuid"
     assert contract.field("amount").postgres_type == "numeric(18,2)"
     assert contract.field("event_time").postgres_type == "timestamptz"
 
 
-def test_schema_sql_declares_every_contract_field_with_its_type() -> None:
-    from importlib import resources
+def test_generated_table_declares_every_contract_field_with_its_type() -> None:
+    from tx_platform.warehouse import table_ddl
 
-    sql = resources.files("tx_platform.warehouse").joinpath("schema.sql").read_text()
-    table = sql[sql.index("CREATE TABLE IF NOT EXISTS transactions") :].split(");", 1)[0]
-    for field in load_contract().fields:
-        assert re.search(rf"^\s+{field.name}\s+{re.escape(field.postgres_type)}\s", table, re.M), field.name
+    for spec in (TRANSACTIONS, CRYPTO_TRADES):
+        ddl = table_ddl(spec)
+        assert ddl.startswith(f"CREATE TABLE IF NOT EXISTS {spec.table} (\n")
+        for field in spec.contract.fields:
+            key = " PRIMARY KEY" if field.name == spec.natural_key else ""
+            line = f"    {field.name} {field.postgres_type} NOT NULL{key},"
+            assert line in ddl.splitlines(), (spec.name, field.name)
 
 
 def test_optional_union_is_nullable_and_other_unions_are_rejected() -> None:
@@ -73,7 +103,7 @@ def test_avro_wire_format_round_trip_is_exact() -> None:
         "currency": "EUR", "channel": "POS", "transaction_type": "PURCHASE", "country": "DE", "city": "Köln",
         "latitude": 50.9375, "longitude": 6.9603, "event_time": datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC),
     }  # fmt: skip
-    schema = fastavro.parse_schema(_json.loads(load_contract().schema_str))
+    schema = fastavro.parse_schema(_json.loads(load_contract(TRANSACTIONS.contract_path).schema_str))
     body = io.BytesIO()
     fastavro.schemaless_writer(body, schema, record)
     schema_id, avro = split_wire_format(b"\x00\x00\x00\x00\x07" + body.getvalue())

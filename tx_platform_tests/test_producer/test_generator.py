@@ -4,9 +4,11 @@ from decimal import Decimal
 
 import pytest
 
-from tx_platform.contract import country_codes, currency_codes, load_contract
+from tx_platform.contract import country_codes, currency_codes
 from tx_platform.errors import ConfigError
-from tx_platform.producer import COUNTRIES, build_pools, generate
+from tx_platform.pipelines import TRANSACTIONS
+from tx_platform.pipelines.transactions._catalog import COUNTRIES
+from tx_platform.pipelines.transactions._generator import build_pools, generate
 
 pytestmark = pytest.mark.unit
 
@@ -26,8 +28,12 @@ def test_same_seed_same_records_uuids_included(records: list[dict]) -> None:
 
 
 def test_records_have_exactly_the_contract_fields(records: list[dict]) -> None:
-    names = load_contract().field_names
+    names = TRANSACTIONS.contract.field_names
     assert all(tuple(r) == names for r in records)
+
+
+def test_the_spec_generates_with_the_generator_it_names() -> None:
+    assert list(TRANSACTIONS.generate(300, seed=7, start=START)) == list(generate(300, seed=7, start=START))
 
 
 def test_ids_are_unique_uuid4(records: list[dict]) -> None:
