@@ -1,4 +1,3 @@
-import re
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
