@@ -1,13 +1,15 @@
-"""Output checks: Pandera schemas and the reconciliation queries behind Dagster's asset checks."""
+"""Output checks: Pandera schemas compiled from a pipeline's rules, and the queries behind Dagster's asset checks.
 
-from tx_platform.checks._reconcile import LossReport, daily_reconciliation, loss_report
-from tx_platform.checks._schemas import daily_merchant_summary_schema, pandera_check, pipeline_schema
+The Dagster asset checks themselves are built per pipeline in :mod:`tx_platform.checks.asset_checks`.
+"""
+
+from tx_platform.checks._reconcile import LossReport, loss_report, read_newest_rows
+from tx_platform.checks._schemas import pandera_check, pipeline_schema
 
 __all__ = [
     "LossReport",
-    "daily_merchant_summary_schema",
-    "daily_reconciliation",
     "loss_report",
     "pandera_check",
     "pipeline_schema",
+    "read_newest_rows",
 ]

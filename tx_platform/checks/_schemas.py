@@ -1,4 +1,4 @@
-"""Pandera schemas: a pipeline's table derives from its contract and rules; derived tables are declared."""
+"""Pandera schemas: a pipeline's table derives from its contract and rules (derived tables declare theirs)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from functools import cache
 
 import pandera.pandas as pa
 
-from tx_platform.contract import Rule, RuleKind, country_codes, currency_codes, python_full_match
+from tx_platform.contract import Rule, RuleKind, python_full_match
 from tx_platform.errors import ContractError
 from tx_platform.pipelines import PipelineSpec
 
@@ -59,43 +59,3 @@ def pipeline_schema(spec: PipelineSpec) -> pa.DataFrameSchema:
         # Decimal values, whose exact values are what is being checked
         columns[field.name] = pa.Column(dtype, checks=checks, nullable=field.nullable, coerce=dtype != "object")
     return pa.DataFrameSchema(columns, unique=[spec.natural_key], strict=False, name=spec.table)
-
-
-@cache
-def daily_merchant_summary_schema() -> pa.DataFrameSchema:
-    """One partition (day) of ``daily_merchant_summary``."""
-    non_negative = pa.Check.ge(0)
-    return pa.DataFrameSchema(
-        {
-            "day": pa.Column("object"),
-            "merchant_id": pa.Column(str),
-            "currency": pa.Column(str, pa.Check.isin(sorted(currency_codes()))),
-            "merchant_category": pa.Column(str, pa.Check.str_matches(python_full_match("[0-9]{4}"))),
-            "country": pa.Column(str, pa.Check.isin(sorted(country_codes()))),
-            "transaction_count": pa.Column("int64", pa.Check.gt(0)),
-            "purchase_count": pa.Column("int64", non_negative),
-            "refund_count": pa.Column("int64", non_negative),
-            "total_amount": pa.Column("float64", pa.Check.gt(0)),
-            "purchase_amount": pa.Column("float64", non_negative),
-            "refund_amount": pa.Column("float64", non_negative),
-            "avg_amount": pa.Column("float64", pa.Check.gt(0)),
-            "unique_cards": pa.Column("int64", pa.Check.gt(0)),
-            "first_event_time": pa.Column("datetime64[ns, UTC]"),
-            "last_event_time": pa.Column("datetime64[ns, UTC]"),
-        },
-        checks=[
-            pa.Check(
-                lambda df: df["purchase_count"] + df["refund_count"] <= df["transaction_count"], name="counts_add_up"
-            ),
-            pa.Check(lambda df: df["unique_cards"] <= df["transaction_count"], name="cards_le_transactions"),
-            pa.Check(lambda df: df["first_event_time"] <= df["last_event_time"], name="time_range_ordered"),
-            pa.Check(
-                lambda df: (df["purchase_amount"] + df["refund_amount"]) <= df["total_amount"] + 0.005,
-                name="amounts_add_up",
-            ),
-        ],
-        unique=["day", "merchant_id", "currency"],
-        strict=True,
-        coerce=True,
-        name="daily_merchant_summary",
-    )

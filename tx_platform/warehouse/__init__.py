@@ -1,12 +1,9 @@
-"""The PostgreSQL warehouse: schema, connections, the sink's exactly-once commit, derived tables."""
+"""The PostgreSQL warehouse: schema, connections, the sink's exactly-once commit and its ledger."""
 
 from tx_platform.warehouse._db import (
     connect,
     describe_dsn,
     ensure_schema,
-    read_daily_merchant_summary,
-    read_recent_transactions,
-    rebuild_daily_merchant_summary,
     transaction,
 )
 from tx_platform.warehouse._ddl import SOURCE_COLUMNS, sql_check, table_columns, table_ddl
@@ -49,9 +46,6 @@ __all__ = [
     "forget_topic",
     "plan_start",
     "prepare_ledger",
-    "read_daily_merchant_summary",
-    "read_recent_transactions",
-    "rebuild_daily_merchant_summary",
     "transaction",
     "sql_check",
     "staged_columns",

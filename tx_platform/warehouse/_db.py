@@ -1,4 +1,4 @@
-"""Connections to the warehouse: bounded retries with jitter, then a domain error."""
+"""Connections to the warehouse: bounded retries with jitter, then a domain error; the schema."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import random
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import date
 from importlib import resources
 from urllib.parse import urlsplit
 
-import pandas as pd
 import psycopg2
 from psycopg2.extensions import connection as Connection
 
@@ -71,40 +69,3 @@ def ensure_schema(dsn: str, specs: Iterable[PipelineSpec] = ()) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('tx_platform.ensure_schema'))")
         for statement in ddl:
             cur.execute(statement)
-
-
-def rebuild_daily_merchant_summary(conn: Connection, day: date) -> int:
-    """Replace one day of daily_merchant_summary in the caller's transaction; returns rows written."""
-    insert = (
-        resources.files("tx_platform.pipelines.transactions").joinpath("daily_merchant_summary.sql").read_text("utf-8")
-    )
-    with conn.cursor() as cur:
-        cur.execute("DELETE FROM daily_merchant_summary WHERE day = %s", (day,))
-        cur.execute(insert, {"day": day})
-        return int(cur.rowcount)
-
-
-def read_daily_merchant_summary(conn: Connection, day: date) -> pd.DataFrame:
-    """One day of daily_merchant_summary as a pandas DataFrame (without computed_at)."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT * FROM daily_merchant_summary WHERE day = %s ORDER BY merchant_id, currency", (day,))
-        columns = [d.name for d in cur.description]
-        frame = pd.DataFrame(cur.fetchall(), columns=columns)
-    return _normalise(frame.drop(columns=["computed_at"]))
-
-
-def read_recent_transactions(conn: Connection, limit: int) -> pd.DataFrame:
-    """The ``limit`` most recently ingested transactions as a pandas DataFrame."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT * FROM transactions ORDER BY ingested_at DESC, kafka_offset DESC LIMIT %s", (limit,))
-        columns = [d.name for d in cur.description]
-        frame = pd.DataFrame(cur.fetchall(), columns=columns)
-    frame["transaction_id"] = frame["transaction_id"].astype(str)
-    return _normalise(frame)
-
-
-def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
-    for column in frame.columns:
-        if column.endswith("_time") or column.endswith("_at"):
-            frame[column] = pd.to_datetime(frame[column], utc=True)
-    return frame
