@@ -1,7 +1,9 @@
 """Pipeline metrics for Prometheus: every metric defined once, the sink exporter, the producer's push.
 
-- the sink's figures are derived from Postgres at scrape time by ``txp metrics serve``
-  (``PipelineCollector``), so no process death loses them; its ``/alerts`` takes Alertmanager's webhook;
+- the sink's figures of every shipped pipeline (``pipeline`` label) are derived from Postgres at
+  scrape time by ``txp metrics serve`` (``PipelineCollector``), so no process death loses them,
+  with each pipeline's own families (``PipelineSpec.derived_metrics``); its ``/alerts`` takes
+  Alertmanager's webhook;
 - the producer, a short-lived client, pushes its own to the Pushgateway (``pushing_producer_metrics``);
 - the sink pushes each streaming query's progress there too (``txp_spark_*``, job ``txp_sink``).
 """
@@ -39,12 +41,10 @@ from tx_platform.metrics._definitions import (
     cumulative_buckets,
 )
 from tx_platform.metrics._exporter import (
-    Pipeline,
     PipelineCollector,
     SinkFigures,
     Thresholds,
-    pipeline_for_topic,
-    pipelines_from_settings,
+    derived_families,
     read_sink_figures,
     sink_families,
 )
@@ -86,7 +86,6 @@ __all__ = [
     "Metric",
     "MetricsExporterService",
     "MetricsServer",
-    "Pipeline",
     "PipelineCollector",
     "ProducerMetrics",
     "Pusher",
@@ -95,8 +94,7 @@ __all__ = [
     "bucket_for",
     "build_server",
     "cumulative_buckets",
-    "pipeline_for_topic",
-    "pipelines_from_settings",
+    "derived_families",
     "pushing_producer_metrics",
     "read_sink_figures",
     "serve",

@@ -9,6 +9,11 @@ A scrape reads Kafka and Postgres each in a worker thread under one deadline: a 
 or does not answer in time is reported with ``txp_exporter_up{source=...} 0`` and its metrics are
 left out; the rest is served. At most one read per source is in flight, so a hung source costs
 one thread, not one per scrape.
+
+Every pipeline of the deployment (``PIPELINES``) is reported under its ``pipeline`` label, each
+read from its own topic: the shared tables are keyed by topic. A pipeline may add its own families
+(``PipelineSpec.derived_metrics``, e.g. market figures read from its derived tables): they are read
+inside the Postgres read, and one that fails is logged and left out of that scrape, nothing else.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -25,7 +30,7 @@ from prometheus_client.core import Metric as MetricFamily
 from psycopg2.extensions import connection as Connection
 
 from tx_platform.config import Settings
-from tx_platform.errors import TopicNotFoundError
+from tx_platform.errors import ConfigError, TopicNotFoundError
 from tx_platform.metrics._definitions import (
     COMMIT_BUCKETS,
     DEAD_LETTER_RATIO_THRESHOLD,
@@ -44,7 +49,7 @@ from tx_platform.metrics._definitions import (
     SINK_ROWS_TOTAL,
     histogram_sample,
 )
-from tx_platform.pipelines import PIPELINES, PipelineSpec, pipeline_of_topic
+from tx_platform.pipelines import PIPELINES, PipelineSpec, resolve_ref
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +60,6 @@ LATENCY_KINDS = (
     ("commit", SINK_COMMIT_DURATION, COMMIT_BUCKETS),
 )
 OUTCOMES = ("inserted", "quarantined", "skipped")
-
-
-#: What the exporter reports on: a pipeline's spec (its name is the ``pipeline`` label).
-Pipeline = PipelineSpec
-
-
-def pipelines_from_settings(settings: Settings) -> tuple[Pipeline, ...]:
-    """The pipelines of this deployment: every shipped pipeline."""
-    del settings  # every deployment runs the shipped pipelines
-    return tuple(PIPELINES.values())
-
-
-def pipeline_for_topic(settings: Settings, topic: str) -> str:
-    """The pipeline label of records produced to ``topic`` (the topic itself when no pipeline reads it)."""
-    del settings
-    spec = pipeline_of_topic(topic)
-    return topic if spec is None else spec.name
 
 
 @dataclass(frozen=True)
@@ -153,7 +141,7 @@ def read_sink_figures(conn: Connection, topics: Sequence[str]) -> dict[str, Sink
 
 
 def sink_families(
-    pipelines: Sequence[Pipeline],
+    pipelines: Sequence[PipelineSpec],
     figures: Mapping[str, SinkFigures] | None,
     end_offsets: Mapping[str, dict[int, int] | None] | None,
     thresholds: Thresholds,
@@ -244,6 +232,45 @@ class _Source(Generic[T]):
         return result[0] if result else None
 
 
+def derived_families(pipelines: Sequence[PipelineSpec], conn: Connection) -> list[MetricFamily]:
+    """The families of every pipeline that declares ``derived_metrics``, read on ``conn``.
+
+    A pipeline whose function fails (a query error, a bug) is logged with the first line of its
+    error and contributes nothing to this scrape; the other pipelines' families are kept whole.
+    """
+    families: list[MetricFamily] = []
+    by_name: dict[str, MetricFamily] = {}
+    for spec in pipelines:
+        if spec.derived_metrics is None:
+            continue
+        try:
+            # materialised here, so that a failure half-way through leaves no partial family behind
+            own: Iterable[MetricFamily] = list(resolve_ref(spec.derived_metrics)(spec, conn))
+        except Exception as exc:  # noqa: BLE001 - one pipeline's figures must never cost the others theirs
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("metrics: the %s pipeline's own metrics failed: %s", spec.name, first_line)
+            if conn.closed:
+                break  # the connection is gone: the next scrape reopens it
+            continue
+        for family in own:
+            # two pipelines with the same own metrics (one spec on two topics): one family, both samples
+            same = by_name.get(family.name)
+            if same is None:
+                by_name[family.name] = family
+                families.append(family)
+            else:
+                same.samples.extend(family.samples)
+    return families
+
+
+@dataclass
+class PostgresFigures:
+    """One Postgres read: the sink's figures per topic and the pipelines' own families."""
+
+    sink: dict[str, SinkFigures]
+    derived: list[MetricFamily] = field(default_factory=list)
+
+
 class PostgresReader:
     """One connection to the warehouse, reused across scrapes, reopened after an error."""
 
@@ -267,12 +294,15 @@ class PostgresReader:
             self._conn = conn
         return self._conn
 
-    def read(self, topics: Sequence[str]) -> dict[str, SinkFigures]:
+    def read(self, pipelines: Sequence[PipelineSpec]) -> PostgresFigures:
+        """The sink's figures of every pipeline's topic, then the pipelines' own families."""
         try:
-            return read_sink_figures(self._connection(), topics)
+            conn = self._connection()
+            sink = read_sink_figures(conn, sorted({p.topic for p in pipelines}))
         except psycopg2.Error:
             self.close()
             raise
+        return PostgresFigures(sink, derived_families(pipelines, conn))
 
     def close(self) -> None:
         if self._conn is not None:
@@ -298,7 +328,7 @@ class PipelineCollector:
 
     def __init__(
         self,
-        pipelines: Sequence[Pipeline],
+        pipelines: Iterable[PipelineSpec],
         dsn: str,
         kafka_bootstrap: str,
         thresholds: Thresholds | None = None,
@@ -307,21 +337,28 @@ class PipelineCollector:
         import tx_platform.resources  # noqa: F401 - imports Dagster (about 1 s): now, not in the first scrape
 
         self.pipelines = tuple(pipelines)
+        topics = [p.topic for p in self.pipelines]
+        if len(set(topics)) != len(topics):
+            # the shared tables are keyed by topic: two pipelines on one topic would count each record twice
+            msg = f"two pipelines read the same topic: {sorted(t for t in topics if topics.count(t) > 1)}"
+            raise ConfigError(msg)
         self.thresholds = thresholds or Thresholds()
         self.timeout = timeout
         self._postgres = PostgresReader(dsn, timeout=max(1.0, timeout - 1))
-        topics = sorted({p.topic for p in self.pipelines})
-        self._pg: _Source[dict[str, SinkFigures]] = _Source("postgres", lambda: self._postgres.read(topics))
+        self._pg: _Source[PostgresFigures] = _Source("postgres", lambda: self._postgres.read(self.pipelines))
         self._kafka: _Source[dict[str, dict[int, int] | None]] = _Source(
-            "kafka", lambda: read_end_offsets(kafka_bootstrap, topics, max(1.0, timeout - 1))
+            "kafka", lambda: read_end_offsets(kafka_bootstrap, sorted(topics), max(1.0, timeout - 1))
         )
         #: scrapes are serialised: concurrent ones would only wait on the same reads
         self._scrape = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, timeout: float = 4.0) -> PipelineCollector:
+    def from_settings(
+        cls, settings: Settings, pipelines: Iterable[PipelineSpec] | None = None, timeout: float = 4.0
+    ) -> PipelineCollector:
+        """The collector of a deployment: every shipped pipeline unless ``pipelines`` are given (tests)."""
         return cls(
-            pipelines_from_settings(settings),
+            PIPELINES.values() if pipelines is None else pipelines,
             settings.dsn(),
             settings.kafka_bootstrap,
             Thresholds(settings.e2e_latency_slo_seconds, settings.dead_letter_ratio_threshold),
@@ -334,12 +371,15 @@ class PipelineCollector:
             deadline = started + self.timeout
             self._pg.start()
             self._kafka.start()
-            figures = self._pg.wait(deadline)
+            postgres = self._pg.wait(deadline)
             ends = self._kafka.wait(deadline)
+            figures = None if postgres is None else postgres.sink
             families = sink_families(self.pipelines, figures, ends, self.thresholds)
+            if postgres is not None:
+                families += postgres.derived
             up = EXPORTER_UP.family()
             up.add_metric(["kafka"], 0 if ends is None else 1)
-            up.add_metric(["postgres"], 0 if figures is None else 1)
+            up.add_metric(["postgres"], 0 if postgres is None else 1)
             duration = EXPORTER_SCRAPE_DURATION.family()
             duration.add_metric([], time.monotonic() - started)
         yield from families

@@ -155,7 +155,11 @@ class Pusher:
 def pushing_producer_metrics(
     report: _Report, pipeline: str, url: str, interval: float = 5.0, timeout: float = 2.0
 ) -> Iterator[ProducerMetrics]:
-    """Observe a producer's DeliveryReport and push its metrics while the block runs, and at its end."""
+    """Observe a producer's DeliveryReport and push its metrics while the block runs, and at its end.
+
+    ``pipeline`` is the producer's spec name (``producer.spec.name``), never derived from its topic:
+    records produced to a test or per-environment topic keep their pipeline's label.
+    """
     metrics = ProducerMetrics(pipeline, report)
     pusher = Pusher(url, metrics.registry, {"pipeline": pipeline}, interval=interval, timeout=timeout)
     pusher.start()

@@ -10,6 +10,7 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +21,7 @@ from prometheus_client.exposition import choose_encoder
 
 from tx_platform.config import Settings
 from tx_platform.metrics._exporter import PipelineCollector
+from tx_platform.pipelines import PipelineSpec
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +136,14 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
-def build_server(settings: Settings, port: int, host: str = "127.0.0.1") -> tuple[MetricsServer, PipelineCollector]:
-    """The exporter for ``settings``: a registry holding only the pipeline collector, and its server."""
-    collector = PipelineCollector.from_settings(settings)
+def build_server(
+    settings: Settings, port: int, host: str = "127.0.0.1", pipelines: Iterable[PipelineSpec] | None = None
+) -> tuple[MetricsServer, PipelineCollector]:
+    """The exporter for ``settings``: a registry holding only the pipeline collector, and its server.
+
+    It reports every shipped pipeline, or ``pipelines`` when given (tests point it at their own topics).
+    """
+    collector = PipelineCollector.from_settings(settings, pipelines)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     alert_log = AlertLog(settings.alerts_log or settings.state_dir / "logs" / "alerts.log")

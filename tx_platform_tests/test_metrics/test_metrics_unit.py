@@ -1,39 +1,44 @@
 import json
+import logging
 import math
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from tx_platform.config import Settings
-from tx_platform.contract import ERROR_CODES
+from tx_platform.errors import ConfigError
 from tx_platform.metrics import (
     ALL_METRICS,
     COMMIT_BUCKETS,
     LATENCY_BUCKETS,
     AlertLog,
     MetricsServer,
-    Pipeline,
     PipelineCollector,
     SinkFigures,
     Thresholds,
     bucket_for,
     cumulative_buckets,
-    pipeline_for_topic,
+    derived_families,
     sink_families,
 )
 from tx_platform.metrics._exporter import Histogram
+from tx_platform.pipelines import CRYPTO_TRADES, PIPELINES, TRANSACTIONS
+from tx_platform.pipelines.crypto_trades._metrics import MARKET_METRICS
 from tx_platform_tests.test_metrics._scrape import parse, scrape, series, value
 
 pytestmark = pytest.mark.unit
 
-P = Pipeline("transactions", "tx_topic", "tx_topic.dlq")
+P = TRANSACTIONS.with_topic("tx_topic")
+C = CRYPTO_TRADES.with_topic("crypto_topic")
 
 
 def _free_port() -> int:
@@ -42,10 +47,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_metric_names_are_unique_and_counters_end_in_total() -> None:
-    names = [m.name for m in ALL_METRICS]
+@pytest.mark.parametrize("metrics", [ALL_METRICS, (*ALL_METRICS, *MARKET_METRICS)], ids=["platform", "all"])
+def test_metric_names_are_unique_and_counters_end_in_total(metrics: tuple) -> None:
+    names = [m.name for m in metrics]
     assert len(names) == len(set(names))
-    for m in ALL_METRICS:
+    for m in metrics:
         assert m.name.startswith("txp_")
         assert m.name.endswith("_total") == (m.kind == "counter"), m.name
         if m.name.endswith("_seconds"):
@@ -121,7 +127,7 @@ def test_exposition_of_fixed_rows() -> None:
     rows = {dict(k)["outcome"]: v for k, v in series(samples, "txp_sink_rows_total").items()}
     assert rows == {"inserted": 25, "quarantined": 3, "skipped": 4}
     codes = {dict(k)["error_code"]: v for k, v in series(samples, "txp_sink_quarantined_total").items()}
-    assert codes == {**dict.fromkeys(ERROR_CODES, 0.0), "NULL_VALUE": 2, "SOMETHING_NEW": 1}
+    assert codes == {**dict.fromkeys(TRANSACTIONS.error_codes, 0.0), "NULL_VALUE": 2, "SOMETHING_NEW": 1}
     assert value(samples, "txp_sink_dead_lettered_total", pipeline="transactions") == 2
     assert value(samples, "txp_sink_batches_total", pipeline="transactions") == 2
     assert value(samples, "txp_sink_last_commit_timestamp_seconds", pipeline="transactions") == 1_767_225_600.25
@@ -170,10 +176,111 @@ def test_unreachable_sources_give_up_0_within_the_deadline(tmp_path: Path) -> No
     collector.close()
 
 
-def test_pipeline_label_of_a_topic() -> None:
-    settings = Settings(topic="tx_a", dlq_topic="tx_a.dlq")
-    assert pipeline_for_topic(settings, "tx_a") == "transactions"
-    assert pipeline_for_topic(settings, "other") == "other"
+def test_each_pipeline_is_reported_under_its_own_label_from_its_own_topic() -> None:
+    figures = {
+        "tx_topic": SinkFigures(committed={0: 4}, outcomes={"inserted": 4}, batches=1),
+        "crypto_topic": SinkFigures(
+            committed={0: 9, 1: 2}, outcomes={"inserted": 6, "quarantined": 5}, batches=3,
+            quarantined={"UNKNOWN_SYMBOL": 4, "NULL_VALUE": 1}, dead_lettered=5,
+            latency={"event_time": Histogram({1.0: 6}, 3.0)},
+        ),
+    }  # fmt: skip
+    ends = {"tx_topic": {0: 4}, "crypto_topic": {0: 10, 1: 2}}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collect(lambda: sink_families([P, C], figures, ends, Thresholds())))
+    samples = parse(generate_latest(registry).decode())
+    lag = {(dict(k)["pipeline"], dict(k)["topic"], dict(k)["partition"]): v
+           for k, v in series(samples, "txp_sink_lag_records").items()}  # fmt: skip
+    assert lag == {
+        ("transactions", "tx_topic", "0"): 0,
+        ("crypto_trades", "crypto_topic", "0"): 1,
+        ("crypto_trades", "crypto_topic", "1"): 0,
+    }
+    assert value(samples, "txp_sink_rows_total", pipeline="transactions", outcome="inserted") == 4
+    assert value(samples, "txp_sink_rows_total", pipeline="crypto_trades", outcome="inserted") == 6
+    assert value(samples, "txp_sink_rows_total", pipeline="crypto_trades", outcome="quarantined") == 5
+    assert value(samples, "txp_sink_batches_total", pipeline="crypto_trades") == 3
+    assert value(samples, "txp_sink_dead_lettered_total", pipeline="crypto_trades") == 5
+    assert value(samples, "txp_sink_dead_lettered_total", pipeline="transactions") == 0
+    assert value(samples, "txp_e2e_latency_seconds_count", pipeline="crypto_trades") == 6
+    assert value(samples, "txp_e2e_latency_seconds_count", pipeline="transactions") == 0
+    # each pipeline's own error codes, every one from 0
+    codes: dict[str, dict[str, float]] = {}
+    for labels, v in series(samples, "txp_sink_quarantined_total").items():
+        codes.setdefault(dict(labels)["pipeline"], {})[dict(labels)["error_code"]] = v
+    assert codes["transactions"] == dict.fromkeys(TRANSACTIONS.error_codes, 0.0)
+    assert codes["crypto_trades"] == {**dict.fromkeys(CRYPTO_TRADES.error_codes, 0.0), "UNKNOWN_SYMBOL": 4,
+                                      "NULL_VALUE": 1}  # fmt: skip
+    assert "UNKNOWN_SYMBOL" not in codes["transactions"] and "UNKNOWN_CURRENCY" not in codes["crypto_trades"]
+    assert "DUPLICATE_TRADE_ID" in codes["crypto_trades"]
+
+
+class _Collect:
+    def __init__(self, families: Callable[[], list]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator:  # noqa: ANN401
+        yield from self.families()
+
+
+class _Connection:
+    """What derived_families hands on: the functions below never use it beyond ``closed``."""
+
+    closed = False
+
+
+def _gauge(name: str, labels: list[str], val: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, "test", labels=["pipeline"])
+    family.add_metric(labels, val)
+    return family
+
+
+def test_a_failing_pipeline_metric_function_is_logged_and_costs_only_its_own_families(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def good(spec, conn):  # noqa: ANN001, ANN202
+        assert conn is connection
+        yield _gauge("txp_test_figure", [spec.name], 7.0)
+
+    def broken(spec, conn):  # noqa: ANN001, ANN202
+        yield _gauge("txp_test_figure", [spec.name], 1.0)
+        msg = 'relation "crypto_spread_1m" is locked\nDETAIL: more'
+        raise RuntimeError(msg)
+
+    connection = _Connection()
+    pipelines = [
+        replace(TRANSACTIONS.with_topic("a"), derived_metrics=None),
+        replace(CRYPTO_TRADES.with_topic("b"), derived_metrics=broken),
+        replace(CRYPTO_TRADES.with_topic("c"), name="crypto_copy", derived_metrics=good),
+    ]
+    with caplog.at_level(logging.WARNING, logger="tx_platform.metrics._exporter"):
+        families = derived_families(pipelines, connection)
+    assert [(f.name, [(s.labels, s.value) for s in f.samples]) for f in families] == [
+        ("txp_test_figure", [({"pipeline": "crypto_copy"}, 7.0)])
+    ]
+    assert [r.getMessage() for r in caplog.records] == [
+        'metrics: the crypto_trades pipeline\'s own metrics failed: relation "crypto_spread_1m" is locked'
+    ]
+
+
+def test_two_pipelines_with_the_same_metrics_share_one_family() -> None:
+    def figure(spec, conn):  # noqa: ANN001, ANN202
+        return [_gauge("txp_test_figure", [spec.name], len(spec.topic))]
+
+    pipelines = [replace(CRYPTO_TRADES.with_topic(t), name=n, derived_metrics=figure)
+                 for n, t in (("one", "t1"), ("two", "topic2"))]  # fmt: skip
+    (family,) = derived_families(pipelines, _Connection())
+    assert [(s.labels["pipeline"], s.value) for s in family.samples] == [("one", 2.0), ("two", 6.0)]
+
+
+def test_the_deployment_reports_every_shipped_pipeline_and_refuses_a_shared_topic() -> None:
+    collector = PipelineCollector.from_settings(Settings())
+    assert collector.pipelines == tuple(PIPELINES.values())
+    assert {p.name for p in collector.pipelines} == {"transactions", "crypto_trades"}
+    assert CRYPTO_TRADES.derived_metrics == "tx_platform.pipelines.crypto_trades._metrics:market_metrics"
+    collector.close()
+    with pytest.raises(ConfigError, match="same topic"):
+        PipelineCollector([P, CRYPTO_TRADES.with_topic("tx_topic")], "postgresql://x@127.0.0.1:1/x", "127.0.0.1:1")
 
 
 ALERTS = {
