@@ -113,7 +113,7 @@ def run_demo(
     from tx_platform.config import load_settings
     from tx_platform.definitions import ASSET_CHECKS, ASSETS, build_resources
     from tx_platform.kafka_admin import end_offsets
-    from tx_platform.metrics import pipeline_for_topic, pushing_producer_metrics
+    from tx_platform.metrics import pushing_producer_metrics
     from tx_platform.producer import generate, open_producer, produce
     from tx_platform.resources import compute_lag
     from tx_platform.warehouse import committed_offsets, transaction
@@ -151,9 +151,7 @@ def run_demo(
         settings.kafka_bootstrap, settings.topic, settings.schema_registry_url, bad_ratio=bad_ratio, seed=seed
     )
     # the producer's figures go to the Pushgateway like `txp produce`'s (never in the way if it is down)
-    with pushing_producer_metrics(
-        producer.report, pipeline_for_topic(settings, producer.topic), settings.pushgateway_url
-    ):
+    with pushing_producer_metrics(producer.report, producer.spec.name, settings.pushgateway_url):
         report = timed("produce", lambda: produce(generate(count, seed, start), producer))
     summary.produced = report.delivered
     summary.injected_bad = producer.faults.injected_total if producer.faults else 0

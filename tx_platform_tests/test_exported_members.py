@@ -36,9 +36,9 @@ PUBLIC = {
         "SINK_JOB", "SINK_LAST_COMMIT_TIMESTAMP", "SINK_QUARANTINED_TOTAL", "SINK_ROWS_TOTAL", "SPARK_BATCHES_TOTAL",
         "SPARK_BATCH_DURATION", "SPARK_BATCH_ROWS", "SPARK_INPUT_ROWS_PER_SECOND", "SPARK_PROCESSED_ROWS_PER_SECOND",
         "SPARK_STATE_ROWS", "SPARK_WATERMARK_DELAY", "AlertLog", "Metric",
-        "MetricsExporterService", "MetricsServer", "Pipeline", "PipelineCollector", "ProducerMetrics", "Pusher",
-        "SinkFigures", "Thresholds", "bucket_for", "build_server", "cumulative_buckets", "pipeline_for_topic",
-        "pipelines_from_settings", "pushing_producer_metrics", "read_sink_figures", "serve", "sink_families",
+        "MetricsExporterService", "MetricsServer", "PipelineCollector", "ProducerMetrics", "Pusher",
+        "SinkFigures", "Thresholds", "bucket_for", "build_server", "cumulative_buckets", "derived_families",
+        "pushing_producer_metrics", "read_sink_figures", "serve", "sink_families",
     },
     "spark_jobs.sink": {
         "QUERY_NAME", "SinkConfig", "SinkStats", "TransactionSink", "await_query", "contract_struct", "decode",

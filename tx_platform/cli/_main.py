@@ -400,7 +400,7 @@ def produce(
     The contract is registered under BACKWARD compatibility first; an incompatible schema stops
     here, before anything is sent.
     """
-    from tx_platform.metrics import pipeline_for_topic, pushing_producer_metrics
+    from tx_platform.metrics import pushing_producer_metrics
     from tx_platform.producer import build_pools, generate, open_producer
     from tx_platform.producer import produce as produce_records
 
@@ -422,7 +422,7 @@ def produce(
         _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
     )  # fmt: skip
     # metrics go to the Pushgateway every 5 s and at the end, failed runs included; never in the way
-    pipeline = pipeline_for_topic(settings, producer.topic)
+    pipeline = producer.spec.name  # the spec's name, whatever topic it writes to (--topic)
     with (
         pushing_producer_metrics(producer.report, pipeline, settings.pushgateway_url),
         Progress(*columns, console=err, transient=False) as progress,
