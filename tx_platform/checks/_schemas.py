@@ -37,7 +37,8 @@ def pandera_check(rule: Rule) -> pa.Check:
             return pa.Check(lambda v: v > 0, element_wise=True, name=name)
         case RuleKind.BETWEEN:
             low, high = rule.arg
-            return pa.Check.in_range(low, high, name=name)
+            # NaN violates (as in Spark and SQL); Pandera would skip it as a missing value
+            return pa.Check.in_range(low, high, name=name, ignore_na=False)
         case RuleKind.NOT_BEFORE | RuleKind.NOT_IN_FUTURE:
             # a stored row passed the rule when it arrived; the plain-Python form judges it now
             return pa.Check(lambda v, r=rule: r.check(v.to_pydatetime()), element_wise=True, name=name)
