@@ -1,219 +1,400 @@
-"""Software-defined assets: Kafka topics -> the Spark sink's tables -> derived daily tables."""
+"""Software-defined assets, built from a pipeline's spec: Kafka topics -> the Spark sink's tables -> derived assets.
 
-from collections.abc import Iterator
-from datetime import date
+Every pipeline gets the same shape (see :func:`build_pipeline_assets`), in its own asset group:
+
+    kafka/<topic>  ──▶  warehouse/<table>, warehouse/<quarantine_asset>  ──▶  the spec's derived assets
+    kafka/<topic>_dlq
+
+Topic names become key names with :func:`~tx_platform.pipelines.asset_name` (``crypto.trades`` ->
+``kafka/crypto_trades``).
+"""
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetCheckSpec,
+    AssetChecksDefinition,
     AssetExecutionContext,
     AssetKey,
+    AssetsDefinition,
+    AssetSelection,
     AssetSpec,
-    DailyPartitionsDefinition,
+    Definitions,
+    JobDefinition,
     MaterializeResult,
     MetadataValue,
+    ScheduleDefinition,
+    SensorDefinition,
+    SourceAsset,
     asset,
+    define_asset_job,
     multi_asset,
 )
+
+# not exported by dagster, but what define_asset_job and build_schedule_from_partitioned_job return
+from dagster._core.definitions.partitions.partitioned_schedule import UnresolvedPartitionedAssetScheduleDefinition
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster_pyspark import LazyPySparkResource
-from pandera.errors import SchemaErrors
+from psycopg2 import sql
 
-from spark_jobs.sink import SinkConfig, TransactionSink
 from spark_jobs.sink._dlq import DLQ_MAX_MESSAGE_BYTES
-from tx_platform.checks import daily_merchant_summary_schema, daily_reconciliation
-from tx_platform.contract import EARLIEST_EVENT_TIME
-from tx_platform.resources import KafkaResource, PipelineConfig, PostgresResource, compute_lag
-from tx_platform.warehouse import read_daily_merchant_summary, rebuild_daily_merchant_summary
+from spark_jobs.sink._query import PipelineSink
+from tx_platform.errors import ConfigError
+from tx_platform.pipelines import PipelineSpec, asset_name, resolve_ref
+from tx_platform.resources import KafkaResource, PostgresResource, SettingsResource, compute_lag
 
-KAFKA_TRANSACTIONS = AssetKey(["kafka", "transactions"])
-KAFKA_TRANSACTIONS_DLQ = AssetKey(["kafka", "transactions_dlq"])
-WAREHOUSE_TRANSACTIONS = AssetKey(["warehouse", "transactions"])
-WAREHOUSE_QUARANTINE = AssetKey(["warehouse", "quarantine"])
-DAILY_MERCHANT_SUMMARY = AssetKey(["warehouse", "daily_merchant_summary"])
-
-#: Daily partitions in UTC; end_offset=1 includes today, which fills up as the stream runs. They
-#: start at the earliest event time the sink accepts (older records are quarantined as EVENT_TIME_TOO_OLD).
-DAILY_PARTITIONS = DailyPartitionsDefinition(start_date=EARLIEST_EVENT_TIME.date().isoformat(), end_offset=1)
+#: A job as the Definitions take it: ``define_asset_job``'s (resolved later) or a ``@job``.
+Job = JobDefinition | UnresolvedAssetJobDefinition
+#: A schedule as the Definitions take it (``build_schedule_from_partitioned_job``'s is resolved later).
+Schedule = ScheduleDefinition | UnresolvedPartitionedAssetScheduleDefinition
+#: What a pipeline's ``derived_assets(spec)`` may return, as a sequence (or a whole ``Definitions``).
+DerivedDefinition = AssetsDefinition | AssetSpec | SourceAsset | Job | Schedule | SensorDefinition
 
 
-@asset(
-    key=KAFKA_TRANSACTIONS,
-    group_name="kafka",
-    kinds={"kafka"},
-    description="Kafka topic of card transactions (key = account_id). Materializing creates it if missing "
-    "and records its partitions and end offsets.",
-)
-def kafka_transactions(kafka: KafkaResource, pipeline: PipelineConfig) -> MaterializeResult:
-    """The `transactions` topic."""
-    created = kafka.ensure_topic(pipeline.topic, pipeline.topic_partitions, pipeline.topic_replication)
-    ends = kafka.end_offsets(pipeline.topic)
-    return MaterializeResult(
-        metadata={
-            "topic": pipeline.topic,
-            "created_now": created,
-            "partitions": len(ends),
-            "end_offsets_total": sum(ends.values()),
-        }
+@dataclass(frozen=True)
+class PipelineKeys:
+    """The asset keys every pipeline has."""
+
+    topic: AssetKey
+    dlq: AssetKey
+    table: AssetKey
+    quarantine: AssetKey
+
+    @property
+    def sink(self) -> tuple[AssetKey, AssetKey]:
+        """The two tables the sink writes together."""
+        return (self.table, self.quarantine)
+
+
+def pipeline_keys(spec: PipelineSpec) -> PipelineKeys:
+    """``kafka/<topic>``, ``kafka/<dlq topic>``, ``warehouse/<table>``, ``warehouse/<quarantine_asset>``."""
+    return PipelineKeys(
+        topic=AssetKey(["kafka", asset_name(spec.topic)]),
+        dlq=AssetKey(["kafka", asset_name(spec.dlq_topic)]),
+        table=AssetKey(["warehouse", spec.table]),
+        quarantine=AssetKey(["warehouse", spec.quarantine_asset]),
     )
 
 
-@asset(
-    key=KAFKA_TRANSACTIONS_DLQ,
-    group_name="kafka",
-    kinds={"kafka"},
-    description="Dead-letter topic for records the sink rejects (the quarantine table holds the same, with reasons).",
-)
-def kafka_transactions_dlq(kafka: KafkaResource, pipeline: PipelineConfig) -> MaterializeResult:
-    """The `transactions.dlq` topic."""
-    created = kafka.ensure_topic(
-        pipeline.dlq_topic,
-        pipeline.topic_partitions,
-        pipeline.topic_replication,
-        {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
+def sink_job_name(spec: PipelineSpec) -> str:
+    """``<name>_sink_job``: the job the lag sensor requests."""
+    return f"{spec.name}_sink_job"
+
+
+@dataclass(frozen=True)
+class PipelineDefinitions:
+    """One pipeline's Dagster definitions, sorted by kind (what ``Definitions`` takes)."""
+
+    spec: PipelineSpec
+    #: assets, multi-assets and asset specs (checks declared with ``check_specs`` come with their asset)
+    assets: tuple[AssetsDefinition | AssetSpec | SourceAsset, ...] = ()
+    asset_checks: tuple[AssetChecksDefinition, ...] = ()
+    jobs: tuple[Job, ...] = ()
+    schedules: tuple[Schedule, ...] = ()
+    sensors: tuple[SensorDefinition, ...] = ()
+    #: keys of the derived assets (the spec's own, beyond topics and the sink's tables)
+    derived_keys: frozenset[AssetKey] = field(default_factory=frozenset)
+
+    @property
+    def keys(self) -> PipelineKeys:
+        """The keys every pipeline has."""
+        return pipeline_keys(self.spec)
+
+    @property
+    def sink_job(self) -> Job:
+        """``<name>_sink_job``: the sink's tables and every unpartitioned derived asset, with their checks."""
+        name = sink_job_name(self.spec)
+        return next(j for j in self.jobs if j.name == name)
+
+    @property
+    def materializable(self) -> list[AssetsDefinition]:
+        """Assets and asset checks, as ``dagster.materialize`` takes them."""
+        return [*(a for a in self.assets if isinstance(a, AssetsDefinition)), *self.asset_checks]
+
+    def partitioned_assets(self) -> list[AssetsDefinition]:
+        """The pipeline's partitioned assets (materialized per partition, outside the sink job)."""
+        return [a for a in self.assets if isinstance(a, AssetsDefinition) and a.partitions_def is not None]
+
+    def with_sensors(self, *sensors: SensorDefinition) -> "PipelineDefinitions":
+        """The same definitions plus ``sensors``."""
+        return PipelineDefinitions(
+            self.spec,
+            self.assets,
+            self.asset_checks,
+            self.jobs,
+            self.schedules,
+            (*self.sensors, *sensors),
+            self.derived_keys,
+        )
+
+    def to_definitions(self, resources: dict[str, object] | None = None) -> Definitions:
+        """A ``Definitions`` of this pipeline alone (merge them with ``Definitions.merge``)."""
+        return Definitions(
+            assets=list(self.assets),
+            asset_checks=list(self.asset_checks),
+            jobs=list(self.jobs),
+            schedules=list(self.schedules),
+            sensors=list(self.sensors),
+            resources=resources,
+        )
+
+
+def _sorted(spec: PipelineSpec, items: Iterable[object]) -> PipelineDefinitions:
+    """Sort what ``derived_assets`` returned into a PipelineDefinitions; refuse what cannot be one."""
+    assets: list[AssetsDefinition | AssetSpec | SourceAsset] = []
+    checks: list[AssetChecksDefinition] = []
+    jobs: list[Job] = []
+    schedules: list[Schedule] = []
+    sensors: list[SensorDefinition] = []
+    for item in items:
+        if isinstance(item, Definitions):
+            if item.resources:
+                msg = (
+                    f"pipeline {spec.name!r}: derived_assets returned Definitions with resources "
+                    f"{sorted(item.resources)}; derived assets use the platform's resources (kafka, postgres, "
+                    "pyspark, settings) and bring none"
+                )
+                raise ConfigError(msg)
+            nested = _sorted(
+                spec,
+                [
+                    *(item.assets or ()),
+                    *(item.asset_checks or ()),
+                    *(item.jobs or ()),
+                    *(item.schedules or ()),
+                    *(item.sensors or ()),
+                ],
+            )
+            assets += nested.assets
+            checks += nested.asset_checks
+            jobs += nested.jobs
+            schedules += nested.schedules
+            sensors += nested.sensors
+        elif isinstance(item, AssetChecksDefinition):  # before AssetsDefinition: it is a subclass
+            checks.append(item)
+        elif isinstance(item, AssetsDefinition):
+            groups = {g for g in item.group_names_by_key.values()} - {spec.name}
+            if groups:
+                msg = (
+                    f"pipeline {spec.name!r}: derived asset(s) {sorted(k.to_user_string() for k in item.keys)} "
+                    f"are in group(s) {sorted(groups)}; put every asset of the pipeline in group_name={spec.name!r}"
+                )
+                raise ConfigError(msg)
+            assets.append(item)
+        elif isinstance(item, AssetSpec | SourceAsset):
+            assets.append(item)
+        elif isinstance(item, JobDefinition | UnresolvedAssetJobDefinition):
+            jobs.append(item)
+        elif isinstance(item, ScheduleDefinition | UnresolvedPartitionedAssetScheduleDefinition):
+            schedules.append(item)
+        elif isinstance(item, SensorDefinition):
+            sensors.append(item)
+        else:
+            msg = (
+                f"pipeline {spec.name!r}: derived_assets returned {item!r} ({type(item).__name__}), which is not "
+                "an asset, asset check, job, schedule or sensor"
+            )
+            raise ConfigError(msg)
+    keys = frozenset(k for a in assets if isinstance(a, AssetsDefinition) for k in a.keys) | frozenset(
+        a.key for a in assets if isinstance(a, AssetSpec | SourceAsset)
     )
-    ends = kafka.end_offsets(pipeline.dlq_topic)
-    return MaterializeResult(
-        metadata={"topic": pipeline.dlq_topic, "created_now": created, "end_offsets_total": sum(ends.values())}
+    return PipelineDefinitions(spec, tuple(assets), tuple(checks), tuple(jobs), tuple(schedules), tuple(sensors), keys)
+
+
+def derived_definitions(spec: PipelineSpec) -> PipelineDefinitions:
+    """What the spec's ``derived_assets(spec)`` returns, sorted by kind; empty when it declares none."""
+    if spec.derived_assets is None:
+        return PipelineDefinitions(spec)
+    returned = resolve_ref(spec.derived_assets)(spec)
+    return _sorted(spec, [returned] if isinstance(returned, Definitions) else returned)
+
+
+def _topic_asset(spec: PipelineSpec, key: AssetKey, topic: str, dead_letter: bool) -> AssetsDefinition:
+    config = {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)} if dead_letter else None
+    what = (
+        f"Dead-letter topic of `{spec.topic}`: records the sink rejected (the quarantine table holds the same, "
+        "with reasons)."
+        if dead_letter
+        else f"Kafka topic of the `{spec.name}` pipeline (key = {spec.kafka_key}, values: {spec.subject})."
+    )
+
+    @asset(
+        key=key,
+        group_name=spec.name,
+        kinds={"kafka"},
+        description=f"{what} Materializing creates it if missing and records its partitions and end offsets.",
+    )
+    def _topic(kafka: KafkaResource, settings: SettingsResource) -> MaterializeResult:
+        """The topic, created if missing."""
+        s = settings.settings
+        created = kafka.ensure_topic(topic, s.topic_partitions, s.topic_replication, config)
+        ends = kafka.end_offsets(topic)
+        return MaterializeResult(
+            metadata={
+                "topic": topic,
+                "created_now": created,
+                "partitions": len(ends),
+                "end_offsets_total": sum(ends.values()),
+            }
+        )
+
+    return _topic
+
+
+def _sink_asset(spec: PipelineSpec, keys: PipelineKeys) -> AssetsDefinition:
+    # said on both tables: the sink is one Spark query whatever the selection
+    both = (
+        f" The sink writes `{spec.table}` and `quarantine` together (each Kafka record goes to exactly one of "
+        "them), so selecting either table or both runs it once."
+    )
+
+    @multi_asset(
+        name=spec.query_name,
+        specs=[
+            AssetSpec(
+                keys.table,
+                deps=[keys.topic],
+                group_name=spec.name,
+                kinds={"spark", "postgres"},
+                description=f"Postgres `{spec.table}`: every valid record of `{spec.topic}` once, upserted on "
+                f"{spec.natural_key} by the Spark sink (AvailableNow: each materialization processes everything "
+                "new, then stops)." + both,
+            ),
+            AssetSpec(
+                keys.quarantine,
+                deps=[keys.topic],
+                group_name=spec.name,
+                kinds={"postgres"},
+                description=f"The rows of Postgres `quarantine` from `{spec.topic}`: records the sink rejected, "
+                "with raw bytes, error code and reason (also sent to the dead-letter topic)." + both,
+            ),
+        ],
+        can_subset=True,
+        op_tags={"txp/sink": spec.name},
+    )
+    def _sink(
+        context: AssetExecutionContext,
+        pyspark: LazyPySparkResource,
+        kafka: KafkaResource,
+        postgres: PostgresResource,
+        settings: SettingsResource,
+    ) -> Iterator[MaterializeResult]:
+        """Run the pipeline's streaming sink once over everything new in Kafka.
+
+        Subsettable, but the work is not divisible: one Kafka record goes to exactly one of the two
+        tables, in the same Postgres transaction as the offsets, so the sink always writes both. A
+        selection of either table or both runs it once; materializations are reported only for the
+        selected keys (``context.selected_asset_keys``).
+        """
+        stats = PipelineSink(pyspark.spark_session, spec, settings.settings).run_available_now()
+        lag = compute_lag(kafka.end_offsets(spec.topic), postgres.committed_offsets(spec.topic)).total
+        context.log.info(
+            f"sink: {stats.records} records in {stats.batches} batches -> {stats.inserted} rows, "
+            f"{stats.quarantined} quarantined, {stats.skipped} replayed; lag now {lag}; {stats.seconds:.1f} s"
+        )
+        selected = context.selected_asset_keys
+        if keys.table in selected:
+            total_rows = postgres.scalar(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.table)))
+            yield MaterializeResult(
+                asset_key=keys.table,
+                metadata={
+                    "records_read": stats.records,
+                    "rows_inserted": stats.inserted,
+                    "replayed_skipped": stats.skipped,
+                    "batches": stats.batches,
+                    "seconds": stats.seconds,
+                    "lag_after": lag,
+                    "dagster/row_count": MetadataValue.int(int(total_rows or 0)),
+                },
+            )
+        if keys.quarantine in selected:
+            quarantined = postgres.scalar("SELECT count(*) FROM quarantine WHERE kafka_topic = %s", (spec.topic,))
+            yield MaterializeResult(
+                asset_key=keys.quarantine,
+                metadata={
+                    "rows_quarantined": stats.quarantined,
+                    "sent_to_dlq": stats.dead_lettered,
+                    "dagster/row_count": MetadataValue.int(int(quarantined or 0)),
+                },
+            )
+
+    return _sink
+
+
+def _sink_job(
+    spec: PipelineSpec, keys: PipelineKeys, derived: Sequence[AssetsDefinition | AssetSpec | SourceAsset]
+) -> Job:
+    followers = sorted(
+        (k for a in derived if isinstance(a, AssetsDefinition) and a.partitions_def is None for k in a.keys),
+        key=lambda k: k.to_user_string(),
+    )
+    return define_asset_job(
+        sink_job_name(spec),
+        selection=AssetSelection.assets(*keys.sink, *followers),
+        description=f"Run the `{spec.name}` sink once (AvailableNow), then the pipeline's unpartitioned derived "
+        "assets, with every check of those assets.",
+        tags={"txp/sink": spec.name},
     )
 
 
-#: Said on both tables: the sink is one Spark query whatever the selection (see transactions_sink).
-_SINK_WRITES_BOTH = (
-    " The sink writes `transactions` and `quarantine` together (each Kafka record goes to exactly one of them), "
-    "so selecting either table or both runs it once."
-)
+def build_pipeline_assets(spec: PipelineSpec) -> PipelineDefinitions:
+    """The Dagster definitions of one pipeline (all in asset group ``spec.name``), without its lag sensor.
 
+    - ``kafka/<asset_name(topic)>`` and ``kafka/<asset_name(dlq_topic)>``: the topics, created when
+      materialized;
+    - the sink, one multi-asset (op ``<name>_sink``) writing ``warehouse/<table>`` and
+      ``warehouse/<quarantine_asset>``; subsettable, it runs ``PipelineSink(...).run_available_now()``
+      once whatever the selection;
+    - its checks (:func:`tx_platform.checks.asset_checks.build_sink_checks`): ``no_unexplained_loss``
+      (blocking) and ``<table>_match_contract`` on the table, ``dlq_matches_quarantine`` on the quarantine;
+    - the spec's derived assets (below);
+    - the job ``<name>_sink_job``: the sink's two tables and every *unpartitioned* derived asset,
+      with their checks, so derived tables follow each sink run the lag sensor requests.
+      Partitioned derived assets bring their own jobs and schedules.
 
-@multi_asset(
-    specs=[
-        AssetSpec(
-            WAREHOUSE_TRANSACTIONS,
-            deps=[KAFKA_TRANSACTIONS],
-            group_name="warehouse",
-            kinds={"spark", "postgres"},
-            description="Postgres `transactions`: every valid record once, upserted on transaction_id by the Spark "
-            "sink (AvailableNow: each materialization processes everything new, then stops)." + _SINK_WRITES_BOTH,
-        ),
-        AssetSpec(
-            WAREHOUSE_QUARANTINE,
-            deps=[KAFKA_TRANSACTIONS],
-            group_name="warehouse",
-            kinds={"postgres"},
-            description="Postgres `quarantine`: records the sink rejected, with raw bytes, error code and reason."
-            + _SINK_WRITES_BOTH,
-        ),
-    ],
-    can_subset=True,
-    op_tags={"txp/sink": "transactions"},
-)
-def transactions_sink(
-    context: AssetExecutionContext,
-    pyspark: LazyPySparkResource,
-    kafka: KafkaResource,
-    postgres: PostgresResource,
-    pipeline: PipelineConfig,
-) -> Iterator[MaterializeResult]:
-    """Run the streaming sink once over everything new in Kafka.
+    **Contract for derived-asset authors.** ``spec.derived_assets`` names a function
+    ``derived_assets(spec: PipelineSpec) -> Sequence[...]`` (or returning a ``dagster.Definitions``
+    without resources). It is called once per spec (tests pass the spec on another topic, so build
+    every key and name from ``spec``, never from the shipped constant) and may return:
 
-    Subsettable, but the work is not divisible: one Kafka record goes to exactly one of the two
-    tables, in the same Postgres transaction as the offsets, so the sink always writes both. A
-    selection of either table or both runs it once; materializations are reported only for the
-    selected keys (``context.selected_asset_keys``).
+    - assets (``@asset``/``@multi_asset``, checks declared with ``check_specs`` included), each in
+      ``group_name=spec.name`` (anything else is refused), keyed ``warehouse/<table>`` and depending
+      on ``pipeline_keys(spec).table`` (``warehouse/<table>``) and/or ``.topic`` (``kafka/<topic>``);
+    - asset checks (``@asset_check``), jobs (``define_asset_job``), schedules and sensors; job and
+      schedule names must be unique across pipelines.
+
+    Their ops may ask for these resources by parameter name, and for no other:
+
+    - ``kafka``: :class:`~tx_platform.resources.KafkaResource` (``ensure_topic``, ``end_offsets``);
+    - ``postgres``: :class:`~tx_platform.resources.PostgresResource` (``connection()``, ``scalar``,
+      ``committed_offsets``, ``dsn``), the pipeline role;
+    - ``pyspark``: ``dagster_pyspark.LazyPySparkResource`` (``spark_session``; master and connector
+      jars already set, shared with the sink);
+    - ``settings``: :class:`~tx_platform.resources.SettingsResource` (``settings`` is the
+      :class:`~tx_platform.config.Settings` object: checkpoint root, registry URL, ...).
+
+    Unpartitioned derived assets run in ``<name>_sink_job`` after the sink (when they depend on the
+    sink's table) and in ``make demo``; partitioned ones are materialized per partition.
     """
-    config = SinkConfig(
-        kafka_bootstrap=kafka.bootstrap_servers,
-        dsn=postgres.dsn,
-        registry_url=pipeline.schema_registry_url,
-        topic=pipeline.topic,
-        dlq_topic=pipeline.dlq_topic,
-        checkpoint_root=pipeline.checkpoint_root,
-        max_offsets_per_trigger=pipeline.max_offsets_per_trigger,
-        topic_replication=pipeline.topic_replication,
-        on_data_loss=pipeline.on_data_loss,
+    from tx_platform.checks.asset_checks import build_sink_checks  # it imports this module for the keys
+
+    keys = pipeline_keys(spec)
+    derived = derived_definitions(spec)
+    clash = derived.derived_keys & {keys.topic, keys.dlq, *keys.sink}
+    if clash:
+        msg = f"pipeline {spec.name!r}: derived assets redefine {sorted(k.to_user_string() for k in clash)}"
+        raise ConfigError(msg)
+    own = (
+        _topic_asset(spec, keys.topic, spec.topic, dead_letter=False),
+        _topic_asset(spec, keys.dlq, spec.dlq_topic, dead_letter=True),
+        _sink_asset(spec, keys),
     )
-    stats = TransactionSink(pyspark.spark_session, config).run_available_now()
-    lag = compute_lag(kafka.end_offsets(pipeline.topic), postgres.committed_offsets(pipeline.topic)).total
-    context.log.info(
-        f"sink: {stats.records} records in {stats.batches} batches -> {stats.inserted} rows, "
-        f"{stats.quarantined} quarantined, {stats.skipped} replayed; lag now {lag}; {stats.seconds:.1f} s"
-    )
-    selected = context.selected_asset_keys
-    if WAREHOUSE_TRANSACTIONS in selected:
-        total_rows = postgres.scalar("SELECT count(*) FROM transactions")
-        yield MaterializeResult(
-            asset_key=WAREHOUSE_TRANSACTIONS,
-            metadata={
-                "records_read": stats.records,
-                "rows_inserted": stats.inserted,
-                "replayed_skipped": stats.skipped,
-                "batches": stats.batches,
-                "seconds": stats.seconds,
-                "lag_after": lag,
-                "dagster/row_count": MetadataValue.int(int(total_rows or 0)),
-            },
-        )
-    if WAREHOUSE_QUARANTINE in selected:
-        total_quarantined = postgres.scalar("SELECT count(*) FROM quarantine")
-        yield MaterializeResult(
-            asset_key=WAREHOUSE_QUARANTINE,
-            metadata={
-                "rows_quarantined": stats.quarantined,
-                "sent_to_dlq": stats.dead_lettered,
-                "dagster/row_count": MetadataValue.int(int(total_quarantined or 0)),
-            },
-        )
-
-
-@asset(
-    key=DAILY_MERCHANT_SUMMARY,
-    deps=[WAREHOUSE_TRANSACTIONS],
-    partitions_def=DAILY_PARTITIONS,
-    group_name="analytics",
-    kinds={"postgres", "pandas"},
-    description="Per day (UTC), merchant and currency: counts, amounts, refunds, unique cards. A partition is "
-    "rebuilt atomically from `transactions` in Postgres, then checked.",
-    check_specs=[
-        AssetCheckSpec("matches_schema", asset=DAILY_MERCHANT_SUMMARY, description="Pandera schema of the table."),
-        AssetCheckSpec(
-            "reconciles_with_transactions",
-            asset=DAILY_MERCHANT_SUMMARY,
-            description="Per currency, counts and amounts equal those of the day in `transactions`.",
-        ),
-    ],
-)
-def daily_merchant_summary(
-    context: AssetExecutionContext, postgres: PostgresResource
-) -> Iterator[MaterializeResult | AssetCheckResult]:
-    """Rebuild one day of `daily_merchant_summary` and check it."""
-    day = date.fromisoformat(context.partition_key)
-    with postgres.connection() as conn:
-        rows = rebuild_daily_merchant_summary(conn, day)
-    with postgres.connection() as conn:
-        frame = read_daily_merchant_summary(conn, day)
-        recon = daily_reconciliation(conn, day)
-    yield MaterializeResult(metadata={"day": str(day), "dagster/row_count": MetadataValue.int(rows)})
-
-    schema_meta: dict[str, MetadataValue]
-    try:
-        daily_merchant_summary_schema().validate(frame, lazy=True)
-        schema_ok, schema_meta = True, {"rows": MetadataValue.int(len(frame))}
-    except SchemaErrors as exc:
-        cases = exc.failure_cases
-        schema_ok = False
-        schema_meta = {
-            "rows": MetadataValue.int(len(frame)),
-            "failure_cases": MetadataValue.int(len(cases)),
-            "first_failures": MetadataValue.text(cases.head(10).to_string()),
-        }
-    yield AssetCheckResult(check_name="matches_schema", passed=schema_ok, metadata=schema_meta)
-    yield AssetCheckResult(
-        check_name="reconciles_with_transactions",
-        passed=recon.matches,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "currencies": len(recon.raw),
-            "transactions": sum(n for n, _ in recon.raw.values()),
-            "summarised": sum(n for n, _ in recon.summary.values()),
-        },
+    return PipelineDefinitions(
+        spec,
+        assets=(*own, *derived.assets),
+        asset_checks=(*build_sink_checks(spec), *derived.asset_checks),
+        jobs=(_sink_job(spec, keys, derived.assets), *derived.jobs),
+        schedules=derived.schedules,
+        sensors=derived.sensors,
+        derived_keys=derived.derived_keys,
     )

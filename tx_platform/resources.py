@@ -1,4 +1,9 @@
-"""Dagster resources. Values come from ``EnvVar`` (TXP_*), so the same definitions run anywhere."""
+"""Dagster resources: Kafka, the warehouse and the platform's settings (Spark's is dagster-pyspark's).
+
+Their values come from the environment (``TXP_*``, ``EnvVar`` for secrets), so the same definitions
+run anywhere. Resource keys, as assets and sensors ask for them: ``kafka``, ``postgres``,
+``pyspark``, ``settings`` (see ``tx_platform.definitions.build_resources``).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagster import ConfigurableResource
+from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from pydantic import Field
 
 from tx_platform import kafka_admin
+from tx_platform.config import Settings, load_settings
+from tx_platform.errors import ConfigError
 from tx_platform.warehouse import committed_offsets, transaction
 
 
@@ -45,7 +53,7 @@ class PostgresResource(ConfigurableResource):
         with self.connection() as conn:
             return committed_offsets(conn, topic)
 
-    def scalar(self, query: str, params: tuple[object, ...] = ()) -> Any:  # noqa: ANN401 - any SQL value
+    def scalar(self, query: str | sql.Composable, params: tuple[object, ...] = ()) -> Any:  # noqa: ANN401 - any SQL value
         """First column of the first row of ``query``."""
         with self.connection() as conn, conn.cursor() as cur:
             cur.execute(query, params)
@@ -53,24 +61,41 @@ class PostgresResource(ConfigurableResource):
             return None if row is None else row[0]
 
 
-class PipelineConfig(ConfigurableResource):
-    """Names and knobs of the pipeline (topics, checkpoints, batch size)."""
+class SettingsResource(ConfigurableResource):
+    """The platform's :class:`~tx_platform.config.Settings`, built where the run happens.
 
-    topic: str = "transactions"
-    dlq_topic: str = "transactions.dlq"
-    schema_registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
-    topic_partitions: int = 3
-    topic_replication: int = 1
-    checkpoint_root: str = Field(description="Directory (or URI) of Spark checkpoints.")
-    max_offsets_per_trigger: int = 200_000
-    lag_threshold: int = 1
-    retry_backoff_seconds: float = Field(
-        30.0, ge=0, description="Wait before retrying a failed sink run; doubles per consecutive failure."
+    ``settings`` reads the ``TXP_*`` variables (then the local stack's ``stack.env``, then the
+    defaults) each time it is asked, so a run worker on another machine uses its own environment;
+    ``overrides`` win over all of them. Secrets are never overrides: the UI shows resource config.
+    """
+
+    overrides: dict[str, str] = Field(
+        default_factory=dict,
+        description="Settings fields given here rather than by TXP_* variables (e.g. checkpoint_dir); no secrets.",
     )
-    retry_backoff_max_seconds: float = Field(600.0, ge=0, description="Upper bound of the retry wait.")
-    on_data_loss: str = Field(
-        "fail", description="Records deleted by retention before the sink read them: fail, or record the gap."
-    )
+
+    @property
+    def settings(self) -> Settings:
+        """The settings object the sink, producer and checks take."""
+        return load_settings(**self.overrides)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> SettingsResource:
+        """The resource that yields ``settings``: the fields the environment would give otherwise become overrides.
+
+        Raises ConfigError when ``settings`` differ from the environment in a secret (the DSN):
+        that must come from ``TXP_POSTGRES_DSN``.
+        """
+        environment = load_settings()
+        if settings.dsn() != environment.dsn():
+            msg = "the settings' Postgres DSN differs from TXP_POSTGRES_DSN: set the variable, secrets are no overrides"
+            raise ConfigError(msg)
+        overrides = {}
+        for name in Settings.model_fields:
+            value = getattr(settings, name)
+            if name != "postgres_dsn" and value is not None and value != getattr(environment, name):
+                overrides[name] = str(value).lower() if isinstance(value, bool) else str(value)
+        return cls(overrides=overrides)
 
 
 @dataclass(frozen=True)

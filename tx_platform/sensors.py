@@ -1,4 +1,4 @@
-"""Sensors: run the sink when Kafka lag reaches a threshold, retry failed sink runs with backoff."""
+"""Sensors: run a pipeline's sink job when its Kafka lag reaches a threshold, retry failed runs with backoff."""
 
 import json
 from dataclasses import dataclass
@@ -20,9 +20,10 @@ from dagster import (
     sensor,
 )
 
-from tx_platform.assets import KAFKA_TRANSACTIONS
+from tx_platform.assets import pipeline_keys
 from tx_platform.errors import TopicNotFoundError
-from tx_platform.resources import KafkaResource, Lag, PipelineConfig, PostgresResource, compute_lag
+from tx_platform.pipelines import PipelineSpec
+from tx_platform.resources import KafkaResource, Lag, PostgresResource, SettingsResource, compute_lag
 
 _ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 _FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
@@ -90,52 +91,55 @@ def failure_streak(instance: DagsterInstance, job_name: str) -> FailureStreak | 
     return FailureStreak(latest=records[0], count=count) if count else None
 
 
-def _ahead_message(topic: str, lag: Lag) -> str:
+def _ahead_message(spec: PipelineSpec, lag: Lag) -> str:
+    topic = spec.topic
     partitions = ", ".join(f"{p} (committed {c}, end {e})" for p, (c, e) in lag.ahead.items())
     return (
         f"topic {topic!r} ends before the offsets the sink committed to Postgres on partition(s) {partitions}: "
         "it was deleted and recreated, or truncated, after the sink read it. No sink run requested: the sink "
         "refuses such a topic with [TOPIC_RECREATED]. Restore the original topic, or, to load the new one from "
-        f"its start, run `txp topics forget --topic {topic}` (deletes its rows, quarantine, offsets and "
-        "checkpoint: their Kafka coordinates would collide with the new records)."
+        f"its start, run `txp topics forget --pipeline {spec.name} --topic {topic}` (deletes its rows, quarantine, "
+        "offsets and checkpoint: their Kafka coordinates would collide with the new records)."
     )
 
 
-def build_kafka_lag_sensor(sink_job: NamedJob, minimum_interval_seconds: int = 30) -> SensorDefinition:
-    """A sensor that requests ``sink_job`` when lag >= the pipeline's lag_threshold.
+def build_lag_sensor(spec: PipelineSpec, sink_job: NamedJob, minimum_interval_seconds: int = 30) -> SensorDefinition:
+    """A sensor ``<name>_lag_sensor`` that requests ``sink_job`` when the pipeline's lag >= TXP_LAG_THRESHOLD.
 
-    Lag = topic end offsets - offsets the sink committed to Postgres. Each evaluation records the
-    lag as an observation of ``kafka/transactions`` when it changed, so the UI plots it. After a
-    failed or cancelled sink run it waits ``retry_backoff_seconds * 2^(n-1)`` (capped at
-    ``retry_backoff_max_seconds``) after the n-th consecutive failure, then requests a retry with
-    its own run key. When Postgres holds offsets past the topic's end it requests nothing.
+    Lag = end offsets of ``spec.topic`` - offsets the sink committed to Postgres. Each evaluation
+    records the lag as an observation of ``kafka/<topic>`` when it changed, so the UI plots it.
+    After a failed or cancelled run of the job it waits ``sink_retry_backoff_seconds * 2^(n-1)``
+    (capped at ``sink_retry_backoff_max_seconds``) after the n-th consecutive failure, then requests
+    a retry with its own run key. When Postgres holds offsets past the topic's end it requests nothing.
     """
+    topic_key = pipeline_keys(spec).topic
 
     # by name, so any job object works; the Definitions resolve it (sink_job is in their jobs)
     @sensor(
-        name="kafka_lag_sensor",
+        name=f"{spec.name}_lag_sensor",
         job_name=sink_job.name,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
-        description="Runs the Spark sink when Kafka lag (end offsets - offsets committed to Postgres) "
-        "reaches TXP_LAG_THRESHOLD, retries failed sink runs with exponential backoff, refuses a topic "
-        "that ends before the committed offsets; records lag on kafka/transactions.",
+        description=f"Runs {sink_job.name} when the lag of `{spec.topic}` (end offsets - offsets committed to "
+        "Postgres) reaches TXP_LAG_THRESHOLD, retries failed runs with exponential backoff, refuses a topic that "
+        f"ends before the committed offsets; records lag on {topic_key.to_user_string()}.",
     )
-    def kafka_lag_sensor(
-        context: SensorEvaluationContext, kafka: KafkaResource, postgres: PostgresResource, pipeline: PipelineConfig
+    def lag_sensor(
+        context: SensorEvaluationContext, kafka: KafkaResource, postgres: PostgresResource, settings: SettingsResource
     ) -> SensorResult:
+        s = settings.settings
         try:
-            end_offsets = kafka.end_offsets(pipeline.topic)
+            end_offsets = kafka.end_offsets(spec.topic)
         except TopicNotFoundError as exc:
             return SensorResult(skip_reason=SkipReason(str(exc)))
-        lag = compute_lag(end_offsets, postgres.committed_offsets(pipeline.topic))
+        lag = compute_lag(end_offsets, postgres.committed_offsets(spec.topic))
         ahead = lag.ahead
         events = []
         state = {"lag": lag.total, "ahead": sorted(ahead)}
         if context.cursor is None or json.loads(context.cursor) != state:
             events.append(
                 AssetObservation(
-                    asset_key=KAFKA_TRANSACTIONS,
+                    asset_key=topic_key,
                     metadata={
                         "lag": lag.total,
                         "lag_by_partition": json.dumps(lag.by_partition),
@@ -151,9 +155,9 @@ def build_kafka_lag_sensor(sink_job: NamedJob, minimum_interval_seconds: int = 3
 
         # a negative lag is not "caught up": the committed offsets belong to records this topic no longer has
         if ahead:
-            return skip(_ahead_message(pipeline.topic, lag))
-        if lag.total < pipeline.lag_threshold:
-            return skip(f"caught up: lag {lag.total} < threshold {pipeline.lag_threshold}")
+            return skip(_ahead_message(spec, lag))
+        if lag.total < s.lag_threshold:
+            return skip(f"caught up: lag {lag.total} < threshold {s.lag_threshold}")
         active = context.instance.get_runs(filters=RunsFilter(job_name=sink_job.name, statuses=_ACTIVE), limit=1)
         if active:
             return skip(f"lag {lag.total}, but sink run {active[0].run_id} is still in progress")
@@ -163,9 +167,7 @@ def build_kafka_lag_sensor(sink_job: NamedJob, minimum_interval_seconds: int = 3
         streak = failure_streak(context.instance, sink_job.name)
         if streak is not None:
             # the same backlog gives the same run key, which Dagster would never launch again
-            delay = retry_delay_seconds(
-                streak.count, pipeline.retry_backoff_seconds, pipeline.retry_backoff_max_seconds
-            )
+            delay = retry_delay_seconds(streak.count, s.sink_retry_backoff_seconds, s.sink_retry_backoff_max_seconds)
             retry_at = streak.ended_at + timedelta(seconds=delay)
             if datetime.now(UTC) < retry_at:
                 return skip(
@@ -178,4 +180,4 @@ def build_kafka_lag_sensor(sink_job: NamedJob, minimum_interval_seconds: int = 3
             tags |= {"txp/retry": str(streak.count), "txp/retry_of": streak.run_id}
         return SensorResult(run_requests=[RunRequest(run_key=run_key, tags=tags)], asset_events=events, cursor=cursor)
 
-    return kafka_lag_sensor
+    return lag_sensor
