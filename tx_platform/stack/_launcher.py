@@ -16,6 +16,7 @@ from pathlib import Path
 from tx_platform.config import STACK_ENV_FILE
 from tx_platform.errors import StackError
 from tx_platform.metrics import MetricsExporterService
+from tx_platform.pipelines import PIPELINES
 from tx_platform.stack._artifacts import Artifacts, resolve_artifacts
 from tx_platform.stack._kafka import KafkaNode, broker_ready, new_cluster_id
 from tx_platform.stack._monitoring import (
@@ -335,7 +336,8 @@ class LocalStack:
                 lambda: broker_ready(bootstrap, len(brokers)), timeout, f"Kafka metadata on {bootstrap}"
             )
         registry.process.wait_ready(registry.ready, timeout, f"schema registry API on {registry.url}")
-        ensure_schema(self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB))
+        # every shipped pipeline's tables, so analysts, the exporter and Dagster find them before any sink ran
+        ensure_schema(self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB), PIPELINES.values())
         self._start_monitoring(timeout)
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         (self.dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
