@@ -10,9 +10,10 @@ what it returns to the sink's families. Every figure is read from the warehouse 
 - gauges of the newest state: last price per symbol and venue, the newest minute's VWAP, 15-minute
   volatility and cross-exchange spread per symbol, the notional of the newest whale trade.
 
-Trades, whale alerts and anomalies are those of ``spec.topic`` (a test's topic never shows up under
-the deployment's pipeline); a derived table that does not exist yet (its assets were never
-materialised) yields no samples, not an error. The counters aggregate the whole table at each
+Every figure is that of ``spec.topic`` (the pipeline's table by ``kafka_topic``, the derived
+tables by ``source_topic``): a test's topic never shows up under the deployment's pipeline. A
+derived table that does not exist yet (its assets were never materialised) yields no samples, not
+an error. The counters aggregate the whole table at each
 scrape: cheap at the scale of the local stack, bounded by the exporter's statement timeout beyond.
 """
 
@@ -160,13 +161,13 @@ def market_metrics(spec: PipelineSpec, conn: Any) -> Iterator[MetricFamily]:  # 
         if table in present:
             yield from _trade_families(cur, name, topic, table, sides)
         if SYMBOL_METRICS in present:
-            yield from _symbol_families(cur, name)
+            yield from _symbol_families(cur, name, topic)
         if SPREAD in present:
-            yield _spread_family(cur, name)
-        if table in present and WHALES in present:
-            yield from _whale_families(cur, name, topic, table)
-        if table in present and ANOMALIES in present:
-            yield _anomaly_family(cur, name, topic, table)
+            yield _spread_family(cur, name, topic)
+        if WHALES in present:
+            yield from _whale_families(cur, name, topic)
+        if ANOMALIES in present:
+            yield _anomaly_family(cur, name, topic)
 
 
 def _trade_families(cur: Any, name: str, topic: str, table: str, sides: tuple[str, ...]) -> Iterator[MetricFamily]:  # noqa: ANN401
@@ -207,12 +208,13 @@ def _trade_families(cur: Any, name: str, topic: str, table: str, sides: tuple[st
     yield from (trades, volume, notional, price, when)
 
 
-def _symbol_families(cur: Any, name: str) -> Iterator[MetricFamily]:  # noqa: ANN401
+def _symbol_families(cur: Any, name: str, topic: str) -> Iterator[MetricFamily]:  # noqa: ANN401
     vwap, vwap_15m, volatility = CRYPTO_VWAP.family(), CRYPTO_VWAP_15M.family(), CRYPTO_VOLATILITY_15M.family()
     for symbol, last_vwap, last_vwap_15m in _rows(
         cur,
         f"SELECT DISTINCT ON (symbol) symbol, vwap, vwap_15m FROM {SYMBOL_METRICS} "  # noqa: S608 - a constant
-        "ORDER BY symbol, minute DESC",
+        "WHERE source_topic = %s ORDER BY symbol, minute DESC",
+        (topic,),
     ):
         if last_vwap is not None:
             vwap.add_metric([name, symbol], float(last_vwap))
@@ -222,31 +224,33 @@ def _symbol_families(cur: Any, name: str) -> Iterator[MetricFamily]:  # noqa: AN
     for symbol, sigma in _rows(
         cur,
         f"SELECT DISTINCT ON (symbol) symbol, volatility_15m FROM {SYMBOL_METRICS} "  # noqa: S608 - a constant
-        "WHERE volatility_15m IS NOT NULL ORDER BY symbol, minute DESC",
+        "WHERE source_topic = %s AND volatility_15m IS NOT NULL ORDER BY symbol, minute DESC",
+        (topic,),
     ):
         volatility.add_metric([name, symbol], float(sigma))
     yield from (vwap, vwap_15m, volatility)
 
 
-def _spread_family(cur: Any, name: str) -> MetricFamily:  # noqa: ANN401
+def _spread_family(cur: Any, name: str, topic: str) -> MetricFamily:  # noqa: ANN401
     spread = CRYPTO_SPREAD_BPS.family()
     for symbol, bps in _rows(
         cur,
-        f"SELECT DISTINCT ON (symbol) symbol, spread_bps FROM {SPREAD} ORDER BY symbol, minute DESC",  # noqa: S608
+        f"SELECT DISTINCT ON (symbol) symbol, spread_bps FROM {SPREAD} "  # noqa: S608 - a constant
+        "WHERE source_topic = %s ORDER BY symbol, minute DESC",
+        (topic,),
     ):
         spread.add_metric([name, symbol], float(bps))
     return spread
 
 
-def _whale_families(cur: Any, name: str, topic: str, table: str) -> Iterator[MetricFamily]:  # noqa: ANN401
+def _whale_families(cur: Any, name: str, topic: str) -> Iterator[MetricFamily]:  # noqa: ANN401
     whales, last = CRYPTO_WHALE_TRADES_TOTAL.family(), CRYPTO_LAST_WHALE_NOTIONAL.family()
     counts: dict[str, int] = {}
     newest: dict[str, float] = {}
-    # joined with the pipeline's table on the trade id: only this topic's trades
     for symbol, n, notional in _rows(
         cur,
-        f"SELECT w.symbol, count(*), (array_agg(w.notional ORDER BY w.event_time DESC, w.trade_id DESC))[1] "  # noqa: S608
-        f"FROM {WHALES} w JOIN {table} t ON t.trade_id = w.trade_id WHERE t.kafka_topic = %s GROUP BY 1",
+        f"SELECT symbol, count(*), (array_agg(notional ORDER BY event_time DESC, trade_id DESC))[1] "  # noqa: S608
+        f"FROM {WHALES} WHERE source_topic = %s GROUP BY 1",
         (topic,),
     ):
         counts[symbol] = int(n)
@@ -258,14 +262,13 @@ def _whale_families(cur: Any, name: str, topic: str, table: str) -> Iterator[Met
     yield from (whales, last)
 
 
-def _anomaly_family(cur: Any, name: str, topic: str, table: str) -> MetricFamily:  # noqa: ANN401
+def _anomaly_family(cur: Any, name: str, topic: str) -> MetricFamily:  # noqa: ANN401
     anomalies = CRYPTO_PRICE_ANOMALIES_TOTAL.family()
     counts = {
         (symbol, exchange): int(n)
         for symbol, exchange, n in _rows(
             cur,
-            f"SELECT a.symbol, a.exchange, count(*) FROM {ANOMALIES} a "  # noqa: S608
-            f"JOIN {table} t ON t.trade_id = a.trade_id WHERE t.kafka_topic = %s GROUP BY 1, 2",
+            f"SELECT symbol, exchange, count(*) FROM {ANOMALIES} WHERE source_topic = %s GROUP BY 1, 2",  # noqa: S608
             (topic,),
         )
     }
