@@ -4,6 +4,7 @@ import io
 import pytest
 
 from tx_platform.config import Settings
+from tx_platform.pipelines import PipelineSpec
 from tx_platform.warehouse import PartitionRange, commit_batch, committed_offsets, connect, ensure_schema
 
 pytestmark = pytest.mark.integration
@@ -26,49 +27,52 @@ def _bad(topic: str, partition: int, offset: int) -> str:
     return _line([topic, partition, offset, "2026-01-02T03:04:05Z", "\\x41", "\\x7b7d", "UNDECODABLE_AVRO", "why"])
 
 
-def _counts(settings: Settings) -> tuple[int, int]:
+def _counts(settings: Settings, spec: PipelineSpec) -> tuple[int, int]:
     conn = connect(settings.dsn())
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM transactions WHERE kafka_topic = %s", (settings.topic,))
+        cur.execute("SELECT count(*) FROM transactions WHERE kafka_topic = %s", (spec.topic,))
         rows = cur.fetchone()[0]
-        cur.execute("SELECT count(*) FROM quarantine WHERE kafka_topic = %s", (settings.topic,))
+        cur.execute("SELECT count(*) FROM quarantine WHERE kafka_topic = %s", (spec.topic,))
         quarantined = cur.fetchone()[0]
     conn.close()
     return rows, quarantined
 
 
-def test_replayed_batch_writes_nothing_twice(settings: Settings, unique: str) -> None:
-    ensure_schema(settings.dsn())
-    topic = settings.topic
+def test_replayed_batch_writes_nothing_twice(settings: Settings, spec: PipelineSpec, unique: str) -> None:
+    ensure_schema(settings.dsn(), [spec])
+    topic = spec.topic
     ids = [f"{unique[:8]}-0000-4000-8000-00000000000{i}" for i in range(3)]
     good = [_tx(topic, ids[0], 0, 0), _tx(topic, ids[1], 0, 1), _tx(topic, ids[2], 1, 0)]
     bad = [_bad(topic, 1, 1)]
     ranges = {0: PartitionRange(0, 1), 1: PartitionRange(0, 1)}
 
     conn = connect(settings.dsn())
-    first = commit_batch(conn, topic, 0, good, bad, ranges)
-    replay = commit_batch(conn, topic, 0, good, bad, ranges)
+    first = commit_batch(conn, spec, 0, good, bad, ranges)
+    replay = commit_batch(conn, spec, 0, good, bad, ranges)
     offsets = committed_offsets(conn, topic)
     conn.close()
 
     assert (first.inserted, first.quarantined, first.skipped) == (3, 1, 0)
     assert (replay.inserted, replay.quarantined, replay.skipped) == (0, 0, 4)
     assert offsets == {0: 2, 1: 2}
-    assert _counts(settings) == (3, 1)
+    assert _counts(settings, spec) == (3, 1)
 
 
-def test_same_transaction_id_at_a_new_offset_is_quarantined_as_duplicate(settings: Settings, unique: str) -> None:
-    ensure_schema(settings.dsn())
-    topic = settings.topic
+def test_same_transaction_id_at_a_new_offset_is_quarantined_as_duplicate(
+    settings: Settings, spec: PipelineSpec, unique: str
+) -> None:
+    ensure_schema(settings.dsn(), [spec])
+    topic = spec.topic
     tx_id = f"{unique[:8]}-1111-4000-8000-000000000000"
     conn = connect(settings.dsn())
-    commit_batch(conn, topic, 0, [_tx(topic, tx_id, 0, 0)], [], {0: PartitionRange(0, 0)})
+    commit_batch(conn, spec, 0, [_tx(topic, tx_id, 0, 0)], [], {0: PartitionRange(0, 0)})
     result = commit_batch(
-        conn, topic, 1, [_tx(topic, tx_id, 0, 1), _tx(topic, tx_id, 0, 2)], [], {0: PartitionRange(1, 2)}
+        conn, spec, 1, [_tx(topic, tx_id, 0, 1), _tx(topic, tx_id, 0, 2)], [], {0: PartitionRange(1, 2)}
     )
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT kafka_offset, error_code, raw_key, raw_value FROM quarantine WHERE kafka_topic = %s ORDER BY 1",
+            "SELECT kafka_offset, error_code, reason, raw_key, raw_value FROM quarantine WHERE kafka_topic = %s "
+            "ORDER BY 1",
             (topic,),
         )
         quarantined = cur.fetchall()
@@ -76,8 +80,39 @@ def test_same_transaction_id_at_a_new_offset_is_quarantined_as_duplicate(setting
         (city,) = cur.fetchone()
     conn.close()
     assert (result.inserted, result.quarantined) == (0, 2)
-    assert [(o, c, bytes(k), bytes(v)) for o, c, k, v in quarantined] == [
-        (1, "DUPLICATE_TRANSACTION_ID", b"A1", b"\x00\x01"),
-        (2, "DUPLICATE_TRANSACTION_ID", b"A1", b"\x00\x02"),
+    already = f"transaction_id {tx_id} was already stored from another record"
+    assert [(o, c, r, bytes(k), bytes(v)) for o, c, r, k, v in quarantined] == [
+        (1, "DUPLICATE_TRANSACTION_ID", already, b"A1", b"\x00\x01"),
+        (2, "DUPLICATE_TRANSACTION_ID", already, b"A1", b"\x00\x02"),
     ]
     assert city == 'Köln, "Altstadt"'  # CSV quoting survives COPY
+
+
+def test_crypto_trades_commit_on_their_own_table_and_key(settings: Settings, unique: str) -> None:
+    from decimal import Decimal
+
+    from tx_platform.pipelines import CRYPTO_TRADES
+
+    spec = CRYPTO_TRADES.with_topic(f"crypto_{unique}")
+    ensure_schema(settings.dsn(), [spec])
+    trade_id = f"{unique[:8]}-2222-4000-8000-000000000000"
+
+    def trade(offset: int, quantity: str) -> str:
+        row = [trade_id, "KRAKEN", "BTC-USD", "SELL", "64123.4567891234", quantity, "USD", "o-1",
+               "2026-01-02T03:04:05.678Z"]  # fmt: skip
+        return _line([*row, spec.topic, 0, offset, "\\x4254432d555344", f"\\x{offset:04x}"])
+
+    conn = connect(settings.dsn())
+    first = commit_batch(conn, spec, 0, [trade(0, "0.000000000000000001")], [], {0: PartitionRange(0, 0)})
+    again = commit_batch(conn, spec, 1, [trade(1, "2")], [], {0: PartitionRange(1, 1)})
+    with conn.cursor() as cur:
+        cur.execute("SELECT price, quantity, side FROM crypto_trades WHERE kafka_topic = %s", (spec.topic,))
+        stored = cur.fetchall()
+        cur.execute("SELECT kafka_offset, error_code, reason FROM quarantine WHERE kafka_topic = %s", (spec.topic,))
+        quarantined = cur.fetchall()
+    offsets = committed_offsets(conn, spec.topic)
+    conn.close()
+    assert (first.inserted, again.inserted, again.quarantined) == (1, 0, 1)
+    assert stored == [(Decimal("64123.4567891234"), Decimal("0.000000000000000001"), "SELL")]
+    assert quarantined == [(1, "DUPLICATE_TRADE_ID", f"trade_id {trade_id} was already stored from another record")]
+    assert offsets == {0: 2}

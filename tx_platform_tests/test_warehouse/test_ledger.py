@@ -9,7 +9,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tx_platform.checks import daily_reconciliation, loss_report
+from tx_platform.checks import loss_report
 from tx_platform.config import Settings
 from tx_platform.errors import (
     DataLossError,
@@ -18,6 +18,8 @@ from tx_platform.errors import (
     SinkFencedError,
     TopicRecreatedError,
 )
+from tx_platform.pipelines import PipelineSpec
+from tx_platform.pipelines.transactions._summary import daily_reconciliation, rebuild_daily_merchant_summary
 from tx_platform.warehouse import (
     Gap,
     LedgerEntry,
@@ -31,7 +33,6 @@ from tx_platform.warehouse import (
     forget_topic,
     plan_start,
     prepare_ledger,
-    rebuild_daily_merchant_summary,
 )
 
 ROW = ["A1", "C1", "K1", "M1", "5411", "12.34", "EUR", "POS", "PURCHASE", "DE", "Köln", "50.9", "6.9",
@@ -56,10 +57,10 @@ def _uid(unique: str, i: int) -> str:
     return f"{unique[:8]}-0000-4000-8000-{i:012d}"
 
 
-def _commit_one(conn: Any, topic: str, batch_id: int, unique: str, offset: int, **checks: Any) -> None:  # noqa: ANN401
+def _commit_one(conn: Any, spec: PipelineSpec, batch_id: int, unique: str, offset: int, **checks: Any) -> None:  # noqa: ANN401
     """Commit one record at ``offset`` of partition 0 (``checks``: topic_id, lease_epoch)."""
-    line = _tx(topic, _uid(unique, offset), 0, offset)
-    commit_batch(conn, topic, batch_id, [line], [], {0: PartitionRange(offset, offset)}, **checks)
+    line = _tx(spec.topic, _uid(unique, offset), 0, offset)
+    commit_batch(conn, spec, batch_id, [line], [], {0: PartitionRange(offset, offset)}, **checks)
 
 
 # -- pure logic ----------------------------------------------------------------------------------
@@ -94,56 +95,63 @@ def test_plan_start_seeds_new_partitions_and_finds_gaps_and_recreated_topics() -
 
 # -- against the real Postgres -----------------------------------------------------------------
 @pytest.mark.integration
-def test_commit_refuses_a_gap_and_a_recreated_topic(settings: Settings, unique: str) -> None:
-    ensure_schema(settings.dsn())
-    topic = settings.topic
+def test_commit_refuses_a_gap_and_a_recreated_topic(settings: Settings, spec: PipelineSpec, unique: str) -> None:
+    ensure_schema(settings.dsn(), [spec])
+    topic = spec.topic
     conn = connect(settings.dsn())
     try:
-        _commit_one(conn, topic, 0, unique, 0, topic_id="A")
+        _commit_one(conn, spec, 0, unique, 0, topic_id="A")
         with pytest.raises(OffsetGapError, match=rf"{topic}\[0\]: the batch starts at offset 5"):
-            _commit_one(conn, topic, 1, unique, 5)
+            _commit_one(conn, spec, 1, unique, 5)
         with pytest.raises(TopicRecreatedError):
-            _commit_one(conn, topic, 1, unique, 1, topic_id="B")
+            _commit_one(conn, spec, 1, unique, 1, topic_id="B")
         assert committed_offsets(conn, topic) == {0: 1}  # nothing of the refused batches was written
-        _commit_one(conn, topic, 1, unique, 1, topic_id="A")
+        _commit_one(conn, spec, 1, unique, 1, topic_id="A")
         assert committed_offsets(conn, topic) == {0: 2}
     finally:
         conn.close()
 
 
 @pytest.mark.integration
-def test_one_sink_per_topic_and_a_fenced_sink_commits_nothing(settings: Settings, unique: str) -> None:
-    ensure_schema(settings.dsn())
-    topic = settings.topic
+def test_one_sink_per_topic_and_a_fenced_sink_commits_nothing(
+    settings: Settings, spec: PipelineSpec, unique: str
+) -> None:
+    ensure_schema(settings.dsn(), [spec])
+    topic = spec.topic
     first = acquire_lease(connect(settings.dsn()), topic)
     with pytest.raises(SinkAlreadyRunningError, match=rf"\[SINK_ALREADY_RUNNING\] another sink is committing {topic}"):
         acquire_lease(connect(settings.dsn()), topic)
     conn = connect(settings.dsn())
     try:
-        _commit_one(conn, topic, 0, unique, 0, lease_epoch=first.epoch)
+        _commit_one(conn, spec, 0, unique, 0, lease_epoch=first.epoch)
         first.release()  # e.g. its session died; a new sink takes over
         second = acquire_lease(connect(settings.dsn()), topic)
         assert second.epoch == first.epoch + 1
         with pytest.raises(SinkFencedError, match=rf"\[SINK_FENCED\] {topic}: .*epoch {first.epoch}.*batch 1"):
-            _commit_one(conn, topic, 1, unique, 1, lease_epoch=first.epoch)
+            _commit_one(conn, spec, 1, unique, 1, lease_epoch=first.epoch)
         assert committed_offsets(conn, topic) == {0: 1}
         with pytest.raises(SinkAlreadyRunningError):
-            forget_topic(conn, topic, f"{topic}.dlq")  # not while a sink runs
+            forget_topic(conn, spec)  # not while a sink runs
         second.release()
-        assert forget_topic(conn, topic, f"{topic}.dlq")["transactions"] == 1
+        assert forget_topic(conn, spec) == {
+            "transactions": 1, "quarantine": 0, "sink_offsets": 1, "sink_batches": 1, "sink_gaps": 0,
+            "sink_latency": 2, "dlq_progress": 0,
+        }  # fmt: skip
         assert committed_offsets(conn, topic) == {}
     finally:
         conn.close()
 
 
 @pytest.mark.integration
-def test_data_loss_stops_the_sink_or_is_recorded_and_accounted(settings: Settings, unique: str) -> None:
-    ensure_schema(settings.dsn())
-    topic = settings.topic
+def test_data_loss_stops_the_sink_or_is_recorded_and_accounted(
+    settings: Settings, spec: PipelineSpec, unique: str
+) -> None:
+    ensure_schema(settings.dsn(), [spec])
+    topic = spec.topic
     conn = connect(settings.dsn())
     try:
         lines = [_tx(topic, _uid(unique, i), 0, i) for i in range(10)]
-        commit_batch(conn, topic, 0, lines, [], {0: PartitionRange(0, 9)}, topic_id="A")
+        commit_batch(conn, spec, 0, lines, [], {0: PartitionRange(0, 9)}, topic_id="A")
         # retention deleted offsets 10..24 before the sink read them
         with pytest.raises(
             DataLossError, match=rf"\[DATA_LOSS\] {topic}: .*{topic}\[0\] offsets 10..24 \(15 records\)"
@@ -154,18 +162,20 @@ def test_data_loss_stops_the_sink_or_is_recorded_and_accounted(settings: Setting
         assert gaps == [Gap(0, 10, 25)]
         assert committed_offsets(conn, topic) == {0: 25, 1: 7}  # partition 1 seeded at its log start
         more = [_tx(topic, _uid(unique, i), 0, i) for i in range(25, 30)]
-        commit_batch(conn, topic, 1, more, [], {0: PartitionRange(25, 29)}, topic_id="A")
-        report = loss_report(conn, topic)
-        assert (report.records_read, report.transactions, report.lost_in_gaps, report.unexplained) == (15, 15, 15, 0)
+        commit_batch(conn, spec, 1, more, [], {0: PartitionRange(25, 29)}, topic_id="A")
+        report = loss_report(conn, spec)
+        assert (report.records_read, report.rows, report.lost_in_gaps, report.unexplained) == (15, 15, 15, 0)
     finally:
         conn.close()
 
 
 @pytest.mark.integration
-def test_a_record_postgres_refuses_is_quarantined_and_the_batch_commits(settings: Settings, unique: str) -> None:
+def test_a_record_postgres_refuses_is_quarantined_and_the_batch_commits(
+    settings: Settings, spec: PipelineSpec, unique: str
+) -> None:
     """The safety net under the sink's rules: Postgres' refusal quarantines one record, not the batch."""
-    ensure_schema(settings.dsn())
-    topic = settings.topic
+    ensure_schema(settings.dsn(), [spec])
+    topic = spec.topic
     good = [_tx(topic, _uid(unique, i), 0, i) for i in (0, 2, 4)]
     refused = [
         _tx(topic, _uid(unique, 1) + "\n", 0, 1),  # the uuid cast refuses a trailing newline
@@ -175,14 +185,14 @@ def test_a_record_postgres_refuses_is_quarantined_and_the_batch_commits(settings
     ]
     conn = connect(settings.dsn())
     try:
-        result = commit_batch(conn, topic, 0, good + refused, [], {0: PartitionRange(0, 6)})
+        result = commit_batch(conn, spec, 0, good + refused, [], {0: PartitionRange(0, 6)})
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT kafka_offset, error_code, reason, raw_value FROM quarantine WHERE kafka_topic = %s ORDER BY 1",
                 (topic,),
             )
             rows = cur.fetchall()
-        report = loss_report(conn, topic)
+        report = loss_report(conn, spec)
     finally:
         conn.close()
     assert (result.inserted, result.quarantined, result.warehouse_rejected) == (3, 4, 4)
@@ -194,9 +204,9 @@ def test_a_record_postgres_refuses_is_quarantined_and_the_batch_commits(settings
 
 
 @pytest.mark.integration
-def test_daily_summary_sums_amounts_near_the_column_limit(settings: Settings, unique: str) -> None:
-    ensure_schema(settings.dsn())
-    topic = settings.topic
+def test_daily_summary_sums_amounts_near_the_column_limit(settings: Settings, spec: PipelineSpec, unique: str) -> None:
+    ensure_schema(settings.dsn(), [spec])
+    topic = spec.topic
     day = "2025-03-04"
     big = "9999999999999999.99"  # the largest numeric(18,2)
     lines = [
@@ -205,7 +215,7 @@ def test_daily_summary_sums_amounts_near_the_column_limit(settings: Settings, un
     ]
     conn = connect(settings.dsn())
     try:
-        commit_batch(conn, topic, 0, lines, [], {0: PartitionRange(0, 2)})
+        commit_batch(conn, spec, 0, lines, [], {0: PartitionRange(0, 2)})
         with conn:
             rebuild_daily_merchant_summary(conn, date.fromisoformat(day))
         with conn.cursor() as cur:
@@ -219,9 +229,9 @@ def test_daily_summary_sums_amounts_near_the_column_limit(settings: Settings, un
 
 
 @pytest.mark.integration
-def test_schema_upgrade_widens_the_summary_sums(settings: Settings) -> None:
+def test_schema_upgrade_widens_the_summary_sums(settings: Settings, spec: PipelineSpec) -> None:
     """A warehouse from before the fix (numeric(18,2) sums) is widened by ensure_schema, rows kept."""
-    ensure_schema(settings.dsn())
+    ensure_schema(settings.dsn(), [spec])
     conn = connect(settings.dsn())
     conn.autocommit = True
     try:
