@@ -1,50 +1,77 @@
-"""`make demo`: stack up, produce seeded transactions, materialize every asset, run every check."""
+"""`make demo`: stack up, produce seeded records for every pipeline, materialize every asset, run every check."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
-from typing import Any
+from decimal import Decimal
+from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka.admin import AdminClient
+from psycopg2 import sql
 
 from tx_platform.config import Settings
-from tx_platform.errors import StackError
+from tx_platform.errors import ConfigError, StackError
+from tx_platform.pipelines import PIPELINES, PipelineSpec
 from tx_platform.stack import LocalStack
 
-#: Tables the demo empties before it starts (with --reset, the default).
-_PIPELINE_TABLES = (
-    "transactions",
-    "quarantine",
-    "sink_offsets",
-    "sink_batches",
-    "sink_gaps",
-    "sink_leases",
-    "dlq_progress",
-    "sink_latency",
-    "daily_merchant_summary",
-)
+if TYPE_CHECKING:
+    from dagster import AssetSelection
+
+#: What each pipeline's records span: (length, end before now). Transactions fill the last day
+#: (two daily partitions); trades fill a few minutes, so every symbol trades in every minute of
+#: the span at the demo's count (see the simulator's coverage guarantee) and candles have no gaps.
+DEMO_WINDOWS: dict[str, tuple[timedelta, timedelta]] = {
+    "transactions": (timedelta(hours=24), timedelta(0)),
+    "crypto_trades": (timedelta(minutes=20), timedelta(minutes=3)),
+}
+#: Records per pipeline when none are given (`txp demo --count/--crypto-count`).
+DEFAULT_COUNTS: dict[str, int] = {"transactions": 10_000, "crypto_trades": 3_000}
+
+_CREATE_TABLE = re.compile(r"CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+([a-z_][a-z0-9_]*)", re.IGNORECASE)
+_NUMERIC_SCALE = re.compile(r"numeric\(\d+,(\d+)\)")
+
+
+@dataclass
+class PipelineSummary:
+    """One pipeline's figures: what was produced against what the warehouse and the DLQ hold."""
+
+    produced: int = 0
+    injected_bad: int = 0
+    rows: int = 0
+    quarantined: int = 0
+    dlq: int = 0
+    lag: int = 0
+    #: per decimal field of the contract: the sum over the good records produced and the sum stored
+    sums: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: partitions of the pipeline's partitioned assets that were materialized
+    partitions: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Every record accounted for once: stored or quarantined (and dead-lettered), sums equal, no lag."""
+        return (
+            self.produced > 0
+            and self.produced == self.rows + self.quarantined
+            and self.quarantined == self.injected_bad
+            and self.dlq == self.quarantined
+            and all(s["expected"] == s["stored"] for s in self.sums.values())
+            and self.lag == 0
+        )
 
 
 @dataclass
 class DemoSummary:
     """What the demo did, printed as its last line (one JSON object)."""
 
-    produced: int = 0
-    injected_bad: int = 0
-    transactions_rows: int = 0
-    quarantined: int = 0
-    dlq: int = 0
-    lag: int = 0
-    amount_sum_expected: str = "0"
-    amount_sum_stored: str = "0"
-    partitions: list[str] = field(default_factory=list)
+    pipelines: dict[str, PipelineSummary] = field(default_factory=dict)
     checks_passed: int = 0
     checks_failed: int = 0
     failed_checks: list[str] = field(default_factory=list)
@@ -53,24 +80,37 @@ class DemoSummary:
 
     @property
     def ok(self) -> bool:
-        """No failed check, every produced record accounted for, sums equal, nothing left behind."""
+        """Every pipeline reconciles exactly and every check ran and passed."""
         return (
-            self.checks_failed == 0
+            bool(self.pipelines)
+            and all(p.ok for p in self.pipelines.values())
+            and self.checks_failed == 0
             and self.checks_passed > 0
-            and self.produced == self.transactions_rows + self.quarantined
-            and self.quarantined == self.injected_bad
-            and self.dlq == self.quarantined
-            and self.amount_sum_expected == self.amount_sum_stored
-            and self.lag == 0
         )
 
 
-def _reset(settings: Settings, log: Callable[[str], None]) -> None:
-    """Delete the pipeline's topics, tables' rows and checkpoints so counts start from zero."""
+def _tables_of(ddl: str) -> list[str]:
+    return _CREATE_TABLE.findall(ddl)
+
+
+def demo_tables(specs: Mapping[str, PipelineSpec] | None = None) -> list[str]:
+    """Every table the pipelines write: the shared ones (schema.sql), each pipeline's own and derived ones."""
+    specs = PIPELINES if specs is None else specs
+    tables = _tables_of(resources.files("tx_platform.warehouse").joinpath("schema.sql").read_text("utf-8"))
+    for spec in specs.values():
+        tables.append(spec.table)
+        if spec.derived_ddl is not None:
+            tables += _tables_of(spec.derived_ddl.read_text("utf-8"))
+    return list(dict.fromkeys(tables))
+
+
+def _reset(settings: Settings, specs: Mapping[str, PipelineSpec], log: Callable[[str], None]) -> None:
+    """Delete the pipelines' topics, every pipeline table's rows and the checkpoints, so counts start from zero."""
     from tx_platform.warehouse import transaction
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    topics = [t for t in (settings.topic, settings.dlq_topic) if t in admin.list_topics(timeout=15).topics]
+    wanted = [t for spec in specs.values() for t in (spec.topic, spec.dlq_topic)]
+    topics = [t for t in wanted if t in admin.list_topics(timeout=15).topics]
     if topics:
         for future in admin.delete_topics(topics).values():
             future.result(timeout=30)
@@ -80,26 +120,47 @@ def _reset(settings: Settings, log: Callable[[str], None]) -> None:
                 msg = f"Kafka did not finish deleting {topics} within 60 s"
                 raise StackError(msg)
             time.sleep(0.5)
-    # the tables exist: run_demo starts the stack, which applies the schema
+    tables = demo_tables(specs)
+    # the tables exist: run_demo starts the stack, which applies every pipeline's schema
     with transaction(settings.dsn()) as conn, conn.cursor() as cur:
-        cur.execute("TRUNCATE " + ", ".join(_PIPELINE_TABLES))
-    shutil.rmtree(settings.sink_checkpoint(settings.topic), ignore_errors=True)
-    log(f"reset: deleted topics {topics or '(none)'}, emptied {len(_PIPELINE_TABLES)} tables and the checkpoint")
+        cur.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, tables))))
+    # the sinks' and the derived streaming queries' checkpoints: their offsets belong to the deleted topics
+    shutil.rmtree(settings.checkpoint_root, ignore_errors=True)
+    log(f"reset: deleted topics {topics or '(none)'}, emptied {len(tables)} tables and the checkpoints")
+
+
+def _scale(spec: PipelineSpec, name: str) -> int:
+    match = _NUMERIC_SCALE.fullmatch(spec.contract.field(name).postgres_type)
+    if match is None:
+        msg = f"pipeline {spec.name!r}: field {name!r} is not a decimal"
+        raise ConfigError(msg)
+    return int(match[1])
 
 
 def run_demo(
     stack: LocalStack,
-    count: int,
-    seed: int,
+    counts: Mapping[str, int] | None = None,
+    seed: int = 42,
     reset: bool = True,
     bad_ratio: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> DemoSummary:
-    """Run the whole pipeline headless against ``stack`` and return the summary."""
+    """Run every pipeline of ``counts`` (name -> records; default :data:`DEFAULT_COUNTS`) headless against ``stack``.
+
+    Per pipeline: produce ``count`` seeded records (``bad_ratio`` of them deliberately bad) over its
+    :data:`DEMO_WINDOWS` span, then, with Dagster, its topics, its ``<name>_sink_job`` (the sink and
+    every unpartitioned derived asset) and each partition of its partitioned assets the records
+    fall in, with every check of those assets.
+    """
+    counts = DEFAULT_COUNTS if counts is None else counts
+    unknown = sorted(set(counts) - set(PIPELINES))
+    if unknown:
+        msg = f"no pipeline {', '.join(unknown)}; choose among {', '.join(PIPELINES)}"
+        raise ConfigError(msg)
     started = time.monotonic()
     summary = DemoSummary()
 
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
+    def timed(name: str, fn: Callable[[], Any]) -> Any:  # noqa: ANN401 - whatever fn returns
         t0 = time.monotonic()
         result = fn()
         summary.timings[name] = round(time.monotonic() - t0, 2)
@@ -108,28 +169,30 @@ def run_demo(
 
     timed("stack_up", stack.up)
     os.environ.update(stack.env())  # definitions and the Dagster instance point at this stack
-    from dagster import AssetSelection, DagsterInstance, materialize
+    from dagster import AssetSelection, DagsterInstance, PartitionKeyRange, TimeWindowPartitionsDefinition, materialize
 
     from tx_platform.config import load_settings
-    from tx_platform.definitions import ASSET_CHECKS, ASSETS, build_resources
+    from tx_platform.definitions import build_resources, pipeline_definitions
     from tx_platform.kafka_admin import end_offsets
     from tx_platform.metrics import pushing_producer_metrics
-    from tx_platform.producer import generate, open_producer, produce
+    from tx_platform.producer import open_producer, produce
     from tx_platform.resources import compute_lag
     from tx_platform.warehouse import committed_offsets, transaction
 
     settings = load_settings()
+    specs = {name: spec for name, spec in PIPELINES.items() if name in counts}
     if reset:
-        timed("reset", lambda: _reset(settings, log))
-    resources = build_resources(settings)
+        timed("reset", lambda: _reset(settings, specs, log))
+    resources_ = build_resources(settings)
     instance = DagsterInstance.get()
-    everything = [*ASSETS, *ASSET_CHECKS]
+    built = {name: pipeline_definitions(spec) for name, spec in specs.items()}
+    everything = [a for p in built.values() for a in p.materializable]
 
     def run(selection: AssetSelection, partition_key: str | None = None) -> None:
         result = materialize(
             everything,
             selection=selection,
-            resources=resources,
+            resources=resources_,
             instance=instance,
             partition_key=partition_key,
             raise_on_error=True,
@@ -144,46 +207,78 @@ def run_demo(
                 summary.checks_failed += 1
                 summary.failed_checks.append(name)
 
-    timed("topics", lambda: run(AssetSelection.groups("kafka")))
+    topic_keys = [k for p in built.values() for k in (p.keys.topic, p.keys.dlq)]
+    timed("topics", lambda: run(AssetSelection.assets(*topic_keys)))
 
-    start = datetime.now(UTC) - timedelta(hours=24)
-    producer, _registration = open_producer(
-        settings.kafka_bootstrap, settings.topic, settings.schema_registry_url, bad_ratio=bad_ratio, seed=seed
-    )
-    # the producer's figures go to the Pushgateway like `txp produce`'s (never in the way if it is down)
-    with pushing_producer_metrics(producer.report, producer.spec.name, settings.pushgateway_url):
-        report = timed("produce", lambda: produce(generate(count, seed, start), producer))
-    summary.produced = report.delivered
-    summary.injected_bad = producer.faults.injected_total if producer.faults else 0
-    summary.amount_sum_expected = str(producer.good_amount)
+    now = datetime.now(UTC)
+    producers = {}
+    windows = {}
+    for name, spec in specs.items():
+        length, before = DEMO_WINDOWS.get(name, (timedelta(hours=1), timedelta(0)))
+        start = now - before - length
+        windows[name] = (start, start + length)
+        producer, _registration = open_producer(
+            spec, settings.kafka_bootstrap, settings.schema_registry_url, bad_ratio=bad_ratio, seed=seed
+        )
+        records = spec.generate(counts[name], seed, start, span=length)
+        # the producer's figures go to the Pushgateway like `txp produce`'s (never in the way if it is down)
+        with pushing_producer_metrics(producer.report, spec.name, settings.pushgateway_url):
+            report = timed(f"{name}.produce", lambda r=records, p=producer: produce(r, p))
+        summary.pipelines[name] = PipelineSummary(
+            produced=report.delivered, injected_bad=producer.faults.injected_total if producer.faults else 0
+        )
+        producers[name] = producer
 
-    timed(
-        "sink",
-        lambda: run(AssetSelection.groups("warehouse")),
-    )
-    days = sorted({(start + timedelta(hours=h)).date().isoformat() for h in (0, 24)})
-    summary.partitions = days
-    for day in days:
-        timed(f"daily_merchant_summary[{day}]", partial(run, AssetSelection.groups("analytics"), day))
+    for name, defs in built.items():
+        timed(f"{name}.sink_job", lambda d=defs: run(d.sink_job.selection))
+        first, last = windows[name]
+        for assets_def in defs.partitioned_assets():
+            partitions = assets_def.partitions_def
+            if not isinstance(partitions, TimeWindowPartitionsDefinition):
+                msg = f"{assets_def.key.to_user_string()}: the demo materializes time-window partitions only"
+                raise ConfigError(msg)
+            keys = partitions.get_partition_keys_in_range(
+                PartitionKeyRange(
+                    partitions.get_partition_key_for_timestamp(first.timestamp()),
+                    partitions.get_partition_key_for_timestamp(last.timestamp()),
+                )
+            )
+            for key in keys:
+                label = f"{name}.{assets_def.key.path[-1]}[{key}]"
+                timed(label, lambda k=key, a=assets_def: run(AssetSelection.assets(*a.keys), k))
+                summary.pipelines[name].partitions.append(key)
 
-    with transaction(settings.dsn()) as conn:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*), coalesce(sum(amount), 0) FROM transactions")
-            rows, stored = cur.fetchone()
-            cur.execute("SELECT count(*) FROM quarantine")
-            (quarantined,) = cur.fetchone()
-        committed = committed_offsets(conn, settings.topic)
-    summary.transactions_rows = int(rows)
-    summary.quarantined = int(quarantined)
-    summary.amount_sum_stored = str(stored)
-    summary.dlq = sum(end_offsets(settings.kafka_bootstrap, settings.dlq_topic).values())
-    summary.lag = compute_lag(end_offsets(settings.kafka_bootstrap, settings.topic), committed).total
+    for name, spec in specs.items():
+        figures = summary.pipelines[name]
+        totals = producers[name].good_totals
+        query = sql.SQL("SELECT {} FROM {} WHERE kafka_topic = %s").format(
+            sql.SQL(", ").join(
+                [sql.SQL("count(*)"), *(sql.SQL("coalesce(sum({}), 0)").format(sql.Identifier(f)) for f in totals)]
+            ),
+            sql.Identifier(spec.table),
+        )
+        with transaction(settings.dsn()) as conn:
+            with conn.cursor() as cur:
+                cur.execute(query, (spec.topic,))
+                rows, *stored = cur.fetchone()
+                cur.execute("SELECT count(*) FROM quarantine WHERE kafka_topic = %s", (spec.topic,))
+                (quarantined,) = cur.fetchone()
+            committed = committed_offsets(conn, spec.topic)
+        figures.rows = int(rows)
+        figures.quarantined = int(quarantined)
+        for (column, expected), value in zip(totals.items(), stored, strict=True):
+            scale = _scale(spec, column)
+            figures.sums[column] = {"expected": f"{expected:.{scale}f}", "stored": f"{Decimal(value):.{scale}f}"}
+        figures.dlq = sum(end_offsets(settings.kafka_bootstrap, spec.dlq_topic).values())
+        figures.lag = compute_lag(end_offsets(settings.kafka_bootstrap, spec.topic), committed).total
     summary.seconds = round(time.monotonic() - started, 2)
     return summary
 
 
 def summary_json(summary: DemoSummary) -> str:
-    """The demo's last line."""
-    data = dict(summary.__dict__)
+    """The demo's last line: the summary with each pipeline's ``ok`` and the overall one."""
+    data = asdict(summary)
+    for name, figures in summary.pipelines.items():
+        data["pipelines"][name]["ok"] = figures.ok
     data["ok"] = summary.ok
     return json.dumps(data, separators=(",", ":"))

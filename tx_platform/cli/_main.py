@@ -32,6 +32,7 @@ from rich.text import Text
 
 from tx_platform.config import PROJECT_ROOT, load_settings
 from tx_platform.errors import TxPlatformError
+from tx_platform.pipelines import DEFAULT_PIPELINE, PIPELINES, PipelineSpec, get_pipeline
 from tx_platform.stack import LocalStack, StackLayout
 
 err = Console(stderr=True)
@@ -72,7 +73,8 @@ def _stack(state_dir: Path | None, layout: StackLayout | None = None) -> LocalSt
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:
-    """tx_platform: real-time card transactions through Kafka, Spark and PostgreSQL, run by Dagster."""
+    """tx_platform: pipelines of events (card transactions, crypto trades) through Kafka, Spark and PostgreSQL,
+    run by Dagster."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
@@ -242,35 +244,71 @@ def _print_monitoring(prometheus_url: str) -> None:
     out.print(pipelines if summary.pipelines else "no pipeline metrics yet (is `txp metrics serve` up?)")
 
 
+# -- pipelines ---------------------------------------------------------------------------------
+_pipeline_option = click.option(
+    "--pipeline",
+    "-p",
+    type=click.Choice(sorted(PIPELINES)),
+    default=DEFAULT_PIPELINE,
+    envvar="TXP_PIPELINE",
+    show_envvar=True,
+    show_default=True,
+    help="The pipeline (see `txp pipelines`).",
+)
+
+
+def _topic_option(what: str) -> Any:  # noqa: ANN401 - click's decorator
+    return click.option("--topic", default=None, help=f"{what} [default: the pipeline's topic; its DLQ: <topic>.dlq].")
+
+
+def _spec(pipeline: str, topic: str | None) -> PipelineSpec:
+    """The pipeline, on ``topic`` when one is given (its dead-letter topic follows: ``<topic>.dlq``)."""
+    spec = get_pipeline(pipeline)
+    return spec if topic is None else spec.with_topic(topic)
+
+
+@cli.command("pipelines")
+def pipelines_command() -> None:
+    """List the pipelines: name, topic, dead-letter topic, table, keys and how many rules check their records."""
+    table = Table("pipeline", "topic", "DLQ topic", "table", "natural key", "Kafka key", "rules")
+    for spec in PIPELINES.values():
+        name = f"{spec.name} (default)" if spec.name == DEFAULT_PIPELINE else spec.name
+        table.add_row(
+            name, spec.topic, spec.dlq_topic, spec.table, spec.natural_key, spec.kafka_key, str(len(spec.rules))
+        )
+    out.print(table)
+
+
 # -- topics ------------------------------------------------------------------------------------
 @cli.group()
 def topics() -> None:
-    """Kafka topics of the pipeline."""
+    """Kafka topics of a pipeline."""
 
 
 @topics.command("create")
-@click.option("--topic", envvar="TXP_TOPIC", default=None, help="Topic [default: transactions].", show_envvar=True)
+@_pipeline_option
+@_topic_option("Topic to create")
 @click.option("--partitions", type=click.IntRange(min=1), default=None, help="[default: TXP_TOPIC_PARTITIONS or 3]")
 @click.option("--replication", type=click.IntRange(min=1), default=None, help="[default: TXP_TOPIC_REPLICATION or 1]")
-def topics_create(topic: str | None, partitions: int | None, replication: int | None) -> None:
-    """Create the transaction topic and its dead-letter topic if missing (what kafka/* assets do)."""
+def topics_create(pipeline: str, topic: str | None, partitions: int | None, replication: int | None) -> None:
+    """Create the pipeline's topic and its dead-letter topic if missing (what its kafka/* assets do)."""
     from spark_jobs.sink._dlq import DLQ_MAX_MESSAGE_BYTES
     from tx_platform.kafka_admin import ensure_topic
 
     settings = load_settings()
-    name = topic or settings.topic
+    spec = _spec(pipeline, topic)
     count = partitions or settings.topic_partitions
     factor = replication or settings.topic_replication
-    dlq = settings.dlq_topic if topic is None else f"{name}.dlq"
-    for each, config in ((name, None), (dlq, {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)})):
+    for each, config in ((spec.topic, None), (spec.dlq_topic, {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)})):
         created = ensure_topic(settings.kafka_bootstrap, each, count, factor, config)
         out.print(f"{each}: {'created' if created else 'exists'} ({count} partitions, replication {factor})")
 
 
 @topics.command("forget")
-@click.option("--topic", envvar="TXP_TOPIC", default=None, help="Topic [default: transactions].", show_envvar=True)
+@_pipeline_option
+@_topic_option("Topic to forget")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def topics_forget(topic: str | None, yes: bool) -> None:
+def topics_forget(pipeline: str, topic: str | None, yes: bool) -> None:
     """Delete a topic's rows, quarantine, offsets and DLQ progress, and the sink's checkpoint.
 
     For a topic that was deleted and created again ([TOPIC_RECREATED]): its offsets start over,
@@ -279,35 +317,37 @@ def topics_forget(topic: str | None, yes: bool) -> None:
     from tx_platform.warehouse import connect, forget_topic
 
     settings = load_settings()
-    name = topic or settings.topic
-    dlq_topic = settings.dlq_topic if topic is None else f"{name}.dlq"
+    spec = _spec(pipeline, topic)
     if not yes:
-        click.confirm(f"delete every row of {name!r} from the warehouse?", abort=True)
+        click.confirm(f"delete every row of {spec.topic!r} from the warehouse?", abort=True)
     conn = connect(settings.dsn())
     try:
-        deleted = forget_topic(conn, name, dlq_topic)
+        deleted = forget_topic(conn, spec)
     finally:
         conn.close()
-    shutil.rmtree(settings.sink_checkpoint(name), ignore_errors=True)
-    out.print(f"{name}: deleted " + ", ".join(f"{n} from {t}" for t, n in deleted.items()) + ", and the checkpoint")
+    shutil.rmtree(spec.checkpoint(settings.checkpoint_root), ignore_errors=True)
+    out.print(
+        f"{spec.topic}: deleted " + ", ".join(f"{n} from {t}" for t, n in deleted.items()) + ", and the checkpoint"
+    )
 
 
 @cli.group()
 def dlq() -> None:
-    """The dead-letter topic: records the sink rejected, with why."""
+    """Dead-letter topics: records a pipeline's sink rejected, with why."""
 
 
 @dlq.command("show")
+@_pipeline_option
+@_topic_option("Source topic whose dead letters to show")
 @click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1), help="Records to show.")
-@click.option("--topic", envvar="TXP_DLQ_TOPIC", default=None, help="[default: transactions.dlq]", show_envvar=True)
-def dlq_show(limit: int, topic: str | None) -> None:
-    """Print the newest dead-letter records: source coordinates, error code, reason, value size."""
+def dlq_show(pipeline: str, topic: str | None, limit: int) -> None:
+    """Print the newest dead-letter records of a pipeline: source coordinates, error code, reason, value size."""
     from confluent_kafka import Message, TopicPartition
 
     from tx_platform.kafka_admin import end_offsets, offset_consumer
 
     settings = load_settings()
-    name = topic or settings.dlq_topic
+    name = _spec(pipeline, topic).dlq_topic
     ends = end_offsets(settings.kafka_bootstrap, name)
     consumer = offset_consumer(settings.kafka_bootstrap)
     consumer.assign([TopicPartition(name, p, max(0, end - limit)) for p, end in ends.items()])
@@ -373,7 +413,8 @@ class _RateColumn(ProgressColumn):
 @click.option(
     "--bootstrap", envvar="TXP_KAFKA_BOOTSTRAP", default=None, help="Kafka bootstrap servers.", show_envvar=True
 )
-@click.option("--topic", envvar="TXP_TOPIC", default=None, help="Topic [default: transactions].", show_envvar=True)
+@_pipeline_option
+@_topic_option("Topic to write to")
 @click.option(
     "--registry", envvar="TXP_SCHEMA_REGISTRY_URL", default=None, help="Schema registry URL.", show_envvar=True
 )
@@ -391,32 +432,34 @@ def produce(
     start: datetime | None,
     span_hours: float,
     bootstrap: str | None,
+    pipeline: str,
     topic: str | None,
     registry: str | None,
     bad_ratio: float,
 ) -> None:
-    """Produce seeded synthetic card transactions into Kafka (Avro, Confluent wire format).
+    """Produce a pipeline's seeded synthetic records into Kafka (Avro, Confluent wire format).
 
-    The contract is registered under BACKWARD compatibility first; an incompatible schema stops
-    here, before anything is sent.
+    `transactions`: card transactions from Faker-built customers and merchants; `crypto_trades`:
+    trades from a seeded market simulator. The contract is registered under BACKWARD
+    compatibility first; an incompatible schema stops here, before anything is sent.
     """
     from tx_platform.metrics import pushing_producer_metrics
-    from tx_platform.producer import build_pools, generate, open_producer
+    from tx_platform.producer import open_producer
     from tx_platform.producer import produce as produce_records
 
     settings = load_settings()
+    spec = _spec(pipeline, topic)
     span = timedelta(hours=span_hours)
     first = start.replace(tzinfo=UTC) if start else datetime.now(UTC) - span
     producer, registration = open_producer(
+        spec,
         bootstrap or settings.kafka_bootstrap,
-        topic or settings.topic,
         registry or settings.schema_registry_url,
         bad_ratio=bad_ratio,
         seed=seed,
     )
     err.print(f"schema: subject {registration.subject} version {registration.version} (id {registration.schema_id})")
-    with err.status("building entity pools…"):
-        pools = build_pools(seed)
+    records = spec.generate(count, seed, first, span=span)
     columns = (
         TextColumn("[bold]producing"), BarColumn(), MofNCompleteColumn(),
         _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -429,7 +472,7 @@ def produce(
     ):
         task = progress.add_task("produce", total=count)
         report = produce_records(
-            generate(count, seed, first, span, pools),
+            records,
             producer,
             rate=rate,
             on_progress=lambda n: progress.advance(task, n),
@@ -473,31 +516,43 @@ def metrics_serve(port: int | None, state_dir: Path | None) -> None:
 
 # -- sink --------------------------------------------------------------------------------------
 @cli.command()
+@_pipeline_option
+@_topic_option("Topic to read")
 @click.option(
     "--available-now/--continuous",
     default=False,
     show_default=True,
     help="Process what is there and stop, or run until Ctrl+C.",
-)  # noqa: E501
+)
 @click.option("--trigger", default="5 seconds", show_default=True, help="Micro-batch interval when continuous.")
-def sink(available_now: bool, trigger: str) -> None:
-    """Run the Spark streaming sink in this process (spark-submit spark_jobs/sink/main.py does the same)."""
+def sink(pipeline: str, topic: str | None, available_now: bool, trigger: str) -> None:
+    """Run a pipeline's Spark streaming sink in this process (spark-submit spark_jobs/sink/main.py does the same)."""
     from spark_jobs.sink.main import run
+    from tx_platform.stack import resolve_artifacts
 
-    run(available_now=available_now, trigger=trigger)
+    settings = load_settings()
+    jars = [str(j) for j in resolve_artifacts(settings.jars_dir).spark_jars()]
+    run(_spec(pipeline, topic), settings, jars, available_now=available_now, trigger=trigger)
 
 
 # -- demo / dev --------------------------------------------------------------------------------
 @cli.command()
-@click.option("--count", "-n", default=10_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--count", "-n", default=10_000, show_default=True, type=click.IntRange(min=1), help="Card transactions.")
+@click.option(
+    "--crypto-count",
+    default=3_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Crypto trades, over 20 minutes ending 3 minutes ago (every symbol trades each minute from 126 on).",
+)
 @click.option("--seed", "-s", default=42, show_default=True)
 @click.option("--reset/--no-reset", default=True, show_default=True, help="Start from empty topics and tables.")
 @click.option(
     "--bad-ratio", default=0.01, show_default=True, type=click.FloatRange(0, 1), help="Share of injected bad records."
 )
 @_state_option
-def demo(count: int, seed: int, reset: bool, bad_ratio: float, state_dir: Path | None) -> None:
-    """Headless end to end: stack up, produce, materialize every asset, run every check.
+def demo(count: int, crypto_count: int, seed: int, reset: bool, bad_ratio: float, state_dir: Path | None) -> None:
+    """Headless end to end, every pipeline: stack up, produce, materialize every asset, run every check.
 
     The last line printed is one JSON object; exit status 1 if a check failed or counts disagree.
     """
@@ -505,7 +560,7 @@ def demo(count: int, seed: int, reset: bool, bad_ratio: float, state_dir: Path |
 
     summary = run_demo(
         _stack(state_dir),
-        count=count,
+        counts={"transactions": count, "crypto_trades": crypto_count},
         seed=seed,
         reset=reset,
         bad_ratio=bad_ratio,
