@@ -5,13 +5,17 @@ JSON is exactly what this file generates (tx_platform_tests/test_monitoring/test
 end-to-end test evaluates every panel's query against a live stack (test_panels_live.py).
 
 Datasources (provisioning/datasources/datasources.yml): ``prometheus`` (PromQL) and ``warehouse``
-(PostgreSQL as the read-only role txp_analyst). Pipeline metrics are filtered with the ``$pipeline``
-variable (``label_values(txp_sink_rows_total, pipeline)``, multi-select, All by default), so a second
-pipeline shows up without new panels. Panels that can legitimately have nothing to show (no offline
-partitions, no failed deliveries) end in ``or vector(0)`` so that "nothing" reads as 0, not "No data".
+(PostgreSQL as the read-only role txp_analyst). Every pipeline (``tx_platform.pipelines.PIPELINES``)
+reports under its ``pipeline`` label, and pipeline metrics are filtered with the ``$pipeline``
+variable (``label_values(txp_sink_rows_total, pipeline)``, multi-select, All by default), so a new
+pipeline shows up without new panels. Warehouse panels of a pipeline board read the selected
+pipelines' topics (``$topic``: the topics their lag is reported on) from the tables shared by topic.
+Panels that can legitimately have nothing to show (no offline partitions, no failed deliveries) end
+in ``or vector(0)`` so that "nothing" reads as 0, not "No data".
 
-Spark streaming metrics are not exported yet (the `spark` scrape job has no targets), so there is no
-Spark dashboard: add one here once a panel of it can be proven against the live stack.
+The Crypto market board is the ``crypto_trades`` pipeline's own: its ``txp_crypto_*`` metrics
+(tx_platform/pipelines/crypto_trades/_metrics.py) and its derived tables (candles, whale alerts,
+price anomalies, spread), for the symbols of ``$symbol``.
 """
 
 from __future__ import annotations
@@ -44,32 +48,42 @@ class Board:
         self._row_h = 0
         self.time_from = "now-6h"
 
-    def pipeline_variable(self) -> Board:
-        self.variables.append(
-            {
-                "name": "pipeline",
-                "label": "Pipeline",
-                "type": "query",
-                "datasource": PROMETHEUS,
-                "definition": "label_values(txp_sink_rows_total, pipeline)",
-                "query": {
-                    "qryType": 1,
-                    "query": "label_values(txp_sink_rows_total, pipeline)",
-                    "refId": "PrometheusVariableQueryEditor-VariableQuery",
-                },
-                "refresh": 2,
-                "includeAll": True,
-                "multi": True,
-                "allValue": ".+",
-                "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-                "sort": 1,
-                "hide": 0,
-                "options": [],
-                "regex": "",
-                "skipUrlSync": False,
-            }
-        )
+    def variable(self, name: str, label: str, definition: str, *, all_value: str | None = ".+") -> Board:
+        """A multi-select variable of Prometheus label values (``label_values(...)``), All by default.
+
+        ``all_value`` ``.+`` keeps PromQL short; None makes All expand to every value, which SQL needs
+        (``${name:sqlstring}`` -> ``'a','b'``).
+        """
+        variable: Json = {
+            "name": name,
+            "label": label,
+            "type": "query",
+            "datasource": PROMETHEUS,
+            "definition": definition,
+            "query": {"qryType": 1, "query": definition, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+            "refresh": 2,
+            "includeAll": True,
+            "multi": True,
+            "allValue": all_value,
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+            "sort": 1,
+            "hide": 0,
+            "options": [],
+            "regex": "",
+            "skipUrlSync": False,
+        }
+        if all_value is None:
+            del variable["allValue"]
+        self.variables.append(variable)
         return self
+
+    def pipeline_variable(self, metric: str = "txp_sink_rows_total") -> Board:
+        """``$pipeline``: the pipelines that report ``metric``."""
+        return self.variable("pipeline", "Pipeline", f"label_values({metric}, pipeline)")
+
+    def topic_variable(self) -> Board:
+        """``$topic``: the selected pipelines' topics (their lag series), for warehouse panels."""
+        return self.variable("topic", "Topic", f"label_values(txp_sink_lag_records{{{P}}}, topic)", all_value=None)
 
     def _place(self, w: int, h: int) -> Json:
         if self._x + w > 24:
@@ -108,6 +122,7 @@ class Board:
         thresholds: list[tuple[float | None, str]] | None = None,
         options: Json | None = None,
         custom: Json | None = None,
+        extra: Json | None = None,
     ) -> Board:
         datasource = targets[0]["datasource"]
         steps = [{"color": color, "value": value} for value, color in (thresholds or [(None, "green")])]
@@ -124,6 +139,7 @@ class Board:
             "fieldConfig": {"defaults": defaults, "overrides": []},
             "options": options or {},
             "targets": [{**t, "refId": chr(ord("A") + i)} for i, t in enumerate(targets)],
+            **(extra or {}),
         }
         self.panels.append(panel)
         return self
@@ -163,11 +179,13 @@ class Board:
         }
 
 
-def prom(expr: str, legend: str = "", *, instant: bool = False) -> Json:
-    """A PromQL target (refId is set by the panel)."""
+def prom(expr: str, legend: str = "", *, instant: bool = False, fmt: str = "") -> Json:
+    """A PromQL target (refId is set by the panel); ``fmt`` ``table`` for a table of instant values."""
     target: Json = {"datasource": PROMETHEUS, "expr": expr, "legendFormat": legend or "__auto", "range": not instant}
     if instant:
         target["instant"] = True
+    if fmt:
+        target["format"] = fmt
     return target
 
 
@@ -397,7 +415,8 @@ def dead_letters() -> Board:
         "Dead letters",
         ["pipeline", "dlq"],
         "Records the sink quarantined and published to the dead-letter topic; `txp dlq show` lists them too.",
-    ).pipeline_variable()
+    )
+    b.pipeline_variable().topic_variable()
     b.stat("Quarantined (total)", f"sum(txp_sink_quarantined_total{{{P}}}) or vector(0)", w=8)
     b.stat("Dead-lettered (total)", f"sum(txp_sink_dead_lettered_total{{{P}}}) or vector(0)", w=8)
     b.stat(
@@ -424,7 +443,7 @@ def dead_letters() -> Board:
             'SELECT seen_at AS "time", error_code, reason, kafka_topic AS topic, kafka_partition AS partition,\n'
             '       kafka_offset AS "offset", dlq_offset\n'
             "FROM quarantine\n"
-            "WHERE $__timeFilter(seen_at)\n"
+            "WHERE $__timeFilter(seen_at) AND kafka_topic IN (${topic:sqlstring})\n"
             "ORDER BY seen_at DESC, kafka_topic, kafka_partition, kafka_offset DESC\n"
             "LIMIT 100"
         ),
@@ -437,7 +456,7 @@ def dead_letters() -> Board:
             "SELECT error_code, kafka_topic AS topic, count(*) AS records,\n"
             "       count(*) FILTER (WHERE dlq_offset IS NULL) AS not_yet_dead_lettered\n"
             "FROM quarantine\n"
-            "WHERE $__timeFilter(seen_at)\n"
+            "WHERE $__timeFilter(seen_at) AND kafka_topic IN (${topic:sqlstring})\n"
             "GROUP BY error_code, kafka_topic\n"
             "ORDER BY records DESC"
         ),
@@ -453,8 +472,8 @@ def business_kpis() -> Board:
         "txp-business-kpis",
         "Business KPIs",
         ["warehouse", "business"],
-        "From the warehouse as the read-only role txp_analyst, over the dashboard's time range (event time). "
-        "Amounts are never summed across currencies.",
+        "Card transactions (the transactions pipeline) from the warehouse as the read-only role txp_analyst, "
+        "over the dashboard's time range (event time). Amounts are never summed across currencies.",
     )
     b.time_from = "now-24h"
     b.timeseries(
@@ -553,12 +572,208 @@ def spark_streaming() -> Board:
     return b
 
 
+# -- Crypto market -----------------------------------------------------------------------------------------
+#: the crypto pipelines and symbols every market metric's PromQL uses
+M = f'{P}, symbol=~"$symbol"'
+#: log scale: one chart holds BTC near 1e5 and DOGE near 0.1
+LOG_SCALE = {"scaleDistribution": {"type": "log", "log": 10}}
+
+
+def crypto_market() -> Board:
+    """The crypto market of the crypto_trades pipeline: prices, volume, VWAP, volatility, spread, whales, anomalies."""
+    b = Board(
+        "txp-crypto-market",
+        "Crypto market",
+        ["pipeline", "crypto"],
+        "Trades of the crypto_trades pipeline as the warehouse holds them: txp_crypto_* metrics (txp metrics "
+        "serve, from crypto_trades and its derived tables) and the derived tables themselves. Prices and notionals "
+        "are in each symbol's quote currency, never added up across currencies. Prices far outside the previous "
+        "minute's range are flagged as anomalies, not rejected.",
+    )
+    b.pipeline_variable("txp_crypto_trades_total").topic_variable()
+    # All expands to every symbol (no catch-all value): the SQL panels need the list
+    b.variable("symbol", "Symbol", f"label_values(txp_crypto_trades_total{{{P}}}, symbol)", all_value=None)
+    b.row("Now")
+    b.stat("Trades/s", f"sum(rate(txp_crypto_trades_total{{{M}}}[$__rate_interval])) or vector(0)", unit="short")
+    b.stat(
+        "Newest trade age",
+        f"time() - max(txp_crypto_last_trade_timestamp_seconds{{{M}}})",
+        description="Seconds since the event time of the newest stored trade: how fresh the figures below are.",
+        unit="s",
+        thresholds=[(None, "green"), (300, "orange")],
+    )
+    b.stat(
+        "Whale trades (range)",
+        f"sum(increase(txp_crypto_whale_trades_total{{{M}}}[$__range])) or vector(0)",
+        description="Trades at or above their symbol's whale notional (crypto_whale_alerts).",
+        thresholds=[(None, "green"), (1, "purple")],
+    )
+    b.stat(
+        "Price anomalies (range)",
+        f"sum(increase(txp_crypto_price_anomalies_total{{{M}}}[$__range])) or vector(0)",
+        description="Trades printed far outside the previous minute's range: flagged, kept in volume and VWAP "
+        "(alert CryptoPriceAnomalies).",
+        thresholds=[(None, "green"), (1, "orange")],
+    )
+    b.row("Prices")
+    b.timeseries(
+        "Last price by exchange",
+        prom(f"max by (symbol, exchange) (txp_crypto_last_price{{{M}}})", "{{symbol}} {{exchange}}"),
+        description="Price of each venue's newest trade, in the quote currency (log scale).",
+        unit="none",
+        custom=LOG_SCALE,
+    )
+    b.timeseries(
+        "VWAP: newest minute and 15 minutes",
+        prom(f"max by (symbol) (txp_crypto_vwap{{{M}}})", "{{symbol}} 1m"),
+        prom(f"max by (symbol) (txp_crypto_vwap_15m{{{M}}})", "{{symbol}} 15m"),
+        description="Volume-weighted average price (crypto_symbol_metrics), in the quote currency (log scale).",
+        unit="none",
+        custom=LOG_SCALE,
+    )
+    b.table(
+        "Last price per symbol and exchange",
+        prom(f"max by (symbol, exchange) (txp_crypto_last_price{{{M}}})", instant=True, fmt="table"),
+        w=24,
+        h=7,
+    )
+    b.row("Volume")
+    b.timeseries(
+        "Base volume per minute by symbol",
+        prom(f"60 * sum by (symbol) (rate(txp_crypto_base_volume_total{{{M}}}[$__rate_interval]))", "{{symbol}}"),
+        description="Quantity traded per minute, in each symbol's base asset (log scale).",
+        unit="none",
+        custom=LOG_SCALE,
+    )
+    b.timeseries(
+        "Notional per minute by quote currency",
+        prom(
+            f"60 * sum by (quote_currency) (rate(txp_crypto_quote_notional_total{{{M}}}[$__rate_interval]))",
+            "{{quote_currency}}",
+        ),
+        description="Price x quantity traded per minute, per quote currency (never added across currencies).",
+        unit="none",
+    )
+    b.timeseries(
+        "Trades/s by exchange and side",
+        prom(f"sum by (exchange, side) (rate(txp_crypto_trades_total{{{M}}}[$__rate_interval]))",
+             "{{exchange}} {{side}}"),
+        unit="short",
+        w=24,
+        h=7,
+    )  # fmt: skip
+    b.row("Risk")
+    b.timeseries(
+        "Volatility (15 minutes)",
+        prom(f"max by (symbol) (txp_crypto_volatility_15m{{{M}}})", "{{symbol}}"),
+        description="Sample standard deviation of 1-minute log returns of the close over the last 15 minutes.",
+        unit="percentunit",
+    )
+    b.timeseries(
+        "Cross-exchange spread",
+        prom(f"max by (symbol) (txp_crypto_spread_bps{{{M}}})", "{{symbol}}"),
+        description="Highest minus lowest exchange VWAP of the newest minute traded on two venues or more, over "
+        "their mid, in basis points.",
+        unit="none",
+    )
+    b.panel(
+        "Whale trades by symbol (range)",
+        "bargauge",
+        [prom(f"sum by (symbol) (increase(txp_crypto_whale_trades_total{{{M}}}[$__range]))", "{{symbol}}",
+              instant=True)],
+        options={"orientation": "horizontal", "displayMode": "basic", "showUnfilled": True,
+                 "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+        w=8,
+    )  # fmt: skip
+    b.panel(
+        "Newest whale notional by symbol",
+        "bargauge",
+        [prom(f"max by (symbol) (txp_crypto_last_whale_notional{{{M}}})", "{{symbol}}", instant=True)],
+        description="Price x quantity of each symbol's newest whale trade, in its quote currency.",
+        options={"orientation": "horizontal", "displayMode": "basic", "showUnfilled": True,
+                 "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+        w=8,
+    )  # fmt: skip
+    b.panel(
+        "Price anomalies by symbol (range)",
+        "bargauge",
+        [prom(f"sum by (symbol) (increase(txp_crypto_price_anomalies_total{{{M}}}[$__range]))", "{{symbol}}",
+              instant=True)],
+        options={"orientation": "horizontal", "displayMode": "basic", "showUnfilled": True,
+                 "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+        w=8,
+    )  # fmt: skip
+    b.row("Warehouse")
+    b.panel(
+        "1-minute candles: $symbol",
+        "candlestick",
+        [
+            sql(
+                'SELECT minute AS "time", open, high, low, close, volume\n'
+                "FROM crypto_candles_1m\n"
+                "WHERE $__timeFilter(minute) AND symbol IN (${symbol:sqlstring})"
+                " AND source_topic IN (${topic:sqlstring})\n"
+                "ORDER BY minute",
+                "time_series",
+            )
+        ],
+        description="OHLCV per minute from the streaming candle query (event time, watermark); one panel per "
+        "selected symbol.",
+        unit="none",
+        options={"mode": "candles+volume", "candleStyle": "candles", "colorStrategy": "open-close",
+                 "colors": {"up": "green", "down": "red"}, "includeAllFields": False},
+        extra={"repeat": "symbol", "repeatDirection": "h", "maxPerRow": 2},
+        h=9,
+    )  # fmt: skip
+    b.table(
+        "Newest whale trades",
+        sql(
+            'SELECT event_time AS "time", symbol, exchange, side, price, quantity, notional, threshold\n'
+            "FROM crypto_whale_alerts\n"
+            "WHERE $__timeFilter(event_time) AND symbol IN (${symbol:sqlstring})"
+            " AND source_topic IN (${topic:sqlstring})\n"
+            "ORDER BY event_time DESC, trade_id\n"
+            "LIMIT 50"
+        ),
+        w=24,
+    )
+    b.table(
+        "Newest price anomalies",
+        sql(
+            'SELECT event_time AS "time", symbol, exchange, price, previous_low, previous_high,\n'
+            "       round(deviation_pct, 3) AS deviation_pct\n"
+            "FROM crypto_price_anomalies\n"
+            "WHERE $__timeFilter(event_time) AND symbol IN (${symbol:sqlstring})"
+            " AND source_topic IN (${topic:sqlstring})\n"
+            "ORDER BY event_time DESC, trade_id\n"
+            "LIMIT 50"
+        ),
+        description="Prices more than the anomaly threshold outside the previous minute's [low, high]; signed "
+        "deviation in percent.",
+    )
+    b.table(
+        "Widest spreads",
+        sql(
+            'SELECT minute AS "time", symbol, exchanges, cheapest_exchange, dearest_exchange,\n'
+            "       round(spread_bps, 2) AS spread_bps\n"
+            "FROM crypto_spread_1m\n"
+            "WHERE $__timeFilter(minute) AND symbol IN (${symbol:sqlstring})"
+            " AND source_topic IN (${topic:sqlstring})\n"
+            "ORDER BY spread_bps DESC, minute DESC, symbol\n"
+            "LIMIT 50"
+        ),
+        description="Minutes with the widest cross-exchange spread (crypto_spread_1m).",
+    )
+    return b
+
+
 BOARDS = {
     "kafka-cluster.json": kafka_cluster,
     "pipeline-slo.json": pipeline_slo,
     "spark-streaming.json": spark_streaming,
     "dead-letters.json": dead_letters,
     "business-kpis.json": business_kpis,
+    "crypto-market.json": crypto_market,
 }
 
 

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from tx_platform.config import PROJECT_ROOT
+from tx_platform.metrics import ALL_METRICS
+from tx_platform.pipelines.crypto_trades._metrics import MARKET_METRICS
 
 pytestmark = pytest.mark.unit
 
@@ -76,7 +78,7 @@ def test_committed_dashboards_are_the_generated_ones() -> None:
 def test_the_expected_dashboards_exist_with_unique_uids() -> None:
     boards = _dashboards()
     titles = {b["title"] for b in boards.values()}
-    assert {"Kafka cluster", "Pipeline SLO overview", "Dead letters", "Business KPIs"} <= titles
+    assert {"Kafka cluster", "Pipeline SLO overview", "Dead letters", "Business KPIs", "Crypto market"} <= titles
     uids = [b["uid"] for b in boards.values()]
     assert len(uids) == len(set(uids))
 
@@ -120,17 +122,58 @@ def test_every_variable_used_is_defined() -> None:
 
 
 def test_pipeline_metrics_are_filtered_by_the_pipeline_variable() -> None:
+    labelled = {m.name for m in (*ALL_METRICS, *MARKET_METRICS) if "pipeline" in m.labels}
     for name, board in _dashboards().items():
         for panel in board["panels"]:
             for target in panel.get("targets", []):
                 expr = target.get("expr", "")
-                for metric in re.findall(r"\b(txp_(?:sink|e2e|kafka_to_commit|dead_letter|producer)\w*)", expr):
+                for metric in re.findall(r"\b(txp_(?:sink|e2e|kafka_to_commit|dead_letter|producer|crypto)\w*)", expr):
                     assert re.search(rf'{metric}\{{[^}}]*pipeline=~"\$pipeline"', expr), (
                         f"{name}: {panel['title']}: {metric} without the $pipeline filter"
                     )
+                    if metric.startswith("txp_crypto_"):
+                        assert re.search(rf'{metric}\{{[^}}]*symbol=~"\$symbol"', expr), (
+                            f"{name}: {panel['title']}: {metric} without the $symbol filter"
+                        )
         variables = {v["name"]: v for v in board["templating"]["list"]}
         if "pipeline" in variables:
-            assert variables["pipeline"]["definition"] == "label_values(txp_sink_rows_total, pipeline)"
+            # the pipelines that report what the board shows: every pipeline, or the crypto ones
+            assert variables["pipeline"]["definition"] in {
+                "label_values(txp_sink_rows_total, pipeline)",
+                "label_values(txp_crypto_trades_total, pipeline)",
+            }, name
+            metric = re.fullmatch(r"label_values\((\w+), pipeline\)", variables["pipeline"]["definition"])
+            assert metric and metric[1] in labelled, name
+            assert variables["pipeline"]["allValue"] == ".+" and variables["pipeline"]["multi"], name
+
+
+def test_warehouse_panels_of_pipeline_boards_read_the_selected_topics() -> None:
+    """Shared tables are keyed by topic: a board's SQL follows its $pipeline through $topic."""
+    for name, board in _dashboards().items():
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        sql_targets = [t["rawSql"] for p in board["panels"] for t in p.get("targets", []) if "rawSql" in t]
+        if "pipeline" not in variables or not sql_targets:
+            continue
+        topic = variables["topic"]
+        assert topic["definition"] == 'label_values(txp_sink_lag_records{pipeline=~"$pipeline"}, topic)', name
+        for raw in sql_targets:
+            assert re.search(r"\b(kafka_topic|source_topic) IN \(\$\{topic:sqlstring\}\)", raw), f"{name}: {raw}"
+        # All must expand to the list of values: a catch-all regex would be a literal in SQL
+        for variable in variables.values():
+            if any(f"${{{variable['name']}:sqlstring}}" in raw for raw in sql_targets):
+                assert "allValue" not in variable and variable["includeAll"] and variable["multi"], variable["name"]
+
+
+def test_the_crypto_market_board_covers_the_market() -> None:
+    board = _dashboards()["crypto-market.json"]
+    exprs = " ".join(t.get("expr", "") + t.get("rawSql", "") for p in board["panels"] for t in p.get("targets", []))
+    for metric in MARKET_METRICS:
+        assert metric.name in exprs, f"no panel shows {metric.name}"
+    for table in ("crypto_candles_1m", "crypto_whale_alerts", "crypto_price_anomalies", "crypto_spread_1m"):
+        assert f"FROM {table}" in exprs, table
+    (candles,) = [p for p in board["panels"] if p["type"] == "candlestick"]
+    assert candles["repeat"] == "symbol"  # one chart per selected symbol: prices of two symbols never share axes
+    assert {v["name"] for v in board["templating"]["list"]} == {"pipeline", "topic", "symbol"}
 
 
 def test_dashboard_provider_points_at_the_mounted_dashboards() -> None:
@@ -186,7 +229,11 @@ def test_grafana_alert_expressions_are_valid_promql(tmp_path: Path) -> None:
     assert promtool, "promtool is missing: apt-get install prometheus"
     exprs = [d["model"]["expr"] for r in _alert_rules() for d in r["data"] if d["datasourceUid"] == "prometheus"]
     panel_exprs = [
-        t["expr"].replace("$__rate_interval", "1m").replace("$__range", "1h").replace("$pipeline", "transactions")
+        t["expr"]
+        .replace("$__rate_interval", "1m")
+        .replace("$__range", "1h")
+        .replace("$pipeline", "transactions")
+        .replace("$symbol", "BTC-USD")
         for board in _dashboards().values()
         for panel in board["panels"]
         for t in panel.get("targets", [])
