@@ -9,25 +9,33 @@ PUBLIC = {
         "ArtifactError", "ConfigError", "ContractError", "DeliveryError", "ServiceUnavailableError", "Settings",
         "SinkError", "StackError", "TopicNotFoundError", "TxPlatformError", "__version__", "load_settings",
     },
+    "tx_platform.pipelines": {
+        "CRYPTO_TRADES", "DEFAULT_PIPELINE", "PIPELINES", "TRANSACTIONS", "Generator", "PipelineSpec", "asset_name",
+        "get_pipeline", "pipeline_of_topic", "resolve_ref",
+    },
     "tx_platform.contract": {
-        "COMPATIBILITY", "EARLIEST_EVENT_TIME", "ERROR_CODES", "MAX_FUTURE_SECONDS", "MCC_PATTERN", "MCC_REGEX",
-        "SUBJECT", "UUID_PATTERN", "UUID_REGEX", "java_full_match", "python_full_match",
-        "AvroRecordSerializer", "Contract", "Field", "Record", "Registration", "SchemaIncompatibleError", "Serializer",
-        "country_codes", "currency_codes", "load_contract", "parse_contract", "register_contract", "registry_client",
+        "COMPATIBILITY", "CONTRACT_ERROR_CODES", "EARLIEST_EVENT_TIME", "MAX_FUTURE_SECONDS", "UUID_REGEX",
+        "WAREHOUSE_REJECTED", "AvroRecordSerializer", "Contract", "Field", "Record", "Registration", "Rule", "RuleKind",
+        "SchemaIncompatibleError", "Serializer", "between", "country_codes", "currency_codes", "event_time_rules",
+        "java_full_match", "load_contract", "matches", "not_before", "not_in_future", "one_of", "parse_contract",
+        "positive", "postgres_full_match", "python_full_match", "register_contract", "registry_client",
         "split_wire_format", "subject_for",
     },
     "tx_platform.producer": {
-        "CATEGORIES", "COUNTRIES", "FAULTS", "INJECTED_HEADER", "PRODUCER_DEFAULTS", "Category", "Country",
-        "DeliveryReport", "Fault", "FaultInjector", "Pools", "TransactionProducer", "build_pools", "generate",
+        "INJECTED_HEADER", "WIRE_FAULTS", "DeliveryReport", "Fault", "FaultInjector", "RecordProducer", "faults_for",
         "open_producer", "produce",
+    },
+    "tx_platform.warehouse": {
+        "QUARANTINE_COLUMNS", "SOURCE_COLUMNS", "BatchResult", "Gap", "LedgerEntry", "PartitionRange", "SinkLease",
+        "acquire_lease", "check_batch", "commit_batch", "committed_offsets", "connect", "copy_isolating",
+        "describe_dsn", "ensure_schema", "forget_topic", "plan_start", "prepare_ledger", "sql_check", "staged_columns",
+        "table_columns", "table_ddl", "transaction",
     },
     "tx_platform.stack": {
         "Artifacts", "LocalStack", "ManagedProcess", "ServiceStatus", "StackLayout", "port_in_use",
         "pyspark_version", "require_java", "resolve_artifacts", "tail",
     },
-    "tx_platform.checks": {
-        "LossReport", "daily_merchant_summary_schema", "daily_reconciliation", "loss_report", "transactions_schema",
-    },
+    "tx_platform.checks": {"LossReport", "loss_report", "pandera_check", "pipeline_schema", "read_newest_rows"},
     "tx_platform.metrics": {
         "ALL_METRICS", "COMMIT_BUCKETS", "DEAD_LETTER_RATIO_THRESHOLD", "DELIVERY_BUCKETS", "E2E_LATENCY",
         "E2E_LATENCY_SLO", "EXPORTER_SCRAPE_DURATION", "EXPORTER_UP", "KAFKA_TO_COMMIT_LATENCY", "LATENCY_BUCKETS",
@@ -40,10 +48,8 @@ PUBLIC = {
         "SinkFigures", "Thresholds", "bucket_for", "build_server", "cumulative_buckets", "derived_families",
         "pushing_producer_metrics", "read_sink_figures", "serve", "sink_families",
     },
-    "spark_jobs.sink": {
-        "QUERY_NAME", "SinkConfig", "SinkStats", "TransactionSink", "await_query", "contract_struct", "decode",
-        "render",
-    },
+    "tx_platform.cli": {"cli", "main"},
+    "spark_jobs.sink": {"PipelineSink", "SinkStats", "await_query", "contract_struct", "decode", "render"},
 }  # fmt: skip
 
 
