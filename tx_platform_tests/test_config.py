@@ -19,13 +19,13 @@ def test_defaults_point_at_the_local_stack(monkeypatch: pytest.MonkeyPatch, tmp_
 
 
 def test_environment_beats_stack_env_file_beats_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    (tmp_path / "stack.env").write_text("TXP_KAFKA_BOOTSTRAP=127.0.0.1:19092\nTXP_TOPIC=from_file\n")
+    (tmp_path / "stack.env").write_text("TXP_KAFKA_BOOTSTRAP=127.0.0.1:19092\nTXP_LAG_THRESHOLD=7\n")
     monkeypatch.setenv("TXP_STATE_DIR", str(tmp_path))
     monkeypatch.delenv("TXP_KAFKA_BOOTSTRAP", raising=False)
-    monkeypatch.setenv("TXP_TOPIC", "from_env")
+    monkeypatch.setenv("TXP_LAG_THRESHOLD", "500")
     settings = load_settings()
     assert settings.kafka_bootstrap == "127.0.0.1:19092"
-    assert settings.topic == "from_env"
+    assert settings.lag_threshold == 500
 
 
 def test_secrets_are_not_printed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,4 +48,11 @@ def test_bad_values_are_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
-        settings.topic = "other"  # type: ignore[misc]
+        settings.lag_threshold = 2  # type: ignore[misc]
+
+
+def test_topics_are_the_pipelines_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a pipeline's spec names its topics (`--pipeline`, `spec.with_topic`): no setting may redirect every pipeline
+    monkeypatch.setenv("TXP_TOPIC", "elsewhere")
+    assert not {"topic", "dlq_topic"} & set(Settings.model_fields)
+    assert "elsewhere" not in repr(load_settings())

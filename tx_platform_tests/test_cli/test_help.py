@@ -19,7 +19,7 @@ COMMANDS = _commands(cli, [])
 
 
 def test_the_walk_finds_the_commands_we_know() -> None:
-    assert {"stack up", "topics forget", "dlq show", "produce", "sink", "demo", "dev"} <= {
+    assert {"stack up", "topics forget", "dlq show", "produce", "sink", "demo", "dev", "pipelines"} <= {
         " ".join(c) for c in COMMANDS
     }
 
@@ -39,3 +39,43 @@ def test_options_say_which_environment_variable_they_read() -> None:
 def test_produce_rejects_negative_counts() -> None:
     result = CliRunner().invoke(cli, ["produce", "--count", "-5"])
     assert result.exit_code == 2 and "-5" in result.output
+
+
+#: Commands that act on one pipeline.
+PIPELINE_COMMANDS = [["produce"], ["sink"], ["topics", "create"], ["topics", "forget"], ["dlq", "show"]]
+
+
+@pytest.mark.parametrize("command", PIPELINE_COMMANDS, ids=" ".join)
+def test_pipeline_commands_choose_among_the_shipped_pipelines(command: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*command, "--help"], terminal_width=200)
+    assert "--pipeline [crypto_trades|transactions]" in result.output
+    assert "[env var: TXP_PIPELINE; default: transactions]" in result.output
+    assert "--topic" in result.output  # an override of the pipeline's topic
+    refused = CliRunner().invoke(cli, [*command, "--pipeline", "equities"])
+    assert refused.exit_code == 2 and "'equities' is not one of 'crypto_trades', 'transactions'" in refused.output
+
+
+def test_the_pipeline_can_come_from_the_environment() -> None:
+    refused = CliRunner().invoke(cli, ["produce", "--count", "1"], env={"TXP_PIPELINE": "equities"})
+    assert refused.exit_code == 2
+    assert "Invalid value for '--pipeline' / '-p' (env var: 'TXP_PIPELINE'): 'equities' is not one of" in refused.output
+
+
+def test_pipelines_lists_each_with_its_names_and_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from tx_platform.cli import _main
+    from tx_platform.pipelines import CRYPTO_TRADES, TRANSACTIONS
+
+    monkeypatch.setattr(_main, "out", Console(width=200))  # a terminal wide enough for whole cells
+    result = CliRunner().invoke(cli, ["pipelines"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("│")]
+    cells = [[c.strip() for c in row.strip("│").split("│")] for row in rows]
+    assert cells == [
+        ["transactions (default)", "transactions", "transactions.dlq", "transactions", "transaction_id", "account_id",
+         str(len(TRANSACTIONS.rules))],
+        ["crypto_trades", "crypto.trades", "crypto.trades.dlq", "crypto_trades", "trade_id", "symbol",
+         str(len(CRYPTO_TRADES.rules))],
+    ]  # fmt: skip
+    assert (len(TRANSACTIONS.rules), len(CRYPTO_TRADES.rules)) == (9, 8)
