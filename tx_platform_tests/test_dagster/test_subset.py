@@ -1,24 +1,20 @@
 """The sink's two tables can be selected alone or together; the sink runs once and writes both."""
 
-from datetime import UTC, datetime, timedelta
-
 import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
-from tx_platform.assets import WAREHOUSE_QUARANTINE, WAREHOUSE_TRANSACTIONS
+from tx_platform.assets import build_pipeline_assets, pipeline_keys
 from tx_platform.config import Settings
-from tx_platform.definitions import ASSET_CHECKS, ASSETS, build_resources
-from tx_platform.producer import generate, open_producer, produce
-from tx_platform.warehouse import connect
+from tx_platform.definitions import build_resources
+from tx_platform.pipelines import PipelineSpec
+from tx_platform_tests.conftest import fetch_one, produce_records
 
+TABLE, QUARANTINE = AssetKey(["warehouse", "transactions"]), AssetKey(["warehouse", "quarantine"])
 #: Each selection with the checks that must run with it (the blocking no_unexplained_loss among them).
 SELECTIONS: list[tuple[frozenset[AssetKey], set[str]]] = [
-    (frozenset({WAREHOUSE_TRANSACTIONS}), {"no_unexplained_loss", "transactions_match_contract"}),
-    (frozenset({WAREHOUSE_QUARANTINE}), {"dlq_matches_quarantine"}),
-    (
-        frozenset({WAREHOUSE_TRANSACTIONS, WAREHOUSE_QUARANTINE}),
-        {"no_unexplained_loss", "transactions_match_contract", "dlq_matches_quarantine"},
-    ),
+    (frozenset({TABLE}), {"no_unexplained_loss", "transactions_match_contract"}),
+    (frozenset({QUARANTINE}), {"dlq_matches_quarantine"}),
+    (frozenset({TABLE, QUARANTINE}), {"no_unexplained_loss", "transactions_match_contract", "dlq_matches_quarantine"}),
 ]
 IDS = ["transactions", "quarantine", "both"]
 
@@ -38,22 +34,17 @@ def test_the_cli_can_build_a_run_for_each_selection(keys: frozenset[AssetKey], c
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_each_selection_runs_the_sink_once_and_fills_both_tables(spark, settings: Settings) -> None:  # noqa: ANN001
+def test_each_selection_runs_the_sink_once_and_fills_both_tables(spark, spec: PipelineSpec, settings: Settings) -> None:  # noqa: ANN001
     instance = DagsterInstance.ephemeral()
     resources = build_resources(settings)
-    everything = [*ASSETS, *ASSET_CHECKS]
+    everything = build_pipeline_assets(spec).materializable
     assert materialize(
-        everything, selection=AssetSelection.assets("kafka/transactions"), resources=resources, instance=instance
+        everything, selection=AssetSelection.assets(pipeline_keys(spec).topic), resources=resources, instance=instance
     ).success
 
     produced = injected = 0
     for round_no, (keys, checks) in enumerate(SELECTIONS):
-        producer, _ = open_producer(
-            settings.kafka_bootstrap, settings.topic, settings.schema_registry_url, bad_ratio=0.05, seed=round_no
-        )
-        start = datetime.now(UTC) - timedelta(hours=3)
-        report = produce(generate(400, seed=7_000 + round_no, start=start, span=timedelta(hours=1)), producer)
-        assert report.delivered == 400
+        producer = produce_records(spec, settings, 400, seed=7_000 + round_no, hours_ago=3.0, bad_ratio=0.05)
         assert producer.faults is not None
         produced, injected = produced + 400, injected + producer.faults.injected_total
         assert producer.faults.injected_total > 0  # so the quarantine table has something to receive
@@ -69,13 +60,6 @@ def test_each_selection_runs_the_sink_once_and_fills_both_tables(spark, settings
         assert evaluations == dict.fromkeys(checks, True)
 
         # whichever table was selected, the sink wrote both: every record produced so far is stored once
-        conn = connect(settings.dsn())
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT count(*) FROM transactions WHERE kafka_topic = %s", (settings.topic,))
-                (rows,) = cur.fetchone()
-                cur.execute("SELECT count(*) FROM quarantine WHERE kafka_topic = %s", (settings.topic,))
-                (quarantined,) = cur.fetchone()
-        finally:
-            conn.close()
+        (rows,) = fetch_one(settings.dsn(), "SELECT count(*) FROM transactions WHERE kafka_topic = %s", spec.topic)
+        (quarantined,) = fetch_one(settings.dsn(), "SELECT count(*) FROM quarantine WHERE kafka_topic = %s", spec.topic)
         assert (rows, quarantined) == (produced - injected, injected), IDS[round_no]

@@ -1,9 +1,49 @@
-import pytest
+"""The Dagster definitions built from pipeline specs, without a stack."""
 
+import dataclasses
+
+import pytest
+from dagster import (
+    AssetCheckResult,
+    AssetKey,
+    AssetSelection,
+    DailyPartitionsDefinition,
+    Definitions,
+    MaterializeResult,
+    asset,
+    asset_check,
+    define_asset_job,
+)
+
+from tx_platform.assets import build_pipeline_assets, pipeline_keys
 from tx_platform.checks import LossReport
+from tx_platform.errors import ConfigError
+from tx_platform.pipelines import CRYPTO_TRADES, TRANSACTIONS, PipelineSpec
 from tx_platform.resources import compute_lag
 
 pytestmark = pytest.mark.unit
+
+#: What each shipped pipeline's group holds: its topics, the sink's two tables, its derived assets.
+GROUPS = {
+    "transactions": {
+        "kafka/transactions",
+        "kafka/transactions_dlq",
+        "warehouse/transactions",
+        "warehouse/quarantine",
+        "warehouse/daily_merchant_summary",
+    },
+    "crypto_trades": {
+        "kafka/crypto_trades",
+        "kafka/crypto_trades_dlq",
+        "warehouse/crypto_trades",
+        "warehouse/crypto_trades_quarantine",
+        "warehouse/crypto_candles_1m",
+        "warehouse/crypto_symbol_metrics",
+        "warehouse/crypto_spread_1m",
+        "warehouse/crypto_whale_alerts",
+        "warehouse/crypto_price_anomalies",
+    },
+}
 
 
 def test_lag_is_end_minus_committed_per_partition() -> None:
@@ -12,37 +52,157 @@ def test_lag_is_end_minus_committed_per_partition() -> None:
 
 
 def test_loss_report_counts_unexplained_records() -> None:
-    assert LossReport(records_read=10, transactions=7, quarantined=3).unexplained == 0
-    assert LossReport(records_read=10, transactions=7, quarantined=2).unexplained == 1
-    assert not LossReport(records_read=10, transactions=7, quarantined=3, duplicate_ids=1).ok
-    assert LossReport(records_read=10, transactions=7, quarantined=3).ok
+    assert LossReport(records_read=10, rows=7, quarantined=3).unexplained == 0
+    assert LossReport(records_read=10, rows=7, quarantined=2).unexplained == 1
+    assert not LossReport(records_read=10, rows=7, quarantined=3, duplicate_ids=1).ok
+    assert LossReport(records_read=10, rows=7, quarantined=3).ok
 
 
-def test_definitions_load_with_the_designed_asset_keys() -> None:
+def test_definitions_hold_every_pipeline_as_its_own_group() -> None:
     from tx_platform.definitions import defs
 
-    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {
-        "kafka/transactions",
-        "kafka/transactions_dlq",
-        "warehouse/transactions",
-        "warehouse/quarantine",
-        "warehouse/daily_merchant_summary",
+    graph = defs.resolve_asset_graph()
+    groups: dict[str, set[str]] = {}
+    for key in graph.get_all_asset_keys():
+        groups.setdefault(graph.get(key).group_name, set()).add(key.to_user_string())
+    assert groups == GROUPS
+
+    sensors = {s.name: s.job_name for s in defs.resolve_all_sensor_defs()}
+    assert sensors == {
+        "transactions_lag_sensor": "transactions_sink_job",
+        "crypto_trades_lag_sensor": "crypto_trades_sink_job",
     }
-    assert defs.resolve_sensor_def("kafka_lag_sensor").job_name == "sink_job"
-    checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
-    assert checks == {
-        "no_unexplained_loss",
-        "transactions_match_contract",
-        "dlq_matches_quarantine",
-        "matches_schema",
-        "reconciles_with_transactions",
+    # each sink job runs the sink's two tables and every unpartitioned derived asset of its pipeline
+    sink_jobs = {
+        name: {k.to_user_string() for k in defs.resolve_job_def(name).asset_layer.selected_asset_keys}
+        for name in sensors.values()
     }
+    assert sink_jobs == {
+        "transactions_sink_job": {"warehouse/transactions", "warehouse/quarantine"},
+        "crypto_trades_sink_job": GROUPS["crypto_trades"] - {"kafka/crypto_trades", "kafka/crypto_trades_dlq"},
+    }
+    assert defs.resolve_job_def("daily_merchant_summary_job").asset_layer.selected_asset_keys == {
+        AssetKey(["warehouse", "daily_merchant_summary"])
+    }
+    assert "daily_merchant_summary_job_schedule" in {s.name for s in defs.resolve_all_schedule_defs()}
+    assert set(defs.resources or {}) == {"kafka", "postgres", "pyspark", "settings"}
 
 
-def test_the_data_loss_policy_reaches_the_dagster_sink() -> None:
+def test_each_sink_table_has_its_pipelines_checks() -> None:
+    from tx_platform.definitions import defs
+
+    checks = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
+    assert {
+        ("warehouse/transactions", "no_unexplained_loss"),
+        ("warehouse/transactions", "transactions_match_contract"),
+        ("warehouse/quarantine", "dlq_matches_quarantine"),
+        ("warehouse/daily_merchant_summary", "matches_schema"),
+        ("warehouse/daily_merchant_summary", "reconciles_with_transactions"),
+        ("warehouse/crypto_trades", "no_unexplained_loss"),
+        ("warehouse/crypto_trades", "crypto_trades_match_contract"),
+        ("warehouse/crypto_trades_quarantine", "dlq_matches_quarantine"),
+    } <= checks
+    transactions = {c for c in checks if c[0] in GROUPS["transactions"]}
+    assert len(transactions) == 5  # nothing else on the transactions pipeline's assets
+
+
+def test_the_settings_resource_carries_what_the_environment_would_not() -> None:
     from tx_platform.config import load_settings
     from tx_platform.definitions import build_resources
 
-    assert build_resources(load_settings(sink_on_data_loss="record"))["pipeline"].on_data_loss == "record"
-    assert build_resources(load_settings())["pipeline"].on_data_loss == "fail"
+    resource = build_resources(load_settings(sink_on_data_loss="record", max_offsets_per_trigger=500))["settings"]
+    assert resource.overrides == {"sink_on_data_loss": "record", "max_offsets_per_trigger": "500"}
+    assert resource.settings.sink_on_data_loss == "record" and resource.settings.max_offsets_per_trigger == 500
+    assert build_resources(load_settings())["settings"].overrides == {}
+
+
+def test_a_pipeline_on_another_topic_gets_keys_of_its_own() -> None:
+    spec = TRANSACTIONS.with_topic("tx_0123abcd")
+    built = build_pipeline_assets(spec)
+    keys = pipeline_keys(spec)
+    assert [k.to_user_string() for k in (keys.topic, keys.dlq, keys.table, keys.quarantine)] == [
+        "kafka/tx_0123abcd",
+        "kafka/tx_0123abcd_dlq",
+        "warehouse/transactions",
+        "warehouse/quarantine",
+    ]
+    ops = {a.node_def.name for a in built.materializable}
+    assert ops == {
+        "kafka__tx_0123abcd",
+        "kafka__tx_0123abcd_dlq",
+        "transactions_sink",
+        "warehouse__daily_merchant_summary",
+        "warehouse__transactions_no_unexplained_loss",
+        "warehouse__transactions_transactions_match_contract",
+        "warehouse__quarantine_dlq_matches_quarantine",
+    }
+    assert built.sink_job.name == "transactions_sink_job"
+    assert pipeline_keys(CRYPTO_TRADES).topic == AssetKey(["kafka", "crypto_trades"])  # no dots in keys
+
+
+def _with_derived(derived: object) -> PipelineSpec:
+    return dataclasses.replace(TRANSACTIONS, name="demo_pipe", derived_assets=lambda spec: derived)
+
+
+def _table_key() -> AssetKey:
+    return AssetKey(["warehouse", "transactions"])
+
+
+def test_unpartitioned_derived_assets_follow_the_sink_and_partitioned_ones_do_not() -> None:
+    @asset(key=["warehouse", "minute_stats"], deps=[_table_key()], group_name="demo_pipe")
+    def minute_stats() -> MaterializeResult:
+        return MaterializeResult()
+
+    @asset(
+        key=["warehouse", "day_stats"],
+        deps=[_table_key()],
+        group_name="demo_pipe",
+        partitions_def=DailyPartitionsDefinition(start_date="2025-01-01"),
+    )
+    def day_stats() -> MaterializeResult:
+        return MaterializeResult()
+
+    @asset_check(asset=minute_stats)
+    def minute_stats_positive() -> AssetCheckResult:
+        return AssetCheckResult(passed=True)
+
+    job = define_asset_job("day_stats_job", selection=AssetSelection.assets(day_stats))
+    built = build_pipeline_assets(_with_derived([minute_stats, day_stats, minute_stats_positive, job]))
+    assert built.sink_job.name == "demo_pipe_sink_job"
+    assert set(built.sink_job.selection.selected_keys) == {
+        AssetKey(["warehouse", "transactions"]),
+        AssetKey(["warehouse", "quarantine"]),
+        AssetKey(["warehouse", "minute_stats"]),
+    }
+    assert [j.name for j in built.jobs] == ["demo_pipe_sink_job", "day_stats_job"]
+    assert built.partitioned_assets() == [day_stats]
+    assert minute_stats_positive in built.asset_checks
+    # a Definitions object is taken apart the same way
+    as_definitions = build_pipeline_assets(_with_derived(Definitions(assets=[minute_stats], jobs=[job])))
+    assert {k.to_user_string() for k in as_definitions.derived_keys} == {"warehouse/minute_stats"}
+
+
+def test_derived_assets_are_refused_outside_the_contract() -> None:
+    @asset(key=["warehouse", "elsewhere"], group_name="analytics")
+    def elsewhere() -> MaterializeResult:
+        return MaterializeResult()
+
+    with pytest.raises(ConfigError, match=r"in group\(s\) \['analytics'\]; put every asset .* group_name='demo_pipe'"):
+        build_pipeline_assets(_with_derived([elsewhere]))
+    with pytest.raises(ConfigError, match="which is not an asset, asset check, job, schedule or sensor"):
+        build_pipeline_assets(_with_derived(["warehouse/elsewhere"]))
+    with pytest.raises(ConfigError, match=r"Definitions with resources \['postgres'\]"):
+        build_pipeline_assets(_with_derived(Definitions(resources={"postgres": object()})))
+
+    @asset(key=["warehouse", "quarantine"], group_name="demo_pipe")
+    def quarantine() -> MaterializeResult:
+        return MaterializeResult()
+
+    with pytest.raises(ConfigError, match=r"derived assets redefine \['warehouse/quarantine'\]"):
+        build_pipeline_assets(_with_derived([quarantine]))
+
+
+def test_a_missing_derived_assets_module_fails_naming_it() -> None:
+    spec = dataclasses.replace(TRANSACTIONS, derived_assets="tx_platform.pipelines.transactions._nowhere:derived")
+    with pytest.raises(ConfigError, match=r"cannot resolve 'tx_platform\.pipelines\.transactions\._nowhere:derived'"):
+        build_pipeline_assets(spec)
