@@ -13,9 +13,8 @@ and where the README shows or implies its output, the output is checked too. Two
 until stopped: ``make dev`` (until Dagster answers; then Ctrl+C is what stops it) and the local
 ``spark-submit … --trigger`` (until its records are committed; then SIGINT to its Python driver).
 
-``make demo`` (its output is the ```json block) resets the topic ``transactions`` and every
-pipeline table: it runs first. The rest of the suite uses its own topic names, so nothing else
-depends on those.
+``make demo`` (its output is the ```json block) resets every pipeline's topics and tables: it
+runs first. The rest of the suite uses its own topic names, so nothing else depends on those.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ FENCE = re.compile(r"^```(?P<lang>\S*)\s*$")
 #: Variables that would move the README's commands off their documented defaults.
 #: Variables the commands must not inherit: per-test settings, and make's own when the suite runs
 #: under `make test` (a nested make would print "Entering/Leaving directory" around its output).
-UNSET = ("TXP_TOPIC", "TXP_DLQ_TOPIC", "TXP_CHECKPOINT_DIR", "TXP_DAGSTER_PORT", "MAKELEVEL", "MAKEFLAGS", "MFLAGS",
+UNSET = ("TXP_PIPELINE", "TXP_CHECKPOINT_DIR", "TXP_DAGSTER_PORT", "MAKELEVEL", "MAKEFLAGS", "MFLAGS",
          "MAKEOVERRIDES")  # fmt: skip
 
 
@@ -264,13 +263,15 @@ def _lag(ctx: Ctx, topic: str = "transactions") -> int:
 
 def _produce_more(ctx: Ctx, count: int) -> None:
     """Records for a sink to read (not a README command: the input of the next one)."""
-    from tx_platform.producer import generate, open_producer, produce
+    from tx_platform.pipelines import TRANSACTIONS
+    from tx_platform.producer import open_producer, produce
 
     producer, _ = open_producer(
-        ctx.env["TXP_KAFKA_BOOTSTRAP"], "transactions", ctx.env["TXP_SCHEMA_REGISTRY_URL"], bad_ratio=0.02, seed=7
+        TRANSACTIONS, ctx.env["TXP_KAFKA_BOOTSTRAP"], ctx.env["TXP_SCHEMA_REGISTRY_URL"], bad_ratio=0.02, seed=7
     )
     seed = uuid.uuid4().int % 1_000_000  # new transaction ids every time
-    report = produce(generate(count, seed, datetime.now(UTC) - timedelta(hours=2), timedelta(hours=1)), producer)
+    start = datetime.now(UTC) - timedelta(hours=2)
+    report = produce(TRANSACTIONS.generate(count, seed, start, span=timedelta(hours=1)), producer)
     assert report.delivered == count
 
 
@@ -438,17 +439,26 @@ CHECKS: list[tuple[re.Pattern[str], Callable[[str, Ctx, str], None]]] = [
 
 def _run_make_demo(ctx: Ctx) -> None:
     """`make demo`; its last line has the shape of the README's ```json block, and it passed."""
-    output = _run("make demo", ctx, "make-demo", timeout=900)
+    output = _run("make demo", ctx, "make-demo", timeout=1200)
     summary = json.loads(output.strip().splitlines()[-1])
     assert ctx.readme.demo_json is not None
     documented = json.loads(ctx.readme.demo_json)
     assert summary.keys() == documented.keys()
+    assert list(summary["pipelines"]) == list(documented["pipelines"]) == ["transactions", "crypto_trades"]
+    for name, figures in summary["pipelines"].items():
+        shown = documented["pipelines"][name]
+        assert figures.keys() == shown.keys() and figures["sums"].keys() == shown["sums"].keys(), name
+        assert figures["ok"] is True, name
 
     def steps(timings: dict[str, float]) -> set[str]:
         return {re.sub(r"\[.*\]$", "[…]", k) for k in timings}
 
     assert steps(summary["timings"]) == steps(documented["timings"])
-    assert summary["ok"] is True and summary["checks_failed"] == 0 and summary["produced"] == 10_000
+    assert summary["ok"] is True and summary["checks_failed"] == 0
+    assert {name: p["produced"] for name, p in summary["pipelines"].items()} == {
+        "transactions": 10_000,
+        "crypto_trades": 3_000,
+    }
     assert summary["checks_passed"] == documented["checks_passed"]
 
 
