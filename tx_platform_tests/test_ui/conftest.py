@@ -31,7 +31,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 #: Per-test settings and make's variables must not reach `dagster dev`.
-UNSET = ("TXP_TOPIC", "TXP_DLQ_TOPIC", "TXP_CHECKPOINT_DIR", "TXP_DAGSTER_PORT", "MAKELEVEL", "MAKEFLAGS", "MFLAGS")
+UNSET = ("TXP_PIPELINE", "TXP_CHECKPOINT_DIR", "TXP_DAGSTER_PORT", "MAKELEVEL", "MAKEFLAGS", "MFLAGS")
 #: The lag sensor would launch the sink itself as soon as there is lag (threshold 1): with this
 #: threshold its ticks skip ("caught up: lag N < threshold"), so the only sink run is the UI's.
 LAG_THRESHOLD = "1000000000"

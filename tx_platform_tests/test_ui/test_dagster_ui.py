@@ -1,8 +1,9 @@
 """The Dagster UI in headless Chromium, against `dagster dev` on the session's test stack.
 
-The lineage shows every asset; a materialization launched from the UI (the asset page's
-"Materialize") succeeds; the lag sensor shows its ticks; the asset's checks tab shows the checks'
-results. TXP_UPDATE_SCREENSHOTS=1 rewrites docs/lineage.png from the lineage graph.
+The lineage shows every asset of every pipeline, each pipeline its own group; a materialization
+launched from the UI (the asset page's "Materialize") succeeds; the transactions lag sensor shows
+its ticks; the asset's checks tab shows the checks' results. TXP_UPDATE_SCREENSHOTS=1 rewrites
+docs/lineage.png from the lineage graph.
 """
 
 from __future__ import annotations
@@ -19,32 +20,60 @@ from tx_platform.config import PROJECT_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-#: group -> asset keys (tx_platform/assets.py); the graph labels a node with the key's last part
-LINEAGE = {
-    "kafka": ["kafka/transactions", "kafka/transactions_dlq"],
-    "warehouse": ["warehouse/transactions", "warehouse/quarantine"],
-    "analytics": ["warehouse/daily_merchant_summary"],
-}
 SCREENSHOT = PROJECT_ROOT / "docs" / "lineage.png"
 RUN_TIMEOUT_MS = 300_000  # the sink run takes 20-60 s on 2 cores, more on a busy machine
 
 
-def _open_lineage_expanded(page: Page, dagster_url: str) -> None:
+@pytest.fixture(scope="module")
+def lineage(stack_env: dict[str, str]) -> dict[str, list[str]]:
+    """group -> asset keys, as the definitions `dagster dev` loads have them: one group per pipeline."""
+    from tx_platform.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    groups: dict[str, list[str]] = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        groups.setdefault(graph.get(key).group_name, []).append(key.to_user_string())
+    assert set(groups) == {"transactions", "crypto_trades"}
+    return groups
+
+
+def _prefixes(name: str) -> str:
+    """A regex matching any non-empty prefix of ``name``: ``a(?:b(?:c)?)?``."""
+    rest = ""
+    for char in reversed(name[1:]):
+        rest = f"(?:{re.escape(char)}{rest})?"
+    return re.escape(name[0]) + rest
+
+
+def _suffixes(name: str) -> str:
+    """A regex matching any non-empty suffix of ``name``: ``(?:(?:a)?b)?c``."""
+    head = ""
+    for char in name[:-1]:
+        head = f"(?:{head}{re.escape(char)})?"
+    return head + re.escape(name[-1])
+
+
+def _node_label(name: str) -> re.Pattern[str]:
+    """The graph's label of a node named ``name``: whole, or cut in the middle ("daily_mer…_summary")."""
+    return re.compile(rf"^(?:{re.escape(name)}|{_prefixes(name)}…{_suffixes(name)})$")
+
+
+def _open_lineage_expanded(page: Page, dagster_url: str, groups: list[str]) -> None:
     """The global lineage with every group expanded (the UI's own `expanded` URL state)."""
-    expanded = ",".join(f"global@global:{group}" for group in LINEAGE)
+    expanded = ",".join(f"global@global:{group}" for group in groups)
     page.goto(f"{dagster_url}/asset-groups?{urlencode({'expanded': expanded})}")
     expect(page.get_by_text("Global asset lineage")).to_be_visible()
-    for group in LINEAGE:
+    for group in groups:
         expect(page.locator("svg").get_by_text(group, exact=True).first, f"group {group} in the graph").to_be_visible()
 
 
-def test_lineage_shows_every_asset(page: Page, dagster_url: str) -> None:
-    _open_lineage_expanded(page, dagster_url)
+def test_lineage_shows_every_asset(page: Page, dagster_url: str, lineage: dict[str, list[str]]) -> None:
+    _open_lineage_expanded(page, dagster_url, list(lineage))
     graph = page.locator("svg foreignObject")
-    names = [key.rsplit("/", 1)[1] for keys in LINEAGE.values() for key in keys]
+    names = [key.rsplit("/", 1)[1] for keys in lineage.values() for key in keys]
     for name in set(names):
-        # long names are truncated in the node ("daily_mer…_summary"): match the ends
-        label = re.compile(rf"^(?:{re.escape(name)}|{re.escape(name[:9])}…{re.escape(name[-8:])})$")
+        # long names are cut in the middle in the node ("daily_mer…_summary"): match the ends
+        label = _node_label(name)
         nodes = graph.get_by_text(label)
         expect(nodes, f"{names.count(name)} node(s) named {name} in the lineage").to_have_count(names.count(name))
         expect(nodes.first).to_be_visible()
@@ -53,7 +82,7 @@ def test_lineage_shows_every_asset(page: Page, dagster_url: str) -> None:
 
     # the graph shows names within groups; the catalog shows the full keys
     page.goto(f"{dagster_url}/assets")
-    for keys in LINEAGE.values():
+    for keys in lineage.values():
         for key in keys:
             shown = key.replace("/", " / ")
             expect(page.get_by_text(shown, exact=True).first, f"asset key {key} in the catalog").to_be_attached()
@@ -102,8 +131,8 @@ def test_materialize_from_ui_succeeds_and_checks_pass(page: Page, dagster_url: s
 
 
 def test_sensor_shows_its_last_tick(page: Page, dagster_url: str) -> None:
-    page.goto(f"{dagster_url}/locations/tx_platform/sensors/kafka_lag_sensor")
-    expect(page.locator("body")).to_contain_text("kafka_lag_sensor")
+    page.goto(f"{dagster_url}/locations/tx_platform/sensors/transactions_lag_sensor")
+    expect(page.locator("body")).to_contain_text("transactions_lag_sensor")
     running = page.get_by_role("row").filter(has_text="Running").locator("input").first
     expect(running, "the sensor's Running switch is on").to_be_checked()
     latest = page.get_by_role("row").filter(has_text="Latest tick")
