@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tx_platform.config import Settings
+from tx_platform.pipelines import PipelineSpec
 from tx_platform.warehouse import PartitionRange, commit_batch, connect, ensure_schema
 
 pytestmark = pytest.mark.integration
@@ -32,20 +33,20 @@ def _tx(topic: str, tx_id: str, offset: int, event_time: datetime, kafka_ts: dat
     return _line(fields)
 
 
-def _latency(settings: Settings) -> dict[tuple[str, float], tuple[int, float]]:
+def _latency(settings: Settings, topic: str) -> dict[tuple[str, float], tuple[int, float]]:
     conn = connect(settings.dsn())
     with conn.cursor() as cur:
-        cur.execute("SELECT kind, le, count, sum FROM sink_latency WHERE topic = %s", (settings.topic,))
+        cur.execute("SELECT kind, le, count, sum FROM sink_latency WHERE topic = %s", (topic,))
         rows = {(kind, le): (count, total) for kind, le, count, total in cur.fetchall()}
-        cur.execute("SELECT seconds FROM sink_batches WHERE topic = %s ORDER BY id", (settings.topic,))
+        cur.execute("SELECT seconds FROM sink_batches WHERE topic = %s ORDER BY id", (topic,))
         seconds = [s for (s,) in cur.fetchall()]
     conn.close()
     return rows, seconds  # type: ignore[return-value]
 
 
-def test_latencies_are_bucketed_at_commit_and_accumulate(settings: Settings, unique: str) -> None:
-    ensure_schema(settings.dsn())
-    topic = settings.topic
+def test_latencies_are_bucketed_at_commit_and_accumulate(settings: Settings, spec: PipelineSpec, unique: str) -> None:
+    ensure_schema(settings.dsn(), [spec])
+    topic = spec.topic
     now = datetime.now(UTC)
     ids = [f"{unique[:8]}-0000-4000-8000-{i:012d}" for i in range(5)]
     lines = [
@@ -55,21 +56,21 @@ def test_latencies_are_bucketed_at_commit_and_accumulate(settings: Settings, uni
         _tx(topic, ids[3], 3, now + timedelta(seconds=60), now + timedelta(seconds=60)),  # future: 0 s -> 0.1
     ]
     conn = connect(settings.dsn())
-    first = commit_batch(conn, topic, 0, lines, [], {0: PartitionRange(0, 3)})
+    first = commit_batch(conn, spec, 0, lines, [], {0: PartitionRange(0, 3)})
     # a replay inserts nothing: no latency is counted twice, only the commit itself
-    replay = commit_batch(conn, topic, 0, lines, [], {0: PartitionRange(0, 3)})
+    replay = commit_batch(conn, spec, 0, lines, [], {0: PartitionRange(0, 3)})
     # a line written without the Kafka timestamp column (a sink older than this writer) still commits
     old = commit_batch(
-        conn, topic, 1, [_tx(topic, ids[4], 4, now - timedelta(seconds=100), "absent")], [], {0: PartitionRange(4, 4)}
+        conn, spec, 1, [_tx(topic, ids[4], 4, now - timedelta(seconds=100), "absent")], [], {0: PartitionRange(4, 4)}
     )
     # a duplicate transaction_id is quarantined, not inserted: no latency for it
     dup = commit_batch(
-        conn, topic, 2, [_tx(topic, ids[0], 5, now - timedelta(seconds=1), now)], [], {0: PartitionRange(5, 5)}
+        conn, spec, 2, [_tx(topic, ids[0], 5, now - timedelta(seconds=1), now)], [], {0: PartitionRange(5, 5)}
     )
     conn.close()
     assert (first.inserted, replay.inserted, old.inserted, dup.inserted, dup.quarantined) == (4, 0, 1, 0, 1)
 
-    rows, seconds = _latency(settings)
+    rows, seconds = _latency(settings, topic)
     counts = {key: count for key, (count, _) in rows.items() if key[0] != "commit"}
     assert counts == {
         ("event_time", 300.0): 3,
