@@ -22,6 +22,7 @@ import pytest
 
 from tx_platform.config import load_settings
 from tx_platform.errors import StackError
+from tx_platform.pipelines import PIPELINES
 from tx_platform.stack import LocalStack, StackLayout
 from tx_platform.stack._kafka import KafkaNode
 from tx_platform.stack._monitoring import (
@@ -376,21 +377,28 @@ def test_status_shows_targets_lag_and_p99(test_stack: LocalStack, prometheus_url
     """`txp stack status` reads its monitoring lines from Prometheus: targets, lag per pipeline, e2e p99."""
     from tx_platform.stack._monitoring import monitoring_summary
 
-    create_topic("transactions")  # the default pipeline's topic: the exporter reports its lag
+    # every shipped pipeline's own topic: the exporter reports the lag of each, under its pipeline
+    for spec in PIPELINES.values():
+        create_topic(spec.topic)
+
+    def every_pipeline():  # noqa: ANN202
+        summary = monitoring_summary(prometheus_url)
+        return {p.pipeline for p in summary.pipelines} == set(PIPELINES) and summary
+
     summary = assert_eventually(
-        lambda: (s := monitoring_summary(prometheus_url)).pipelines and s,
+        every_pipeline,
         timeout=60,
-        what="the transactions pipeline in Prometheus",
+        what=f"the pipelines {sorted(PIPELINES)} in Prometheus",
     )
     jobs = {t.job: t.health for t in summary.targets}
     assert {"prometheus", "postgres", "kafka", "registry", "txp"} <= set(jobs)
     assert all(jobs[j] == "up" for j in ("prometheus", "postgres", "kafka", "registry", "txp")), jobs
-    [transactions] = [p for p in summary.pipelines if p.pipeline == "transactions"]
-    assert transactions.lag is not None and transactions.lag >= 0
+    for pipeline in summary.pipelines:
+        assert pipeline.lag is not None and pipeline.lag >= 0, pipeline
     result = subprocess.run(  # noqa: S603
         [str(Path(sys.executable).parent / "txp"), "stack", "status", "--state-dir", str(test_stack.state_dir)],
         capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    for text in ("scrape target", "registry", "txp", "e2e p99, last 5 min", "transactions"):
+    for text in ("scrape target", "registry", "txp", "e2e p99, last 5 min", "transactions", "crypto_trades"):
         assert text in result.stdout, text
