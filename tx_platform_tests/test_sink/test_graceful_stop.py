@@ -1,47 +1,42 @@
-"""The continuous sink stops gracefully on SIGINT/SIGTERM and loses nothing."""
+"""The continuous sink stops gracefully on SIGINT/SIGTERM and loses nothing, whichever the pipeline."""
 
 import signal
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from tx_platform.config import Settings
-from tx_platform.producer import generate, open_producer, produce
-from tx_platform.warehouse import connect
-from tx_platform_tests.conftest import assert_eventually, start_continuous_sink
+from tx_platform.pipelines import CRYPTO_TRADES, TRANSACTIONS, PipelineSpec
+from tx_platform_tests.conftest import assert_eventually, fetch_one, produce_records, start_continuous_sink
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("signum", "pipeline"),
+    [(signal.SIGINT, TRANSACTIONS), (signal.SIGTERM, CRYPTO_TRADES)],
+    ids=["SIGINT-transactions", "SIGTERM-crypto_trades"],
+)
 def test_continuous_sink_finishes_its_batch_and_exits_cleanly(
     settings: Settings,
-    create_topic,
+    create_topic,  # noqa: ANN001
     tmp_path: Path,
-    signum: int,  # noqa: ANN001
+    unique: str,
+    signum: int,
+    pipeline: PipelineSpec,
 ) -> None:
-    create_topic(settings.topic)
+    spec = pipeline.with_topic(f"{pipeline.name}_{unique}")
+    create_topic(spec.topic)
     log = tmp_path / "sink.log"
-    proc = start_continuous_sink(settings, log)
+    proc = start_continuous_sink(spec, settings, log)
     try:
         assert_eventually(lambda: "sink running" in log.read_text(), timeout=90, what="the sink to start")
-        producer, _ = open_producer(settings.kafka_bootstrap, settings.topic, settings.schema_registry_url)
-        produce(
-            generate(
-                500, seed=700 + int(signum), start=datetime.now(UTC) - timedelta(hours=1), span=timedelta(minutes=30)
-            ),
-            producer,
-        )
+        produce_records(spec, settings, 500, seed=700 + int(signum), hours_ago=1.0)
 
         def stored() -> int:
-            conn = connect(settings.dsn())
-            with conn.cursor() as cur:
-                cur.execute("SELECT count(*) FROM transactions WHERE kafka_topic = %s", (settings.topic,))
-                (n,) = cur.fetchone()
-            conn.close()
-            return int(n)
+            query = f"SELECT count(*) FROM {spec.table} WHERE kafka_topic = %s"  # noqa: S608 - the spec's table
+            return int(fetch_one(settings.dsn(), query, spec.topic)[0])
 
         assert_eventually(lambda: stored() == 500, timeout=60, what="500 rows from the running sink")
         started = time.monotonic()

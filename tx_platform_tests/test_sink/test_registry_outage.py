@@ -4,34 +4,30 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from spark_jobs.sink import SinkConfig, TransactionSink
+from spark_jobs.sink import PipelineSink
 from tx_platform.config import Settings
-from tx_platform.contract import registry_client, subject_for
+from tx_platform.contract import registry_client
 from tx_platform.errors import SinkError
-from tx_platform.producer import generate, open_producer, produce
+from tx_platform.pipelines import PipelineSpec
+from tx_platform.producer import open_producer, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_cached_schemas_carry_the_sink_through_a_registry_restart(  # noqa: ANN001
-    spark, settings: Settings, create_topic, test_stack, unique: str
+    spark, settings: Settings, spec: PipelineSpec, create_topic, test_stack
 ) -> None:
-    other = settings.model_copy(
-        update={
-            "topic": f"{settings.topic}_b",
-            "dlq_topic": f"{settings.topic}_b.dlq",
-            "checkpoint_dir": settings.checkpoint_root.parent / "checkpoints_b",
-        }
-    )
-    for s in (settings, other):
+    other = spec.with_topic(f"{spec.topic}_b")
+    for s in (spec, other):
         create_topic(s.topic)
-    producer, registration = open_producer(settings.kafka_bootstrap, settings.topic, settings.schema_registry_url)
-    producer_b, _ = open_producer(other.kafka_bootstrap, other.topic, other.schema_registry_url)
+    url = settings.schema_registry_url
+    producer, registration = open_producer(spec, settings.kafka_bootstrap, url)
+    producer_b, _ = open_producer(other, settings.kafka_bootstrap, url)
     start = datetime.now(UTC) - timedelta(hours=3)
-    records = list(generate(700, seed=4_242, start=start, span=timedelta(hours=2)))
+    records = list(spec.generate(700, 4_242, start, span=timedelta(hours=2)))
     produce(records[:300], producer)
     produce(records[600:], producer_b)  # never read before the outage
-    sink = TransactionSink(spark, SinkConfig.from_settings(settings))
+    sink = PipelineSink(spark, spec, settings)
     assert sink.run_available_now().inserted == 300
 
     assert test_stack.registry.process.stop(timeout=30)
@@ -41,11 +37,11 @@ def test_cached_schemas_carry_the_sink_through_a_registry_restart(  # noqa: ANN0
         assert sink.writer_schemas.last_refresh_failed
         # a sink that never saw the schema must not guess (and must not quarantine valid records)
         with pytest.raises(SinkError, match="REGISTRY_UNAVAILABLE"):
-            TransactionSink(spark, SinkConfig.from_settings(other)).run_available_now()
+            PipelineSink(spark, other, settings).run_available_now()
     finally:
         test_stack.up()
 
     # registry storage is durable: the same ids resolve after the restart, and the waiting topic drains
     client = registry_client(settings.schema_registry_url)
-    assert client.get_version(subject_for(settings.topic), registration.version).schema_id == registration.schema_id
-    assert TransactionSink(spark, SinkConfig.from_settings(other)).run_available_now().inserted == 100
+    assert client.get_version(spec.subject, registration.version).schema_id == registration.schema_id
+    assert PipelineSink(spark, other, settings).run_available_now().inserted == 100

@@ -14,10 +14,11 @@ from prometheus_client.exposition import generate_latest
 from pyspark.sql.streaming.listener import QueryProgressEvent, StreamingQueryProgress
 
 from spark_jobs.session import DRIVER_METRICS_PATH, EXECUTOR_METRICS_PATH, spark_config
-from spark_jobs.sink import SinkConfig, TransactionSink
+from spark_jobs.sink import PipelineSink
 from spark_jobs.sink._progress import ProgressFigures, ProgressListener, ProgressMetrics, progress_figures
 from tx_platform.config import Settings, load_settings
 from tx_platform.metrics import SINK_JOB
+from tx_platform.pipelines import PipelineSpec
 from tx_platform.warehouse import connect
 from tx_platform_tests.conftest import assert_eventually, produce_records, start_continuous_sink
 
@@ -161,16 +162,17 @@ def test_listener_takes_only_its_query_and_never_raises() -> None:
 @pytest.mark.unit
 def test_spark_config_for_metrics() -> None:
     settings = load_settings(spark_ui_port=4999)
-    plain = spark_config(settings)
-    assert "spark.metrics.conf.*.sink.prometheusServlet.class" not in plain
-    config = spark_config(settings, app_name="tx_platform_sink", metrics=True)
+    plain = spark_config(settings, [])
+    assert "spark.metrics.conf.*.sink.prometheusServlet.class" not in plain and "spark.jars" not in plain
+    config = spark_config(settings, ["/jars/a.jar", "/jars/b.jar"], app_name="tx_platform_sink", metrics=True)
+    assert config["spark.jars"] == "/jars/a.jar,/jars/b.jar"
     assert config["spark.ui.enabled"] == "true"
     assert config["spark.ui.port"] == "4999"
     assert config["spark.metrics.conf.*.sink.prometheusServlet.path"] == DRIVER_METRICS_PATH == "/metrics/prometheus"
     assert config["spark.metrics.namespace"] == "tx_platform_sink"
     assert config["spark.sql.streaming.metricsEnabled"] == "true"
     assert config["spark.ui.prometheus.enabled"] == "true"
-    cluster = spark_config(load_settings(spark_master="spark://h:7077"), metrics=True)
+    cluster = spark_config(load_settings(spark_master="spark://h:7077"), [], metrics=True)
     assert "spark.ui.port" not in cluster and "spark.ui.enabled" not in cluster
 
 
@@ -196,17 +198,22 @@ def _pushed(pushgateway: str, job: str, pipeline: str) -> dict[str, float]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_available_now_run_pushes_its_progress(spark, settings: Settings, create_topic) -> None:  # noqa: ANN001
+def test_available_now_run_pushes_its_progress(
+    spark,  # noqa: ANN001
+    settings: Settings,
+    spec: PipelineSpec,
+    create_topic,  # noqa: ANN001
+) -> None:
     count = 437
-    create_topic(settings.topic, 1)
-    produce_records(settings, count, seed=4242)
-    config = SinkConfig.from_settings(settings.model_copy(update={"max_offsets_per_trigger": 10 * count}))
+    create_topic(spec.topic, 1)
+    produce_records(spec, settings, count, seed=4242)
+    one_batch = settings.model_copy(update={"max_offsets_per_trigger": 10 * count})
     listeners = len(spark.streams._jsqm.listListeners())
-    stats = TransactionSink(spark, config).run_available_now()
+    stats = PipelineSink(spark, spec, one_batch).run_available_now()
     assert (stats.batches, stats.records) == (1, count)
     # the progress is labelled by the spec's name, whatever topic the test gives it
-    pipeline = "transactions"
-    pushed = _pushed(os.environ["TXP_PUSHGATEWAY_URL"], SINK_JOB, pipeline)
+    assert spec.name == "transactions" != spec.topic
+    pushed = _pushed(os.environ["TXP_PUSHGATEWAY_URL"], SINK_JOB, spec.name)
     assert pushed["txp_spark_batch_rows"] == count
     assert pushed["txp_spark_batches_total"] == 1
     assert pushed["txp_spark_batch_duration_seconds"] > 0
@@ -215,11 +222,11 @@ def test_available_now_run_pushes_its_progress(spark, settings: Settings, create
     assert len(spark.streams._jsqm.listListeners()) == listeners  # the run's listener is gone with it
 
 
-def _stored(settings: Settings) -> int:
+def _stored(settings: Settings, spec: PipelineSpec) -> int:
     conn = connect(settings.dsn())
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM transactions WHERE kafka_topic = %s", (settings.topic,))
+            cur.execute("SELECT count(*) FROM transactions WHERE kafka_topic = %s", (spec.topic,))
             (n,) = cur.fetchone()
     finally:
         conn.close()
@@ -244,12 +251,13 @@ def _get_text(url: str) -> str:
 @pytest.mark.slow
 def test_continuous_driver_serves_spark_metrics_to_prometheus(
     settings: Settings,
+    spec: PipelineSpec,
     create_topic,  # noqa: ANN001
     tmp_path: Path,
 ) -> None:
-    create_topic(settings.topic, 1)
+    create_topic(spec.topic, 1)
     log = tmp_path / "sink.log"
-    proc = start_continuous_sink(settings, log, TXP_SPARK_UI_PORT=str(_free_port()))
+    proc = start_continuous_sink(spec, settings, log, TXP_SPARK_UI_PORT=str(_free_port()))
     target = settings.state_dir / "prometheus" / "targets" / f"spark-{proc.pid}.json"
     try:
         assert_eventually(target.exists, timeout=120, what=f"the driver's target file {target}")
@@ -257,9 +265,9 @@ def test_continuous_driver_serves_spark_metrics_to_prometheus(
         assert group["labels"] == {"pipeline": "transactions", "pid": str(proc.pid)}
         [address] = group["targets"]
         assert address.startswith("127.0.0.1:")
-        produce_records(settings, 50, seed=77)
+        produce_records(spec, settings, 50, seed=77)
         # SIGINT only once they are committed: the test is about metrics, not about a batch in flight
-        assert_eventually(lambda: _stored(settings) == 50, timeout=60, what="50 rows from the running sink")
+        assert_eventually(lambda: _stored(settings, spec) == 50, timeout=60, what="50 rows from the running sink")
         assert_eventually(
             lambda: _pushed(os.environ["TXP_PUSHGATEWAY_URL"], SINK_JOB, "transactions").get("txp_spark_batches_total"),
             timeout=30,
