@@ -104,7 +104,7 @@ FROM crypto_trades t
 JOIN crypto_candles_1m c
   ON c.source_topic = t.kafka_topic AND c.symbol = t.symbol
  AND c.minute = date_trunc('minute', t.event_time, 'UTC') - interval '1 minute'
-WHERE (t.price > c.high * (1 + %(pct)s / 100) OR t.price < c.low * (1 - %(pct)s / 100))
+WHERE (t.price > c.high * (1 + %(pct)s::numeric / 100) OR t.price < c.low * (1 - %(pct)s::numeric / 100))
   AND (%(topic)s::text IS NULL OR t.kafka_topic = %(topic)s)
 """
 
