@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -223,14 +224,14 @@ def run_demo(
         records = spec.generate(counts[name], seed, start, span=length)
         # the producer's figures go to the Pushgateway like `txp produce`'s (never in the way if it is down)
         with pushing_producer_metrics(producer.report, spec.name, settings.pushgateway_url):
-            report = timed(f"{name}.produce", lambda r=records, p=producer: produce(r, p))
+            report = timed(f"{name}.produce", partial(produce, records, producer))
         summary.pipelines[name] = PipelineSummary(
             produced=report.delivered, injected_bad=producer.faults.injected_total if producer.faults else 0
         )
         producers[name] = producer
 
     for name, defs in built.items():
-        timed(f"{name}.sink_job", lambda d=defs: run(d.sink_job.selection))
+        timed(f"{name}.sink_job", partial(run, defs.sink_job.selection))
         first, last = windows[name]
         for assets_def in defs.partitioned_assets():
             partitions = assets_def.partitions_def
@@ -245,7 +246,7 @@ def run_demo(
             )
             for key in keys:
                 label = f"{name}.{assets_def.key.path[-1]}[{key}]"
-                timed(label, lambda k=key, a=assets_def: run(AssetSelection.assets(*a.keys), k))
+                timed(label, partial(run, AssetSelection.assets(*assets_def.keys), key))
                 summary.pipelines[name].partitions.append(key)
 
     for name, spec in specs.items():
