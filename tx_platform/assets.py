@@ -101,10 +101,12 @@ class PipelineDefinitions:
         return pipeline_keys(self.spec)
 
     @property
-    def sink_job(self) -> Job:
+    def sink_job(self) -> UnresolvedAssetJobDefinition:
         """``<name>_sink_job``: the sink's tables and every unpartitioned derived asset, with their checks."""
         name = sink_job_name(self.spec)
-        return next(j for j in self.jobs if j.name == name)
+        job = next(j for j in self.jobs if j.name == name)
+        assert isinstance(job, UnresolvedAssetJobDefinition)  # noqa: S101 - built by _sink_job
+        return job
 
     @property
     def materializable(self) -> list[AssetsDefinition]:
@@ -323,7 +325,7 @@ def _sink_asset(spec: PipelineSpec, keys: PipelineKeys) -> AssetsDefinition:
 
 def _sink_job(
     spec: PipelineSpec, keys: PipelineKeys, derived: Sequence[AssetsDefinition | AssetSpec | SourceAsset]
-) -> Job:
+) -> UnresolvedAssetJobDefinition:
     followers = sorted(
         (k for a in derived if isinstance(a, AssetsDefinition) and a.partitions_def is None for k in a.keys),
         key=lambda k: k.to_user_string(),
