@@ -118,6 +118,28 @@ def _first_field(names: list[str], violates: Callable[[Column], Column]) -> tupl
     return reduce(operator.or_, checks), F.coalesce(*[F.when(c, F.lit(n)) for c, n in zip(checks, names, strict=True)])
 
 
+def _text_rules(strings: list[str]) -> list[tuple[Column, str, Column]]:
+    """Invalid UTF-8 and U+0000 in any of the text fields ``strings`` (none for a contract without text)."""
+    if not strings:
+        return []
+    not_utf8, not_utf8_field = _first_field(strings, lambda c: ~F.is_valid_utf8(c))
+    has_nul, has_nul_field = _first_field(strings, lambda c: F.instr(c, "\u0000") > 0)
+    return [
+        # Postgres stores only valid UTF-8; Spark would pass the bytes on as they are
+        (not_utf8, "INVALID_UTF8", F.concat(F.lit("text field "), not_utf8_field, F.lit(" is not valid UTF-8"))),
+        (
+            # Postgres text cannot hold U+0000; the reason names the field, never the value
+            has_nul,
+            "NUL_CHARACTER",
+            F.concat(
+                F.lit("text field "),
+                has_nul_field,
+                F.lit(" contains the character U+0000, which PostgreSQL text cannot store"),
+            ),
+        ),
+    ]
+
+
 def _rules(spec: PipelineSpec, known_ids: list[int]) -> list[tuple[Column, str, Column]]:
     """(violation condition, error code, reason) in check order; first match wins.
 
@@ -142,29 +164,14 @@ def _rules(spec: PipelineSpec, known_ids: list[int]) -> list[tuple[Column, str, 
         ),
         (
             # PERMISSIVE from_avro gives a struct of nulls for a body that does not decode; valid Avro
-            # cannot leave a required (non-union) field null
-            r.isNull() | F.coalesce(*[r[f.name].isNull() for f in contract.fields if not f.nullable]),
+            # cannot leave a required (non-union) field null (any of them: a coalesce would ask the first only)
+            reduce(operator.or_, [r[f.name].isNull() for f in contract.fields if not f.nullable], r.isNull()),
             "UNDECODABLE_AVRO",
             F.concat(F.lit("Avro body does not decode with schema id "), wire_schema_id().cast("string")),
         ),
     ]
     strings = [f.name for f in contract.fields if f.spark_type == "STRING"]
-    not_utf8, not_utf8_field = _first_field(strings, lambda c: ~F.is_valid_utf8(c))
-    has_nul, has_nul_field = _first_field(strings, lambda c: F.instr(c, "\u0000") > 0)
-    rules += [
-        # Postgres stores only valid UTF-8; Spark would pass the bytes on as they are
-        (not_utf8, "INVALID_UTF8", F.concat(F.lit("text field "), not_utf8_field, F.lit(" is not valid UTF-8"))),
-        (
-            # Postgres text cannot hold U+0000; the reason names the field, never the value
-            has_nul,
-            "NUL_CHARACTER",
-            F.concat(
-                F.lit("text field "),
-                has_nul_field,
-                F.lit(" contains the character U+0000, which PostgreSQL text cannot store"),
-            ),
-        ),
-    ]
+    rules += _text_rules(strings)
     for field in contract.fields:
         if not field.nullable and field.spark_type == "STRING":
             rules.append(
@@ -185,13 +192,15 @@ def _rules(spec: PipelineSpec, known_ids: list[int]) -> list[tuple[Column, str, 
                     ),
                 )
             )
-    rules.append(
-        (
-            F.greatest(*[F.length(r[name]) for name in strings]) > F.lit(MAX_TEXT_LENGTH),
-            "FIELD_TOO_LONG",
-            F.lit(f"a text field is longer than {MAX_TEXT_LENGTH} characters"),
+    if strings:
+        lengths = [F.length(r[name]) for name in strings]
+        rules.append(
+            (
+                (F.greatest(*lengths) if len(lengths) > 1 else lengths[0]) > F.lit(MAX_TEXT_LENGTH),
+                "FIELD_TOO_LONG",
+                F.lit(f"a text field is longer than {MAX_TEXT_LENGTH} characters"),
+            )
         )
-    )
     for name, precision, scale in _decimal_bounds(contract):
         # the limit at the decoded type itself: a DECIMAL(38,0) limit would make Spark widen past 38
         # digits and round the amount (9999999999999999.99 would compare as 10^16)

@@ -1,0 +1,79 @@
+"""The decoder is generic over contracts: one with a single text field, one with no text at all."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import pytest
+
+from spark_jobs.sink import decode
+from tx_platform.pipelines import PipelineSpec
+
+pytestmark = pytest.mark.integration
+
+FIELDS = {
+    "one_text": [
+        {"name": "id", "type": "string"},
+        {"name": "size", "type": {"type": "bytes", "logicalType": "decimal", "precision": 6, "scale": 2}},
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    ],
+    "no_text": [
+        {"name": "id", "type": "long"},
+        {"name": "size", "type": "double"},
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    ],
+}
+
+
+def _spec(tmp_path: Path, kind: str) -> PipelineSpec:
+    path = tmp_path / f"{kind}.avsc"
+    path.write_text(json.dumps({"type": "record", "name": "Thing", "fields": FIELDS[kind]}))
+    return PipelineSpec(
+        name=kind, contract_path=path, topic=kind, table=kind, natural_key="id", kafka_key="id", time_column="at"
+    )
+
+
+def _wire(spec: PipelineSpec, record: dict[str, Any]) -> bytes:
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(json.loads(spec.contract.schema_str)), record)
+    return b"\x00" + struct.pack(">I", 1) + body.getvalue()
+
+
+def _codes(spark: Any, spec: PipelineSpec, values: list[bytes | None]) -> list[str | None]:  # noqa: ANN401
+    rows = [(b"k", value, spec.topic, 0, offset, datetime.now(UTC)) for offset, value in enumerate(values)]
+    frame = spark.createDataFrame(
+        rows, "key BINARY, value BINARY, topic STRING, partition INT, offset LONG, timestamp TIMESTAMP"
+    )
+    decoded = decode(frame, spec, {1: spec.contract.schema_str}).orderBy("offset")
+    return [row.error_code for row in decoded.select("offset", "error_code").collect()]
+
+
+def test_a_contract_with_one_text_field(spark, tmp_path: Path) -> None:  # noqa: ANN001
+    from decimal import Decimal
+
+    spec = _spec(tmp_path, "one_text")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    good = _wire(spec, {"id": "a", "size": Decimal("12.50"), "at": at})
+    values = [
+        good,
+        _wire(spec, {"id": "x" * 257, "size": Decimal("1.00"), "at": at}),
+        _wire(spec, {"id": " ", "size": Decimal("1.00"), "at": at}),
+        _wire(spec, {"id": "a\x00", "size": Decimal("1.00"), "at": at}),
+        good[:7],
+        None,
+    ]
+    assert _codes(spark, spec, values) == [
+        None, "FIELD_TOO_LONG", "MISSING_FIELD", "NUL_CHARACTER", "UNDECODABLE_AVRO", "NULL_VALUE",
+    ]  # fmt: skip
+
+
+def test_a_contract_without_text(spark, tmp_path: Path) -> None:  # noqa: ANN001
+    spec = _spec(tmp_path, "no_text")
+    good = _wire(spec, {"id": 7, "size": 1.5, "at": datetime(2026, 1, 1, tzinfo=UTC)})
+    assert _codes(spark, spec, [good, good[:6], b"\x01" + good[1:]]) == [None, "UNDECODABLE_AVRO", "NOT_WIRE_FORMAT"]
