@@ -5,11 +5,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from spark_jobs.sink import SinkConfig, TransactionSink
+from spark_jobs.sink import PipelineSink
 from tx_platform.checks import loss_report
-from tx_platform.config import PROJECT_ROOT, load_settings
+from tx_platform.config import PROJECT_ROOT, Settings, load_settings
 from tx_platform.kafka_admin import end_offsets, ensure_topic
-from tx_platform.producer import generate, open_producer, produce
+from tx_platform.pipelines import CRYPTO_TRADES, TRANSACTIONS, PipelineSpec
+from tx_platform.producer import open_producer, produce
 from tx_platform.stack import LocalStack, StackLayout
 from tx_platform.warehouse import connect
 from tx_platform_tests.conftest import assert_eventually
@@ -35,44 +36,26 @@ def test_three_brokers_replicate_and_the_sink_stays_exact(spark, tmp_path) -> No
             kafka_bootstrap=env["TXP_KAFKA_BOOTSTRAP"],
             schema_registry_url=env["TXP_SCHEMA_REGISTRY_URL"],
             postgres_dsn=env["TXP_POSTGRES_DSN"],
-            topic="transactions",
-            dlq_topic="transactions.dlq",
             topic_replication=3,
             checkpoint_dir=tmp_path / "checkpoints",
         )
         assert len(settings.kafka_bootstrap.split(",")) == 3
-        ensure_topic(settings.kafka_bootstrap, settings.topic, 3, 3)
+        for spec in (TRANSACTIONS, CRYPTO_TRADES):
+            ensure_topic(settings.kafka_bootstrap, spec.topic, 3, 3)
         admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
 
         def fully_replicated() -> bool:
             # brokers learn about a new topic one by one; ask until the one we reach knows it
-            topic = admin.list_topics(timeout=10).topics.get("transactions")
-            return topic is not None and all(
-                len(p.replicas) == 3 and len(p.isrs) == 3 for p in topic.partitions.values()
+            topics = admin.list_topics(timeout=10).topics
+            return all(
+                (topic := topics.get(spec.topic)) is not None
+                and all(len(p.replicas) == 3 and len(p.isrs) == 3 for p in topic.partitions.values())
+                for spec in (TRANSACTIONS, CRYPTO_TRADES)
             )
 
         assert_eventually(fully_replicated, timeout=30, what="3 replicas in sync on every partition")
-
-        producer, _ = open_producer(
-            settings.kafka_bootstrap, settings.topic, settings.schema_registry_url, bad_ratio=0.02, seed=9
-        )
-        start = datetime.now(UTC) - timedelta(hours=2)
-        report = produce(generate(3_000, seed=9, start=start, span=timedelta(hours=1)), producer)
-        assert producer.faults is not None
-        assert report.delivered == 3_000 and producer.faults.injected_total > 12  # every fault kind appears
-
-        stats = TransactionSink(spark, SinkConfig.from_settings(settings)).run_available_now()
-        conn = connect(settings.dsn())
-        loss = loss_report(conn, settings.topic)
-        with conn.cursor() as cur:
-            cur.execute("SELECT coalesce(sum(amount), 0) FROM transactions")
-            (stored,) = cur.fetchone()
-        conn.close()
-        assert (loss.records_read, loss.unexplained, loss.duplicate_ids) == (3_000, 0, 0)
-        assert loss.quarantined == producer.faults.injected_total == stats.dead_lettered
-        assert loss.transactions == 3_000 - producer.faults.injected_total
-        assert stored == producer.good_amount
-        assert sum(end_offsets(settings.kafka_bootstrap, settings.dlq_topic).values()) == loss.quarantined
+        for spec, count in ((TRANSACTIONS, 3_000), (CRYPTO_TRADES, 2_000)):
+            _produce_and_sink_exactly(spark, settings, spec, count)
 
         # every node's JMX exporter agent: exactly one active controller, bounded series
         nodes = stack.kafka_nodes()
@@ -90,6 +73,9 @@ def test_three_brokers_replicate_and_the_sink_stays_exact(spark, tmp_path) -> No
         assert sum(sum(values(s, "kafka_controller_kafkacontroller_activecontrollercount")) for s in controllers) == 1
         produced = "kafka_server_brokertopicmetrics_messagesin_total"
         assert sum(sum(values(s, produced, topic="transactions")) for s in brokers) >= 3_000  # counted by leaders
+        # Kafka's metric names turn the topic's dots into underscores
+        crypto = ("crypto.trades", "crypto_trades")
+        assert sum(sum(values(s, produced, topic=t)) for s in brokers for t in crypto) >= 2_000
         series = {name: len(samples) for name, samples in scraped.items()}
         print(f"JMX agents of 3 controllers + 3 brokers: {sum(series.values())} series {series}")  # noqa: T201
         assert sum(series.values()) < 3_000, "JMX series must stay bounded (no catch-all rule)"
@@ -98,3 +84,29 @@ def test_three_brokers_replicate_and_the_sink_stays_exact(spark, tmp_path) -> No
         stopped = stack.down(purge=True)
     assert {f"kafka-{i}" for i in range(1, 7)} | {"schema-registry", "postgres"} <= set(installed)
     assert sorted(stopped) == sorted(installed)  # every service that ran (monitoring included) was stopped
+
+
+def _produce_and_sink_exactly(spark, settings: Settings, spec: PipelineSpec, count: int) -> None:  # noqa: ANN001
+    """``count`` records of ``spec`` with 2 % bad ones through the cluster: every record accounted for exactly."""
+    producer, _ = open_producer(spec, settings.kafka_bootstrap, settings.schema_registry_url, bad_ratio=0.02, seed=9)
+    start = datetime.now(UTC) - timedelta(hours=2)
+    report = produce(spec.generate(count, 9, start, span=timedelta(hours=1)), producer)
+    assert producer.faults is not None
+    assert report.delivered == count
+    assert set(producer.faults.injected) == {f.kind for f in producer.faults.faults}  # every fault kind appears
+
+    stats = PipelineSink(spark, spec, settings).run_available_now()
+    decimals = list(producer.good_totals)
+    conn = connect(settings.dsn())
+    loss = loss_report(conn, spec)
+    with conn.cursor() as cur:
+        sums = ", ".join(f"coalesce(sum({d}), 0)" for d in decimals)
+        cur.execute(f"SELECT {sums} FROM {spec.table} WHERE kafka_topic = %s", (spec.topic,))  # noqa: S608
+        stored = dict(zip(decimals, cur.fetchone(), strict=True))
+    conn.close()
+    injected = producer.faults.injected_total
+    assert (loss.records_read, loss.unexplained, loss.duplicate_ids) == (count, 0, 0), spec.name
+    assert loss.quarantined == injected == stats.dead_lettered, spec.name
+    assert loss.rows == count - injected == stats.inserted, spec.name
+    assert stored == producer.good_totals and decimals, spec.name
+    assert sum(end_offsets(settings.kafka_bootstrap, spec.dlq_topic).values()) == loss.quarantined
