@@ -1,9 +1,9 @@
 """Benchmark: the sink's commit (COPY into staging + one INSERT ... ON CONFLICT) vs row-by-row inserts.
 
-Runs against the warehouse of the running stack (`make up`), on topics named bench_*; prints one
-line per method with records/s, and the speed-up, in the same run. Usage:
+Runs against the warehouse of the running stack (`make up`), on topics named bench_*; prints, per
+pipeline, one line per method with records/s, and the speed-up, in the same run. Usage:
 
-    .venv/bin/python bench/bench_commit.py [--records 20000] [--repeat 3]
+    .venv/bin/python bench/bench_commit.py [--records 20000] [--repeat 3] [--pipeline transactions ...]
 """
 
 from __future__ import annotations
@@ -14,45 +14,48 @@ import io
 import statistics
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from tx_platform.config import load_settings
-from tx_platform.contract import load_contract
-from tx_platform.producer import generate
-from tx_platform.warehouse import PartitionRange, commit_batch, connect, ensure_schema, transaction_columns
+from tx_platform.pipelines import PIPELINES, PipelineSpec
+from tx_platform.warehouse import PartitionRange, commit_batch, connect, ensure_schema, table_columns
+
+SINK = "copy + staged upsert (sink)"
+BASELINE = "row-by-row INSERT (baseline)"
 
 
-def _csv_lines(records: list[dict], topic: str) -> list[str]:
-    fields = load_contract().field_names
+def _csv_lines(spec: PipelineSpec, records: list[dict]) -> list[str]:
+    """Records as the sink stages them: the table's columns, then raw key and value."""
+    fields = spec.contract.field_names
     lines = []
     for offset, record in enumerate(records):
         buffer = io.StringIO()
-        row = [record[f].isoformat() if f == "event_time" else record[f] for f in fields]
-        csv.writer(buffer, lineterminator="").writerow([*row, topic, 0, offset, "\\x00", "\\x00"])
+        row = [record[f].isoformat() if isinstance(record[f], datetime) else record[f] for f in fields]
+        csv.writer(buffer, lineterminator="").writerow([*row, spec.topic, 0, offset, "\\x00", "\\x00"])
         lines.append(buffer.getvalue())
     return lines
 
 
-def copy_commit(dsn: str, records: list[dict]) -> float:
+def copy_commit(dsn: str, spec: PipelineSpec, records: list[dict]) -> float:
     """The sink's path: one transaction, COPY, staged upsert, offsets."""
-    topic = f"bench_{uuid.uuid4().hex[:8]}"
-    lines = _csv_lines(records, topic)
+    spec = spec.with_topic(f"bench_{uuid.uuid4().hex[:8]}")
+    lines = _csv_lines(spec, records)
     conn = connect(dsn)
     started = time.perf_counter()
-    commit_batch(conn, topic, 0, lines, [], {0: PartitionRange(0, len(records) - 1)})
+    commit_batch(conn, spec, 0, lines, [], {0: PartitionRange(0, len(records) - 1)})
     elapsed = time.perf_counter() - started
     conn.close()
     return elapsed
 
 
-def row_by_row(dsn: str, records: list[dict]) -> float:
+def row_by_row(dsn: str, spec: PipelineSpec, records: list[dict]) -> float:
     """Baseline: one INSERT ... ON CONFLICT per record (what a JDBC row writer does), one transaction."""
     topic = f"bench_{uuid.uuid4().hex[:8]}"
-    columns = transaction_columns()
-    fields = load_contract().field_names
+    columns = table_columns(spec)
+    fields = spec.contract.field_names
     sql = (
-        f"INSERT INTO transactions ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "  # noqa: S608
-        "ON CONFLICT (transaction_id) DO NOTHING"
+        f"INSERT INTO {spec.table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "  # noqa: S608
+        f"ON CONFLICT ({spec.natural_key}) DO NOTHING"
     )
     conn = connect(dsn)
     started = time.perf_counter()
@@ -64,27 +67,38 @@ def row_by_row(dsn: str, records: list[dict]) -> float:
     return elapsed
 
 
+def bench(dsn: str, spec: PipelineSpec, count: int, repeat: int) -> dict[str, float]:
+    """Median seconds of each method over ``repeat`` runs of ``count`` fresh records."""
+    results: dict[str, list[float]] = {SINK: [], BASELINE: []}
+    # in the recent past: inside every pipeline's event-time rules
+    start = datetime.now(UTC) - timedelta(hours=3)
+    for run in range(repeat):
+        # fresh ids per run and method, so every run inserts all of its rows
+        batch = list(spec.generate(count, 1_000 + run, start, span=timedelta(hours=2)))
+        other = list(spec.generate(count, 2_000 + run, start, span=timedelta(hours=2)))
+        results[SINK].append(copy_commit(dsn, spec, batch))
+        results[BASELINE].append(row_by_row(dsn, spec, other))
+    return {name: statistics.median(times) for name, times in results.items()}
+
+
 def main() -> None:
-    """Run both methods on the same records and print them side by side."""
+    """Run both methods on the same kind of records, per pipeline, and print them side by side."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--pipeline", action="append", choices=sorted(PIPELINES), help="repeatable [default: every pipeline]"
+    )
     args = parser.parse_args()
+    specs = [PIPELINES[name] for name in args.pipeline or PIPELINES]
     dsn = load_settings().dsn()
-    ensure_schema(dsn)
-    results: dict[str, list[float]] = {"copy + staged upsert (sink)": [], "row-by-row INSERT (baseline)": []}
-    for run in range(args.repeat):
-        # fresh UUIDs per run and method, so every run inserts all of its rows
-        batch = list(generate(args.records, seed=1_000 + run, start=datetime(2026, 1, 1, tzinfo=UTC)))
-        other = list(generate(args.records, seed=2_000 + run, start=datetime(2026, 1, 1, tzinfo=UTC)))
-        results["copy + staged upsert (sink)"].append(copy_commit(dsn, batch))
-        results["row-by-row INSERT (baseline)"].append(row_by_row(dsn, other))
-    medians = {name: statistics.median(times) for name, times in results.items()}
-    print(f"{args.records:,} records per commit, median of {args.repeat} runs")  # noqa: T201
-    for name, seconds in medians.items():
-        print(f"  {name:<30} {seconds:8.3f} s  {args.records / seconds:>10,.0f} records/s")  # noqa: T201
-    ratio = medians["row-by-row INSERT (baseline)"] / medians["copy + staged upsert (sink)"]
-    print(f"  speed-up of the sink's path: {ratio:.1f}x")  # noqa: T201
+    ensure_schema(dsn, specs)
+    for spec in specs:
+        medians = bench(dsn, spec, args.records, args.repeat)
+        print(f"{spec.name}: {args.records:,} records per commit, median of {args.repeat} runs")  # noqa: T201
+        for name, seconds in medians.items():
+            print(f"  {name:<30} {seconds:8.3f} s  {args.records / seconds:>10,.0f} records/s")  # noqa: T201
+        print(f"  speed-up of the sink's path: {medians[BASELINE] / medians[SINK]:.1f}x")  # noqa: T201
 
 
 if __name__ == "__main__":
