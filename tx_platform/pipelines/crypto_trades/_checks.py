@@ -37,6 +37,15 @@ def _time(nullable: bool = False) -> pa.Column:
     return pa.Column(_TIME, nullable=nullable, coerce=True)
 
 
+def _text(*checks: pa.Check) -> pa.Column:
+    # coerced: an empty result reads as object, a non-empty one as pandas' string dtype
+    return pa.Column(str, list(checks), coerce=True)
+
+
+def _count(*checks: pa.Check) -> pa.Column:
+    return pa.Column("int64", list(checks), coerce=True)
+
+
 def _positive(name: str) -> pa.Check:
     return pa.Check(lambda v: v > 0, element_wise=True, name=name)
 
@@ -47,16 +56,16 @@ def candles_schema() -> pa.DataFrameSchema:
     decimal = {name: pa.Column("object", _positive(f"{name}_positive")) for name in ("open", "high", "low", "close")}
     return pa.DataFrameSchema(
         {
-            "symbol": pa.Column(str, pa.Check.isin(_SYMBOLS)),
+            "symbol": _text(pa.Check.isin(_SYMBOLS)),
             "minute": _time(),
             **decimal,
             "volume": pa.Column("object", _positive("volume_positive")),
             "notional": pa.Column("object", _positive("notional_positive")),
-            "trade_count": pa.Column("int64", pa.Check.gt(0, name="trade_count_positive")),
+            "trade_count": _count(pa.Check.gt(0, name="trade_count_positive")),
             "vwap": pa.Column("object"),
             "first_trade_time": _time(),
             "last_trade_time": _time(),
-            "source_topic": pa.Column(str),
+            "source_topic": _text(),
         },
         checks=[
             pa.Check(lambda df: (df["low"] <= df["open"]) & (df["open"] <= df["high"]), name="open_within_low_high"),
@@ -82,7 +91,7 @@ def symbol_metrics_schema() -> pa.DataFrameSchema:
     """Rows of ``crypto_symbol_metrics``: positive VWAPs, a non-negative volatility (NULL allowed)."""
     return pa.DataFrameSchema(
         {
-            "symbol": pa.Column(str, pa.Check.isin(_SYMBOLS)),
+            "symbol": _text(pa.Check.isin(_SYMBOLS)),
             "minute": _time(),
             "vwap": pa.Column("object", _positive("vwap_positive")),
             "vwap_15m": pa.Column("object", _positive("vwap_15m_positive")),
@@ -101,16 +110,16 @@ def spread_schema() -> pa.DataFrameSchema:
     """Rows of ``crypto_spread_1m``: at least 2 exchanges, low <= high, spread_bps >= 0, two venues."""
     return pa.DataFrameSchema(
         {
-            "symbol": pa.Column(str, pa.Check.isin(_SYMBOLS)),
+            "symbol": _text(pa.Check.isin(_SYMBOLS)),
             "minute": _time(),
-            "exchanges": pa.Column("int64", pa.Check.in_range(2, len(_EXCHANGES), name="exchanges_2_or_more")),
+            "exchanges": _count(pa.Check.in_range(2, len(_EXCHANGES), name="exchanges_2_or_more")),
             "low_vwap": pa.Column("object", _positive("low_vwap_positive")),
             "high_vwap": pa.Column("object", _positive("high_vwap_positive")),
             "spread_bps": pa.Column(
                 "object", pa.Check(lambda v: v >= 0, element_wise=True, name="spread_bps_not_negative")
             ),
-            "cheapest_exchange": pa.Column(str, pa.Check.isin(_EXCHANGES)),
-            "dearest_exchange": pa.Column(str, pa.Check.isin(_EXCHANGES)),
+            "cheapest_exchange": _text(pa.Check.isin(_EXCHANGES)),
+            "dearest_exchange": _text(pa.Check.isin(_EXCHANGES)),
         },
         checks=[
             pa.Check(lambda df: df["low_vwap"] <= df["high_vwap"], name="low_le_high"),
@@ -127,10 +136,10 @@ def whale_alerts_schema() -> pa.DataFrameSchema:
     """Rows of ``crypto_whale_alerts``: notional is price x quantity and reaches the threshold."""
     return pa.DataFrameSchema(
         {
-            "trade_id": pa.Column(str),
-            "symbol": pa.Column(str, pa.Check.isin(_SYMBOLS)),
-            "exchange": pa.Column(str, pa.Check.isin(_EXCHANGES)),
-            "side": pa.Column(str, pa.Check.isin(["BUY", "SELL"])),
+            "trade_id": _text(),
+            "symbol": _text(pa.Check.isin(_SYMBOLS)),
+            "exchange": _text(pa.Check.isin(_EXCHANGES)),
+            "side": _text(pa.Check.isin(["BUY", "SELL"])),
             "notional": pa.Column("object"),
             "threshold": pa.Column("object", _positive("threshold_positive")),
             "event_time": _time(),
@@ -150,8 +159,8 @@ def price_anomalies_schema() -> pa.DataFrameSchema:
     """Rows of ``crypto_price_anomalies``: the price is more than ANOMALY_PCT % outside the previous range."""
     return pa.DataFrameSchema(
         {
-            "trade_id": pa.Column(str),
-            "symbol": pa.Column(str, pa.Check.isin(_SYMBOLS)),
+            "trade_id": _text(),
+            "symbol": _text(pa.Check.isin(_SYMBOLS)),
             "price": pa.Column("object", _positive("price_positive")),
             "deviation_pct": pa.Column(
                 "object", pa.Check(lambda v: abs(v) > ANOMALY_PCT, element_wise=True, name="beyond_anomaly_pct")

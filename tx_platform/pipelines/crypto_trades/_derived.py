@@ -17,10 +17,13 @@ with the venue.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
+from psycopg2.extensions import cursor as Cursor
 from psycopg2.extras import execute_values
 
 from tx_platform.pipelines.crypto_trades._market import SYMBOLS
@@ -109,9 +112,25 @@ WHERE (t.price > c.high * (1 + %(pct)s::numeric / 100) OR t.price < c.low * (1 -
 """
 
 
+@contextmanager
+def _transaction(conn: Connection) -> Iterator[Cursor]:
+    """A cursor whose work is committed at the end (rolled back on error).
+
+    Not ``with conn``: the caller's connection may already be inside one (``PostgresResource.connection()``),
+    and psycopg2 refuses to enter it twice. Whatever the caller left uncommitted is committed too.
+    """
+    try:
+        with conn.cursor() as cur:
+            yield cur
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+
+
 def _replace(conn: Connection, table: str, insert: str, source_topic: str | None, **params: object) -> int:
     """Delete ``table``'s rows in scope and run ``insert``, in one transaction; returns rows inserted."""
-    with conn, conn.cursor() as cur:
+    with _transaction(conn) as cur:
         cur.execute(
             sql.SQL("DELETE FROM {} WHERE (%(topic)s::text IS NULL OR source_topic = %(topic)s)").format(
                 sql.Identifier(table)
@@ -124,7 +143,7 @@ def _replace(conn: Connection, table: str, insert: str, source_topic: str | None
 
 def sync_instruments(conn: Connection) -> int:
     """Make ``crypto_instruments`` hold exactly the instruments of ``_market.SYMBOLS``; returns how many."""
-    with conn, conn.cursor() as cur:
+    with _transaction(conn) as cur:
         execute_values(
             cur,
             """
