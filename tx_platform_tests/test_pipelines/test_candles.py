@@ -312,3 +312,71 @@ def test_dagster_assets_rebuild_and_check_every_derived_table(seeded: Seeded, sp
     }
     reconcile = checks[(CANDLES_KEY, "reconciles_with_trades")].metadata
     assert (reconcile["mismatches"].value, reconcile["minutes_compared"].value) == (1, len(candles))
+
+
+def test_without_checkpoint_or_ledger_every_candle_is_recomputed(seeded: Seeded, spark: Any) -> None:  # noqa: ANN401
+    """A deleted checkpoint, or a ledger behind the checkpoint (warehouse restored), starts over from the
+    earliest offsets: the candles are recomputed whole (the late trade included: a first batch has no
+    watermark yet) and the ledger starts again at batch 0."""
+    import shutil
+
+    from spark_jobs.transforms import CANDLES, CandleStream, run_candles_available_now
+    from tx_platform.kafka_admin import end_offsets
+    from tx_platform.pipelines.crypto_trades._checks import reconcile_candles
+    from tx_platform.warehouse import connect
+
+    spec, settings = seeded.spec, seeded.settings
+    assert len(seeded.late) == 2, "runs after the late-data test"
+    records = COUNT + 2
+    everything = reference_candles([*seeded.trades, *seeded.late])
+    query = CANDLES.query_name(spec)
+
+    def ledger() -> list[tuple[int, dict]]:
+        conn = connect(settings.dsn())
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT batch_id, end_offsets FROM stream_batches WHERE query = %s AND source_topic = %s "
+                    "ORDER BY batch_id",
+                    (query, spec.topic),
+                )
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+    ends = {spec.topic: {str(p): o for p, o in end_offsets(settings.kafka_bootstrap, spec.topic).items()}}
+    for start_over in ("checkpoint deleted", "ledger emptied"):
+        if start_over == "checkpoint deleted":
+            shutil.rmtree(CandleStream(spark, spec, settings).checkpoint)
+        else:
+            conn = connect(settings.dsn())
+            with conn, conn.cursor() as cur:
+                cur.execute("DELETE FROM stream_batches WHERE query = %s AND source_topic = %s", (query, spec.topic))
+            conn.close()
+        stats = run_candles_available_now(spark, spec, settings)
+        assert (stats.input_rows, stats.late_rows, stats.rows) == (records, 0, len(everything)), start_over
+        batches = ledger()
+        assert [b for b, _ in batches] == list(range(len(batches))), start_over
+        assert batches[-1][1] == ends, start_over
+        stored = _stored_candles(settings, spec.topic)
+        for key, candle in everything.items():
+            _assert_candle(key, stored[key], candle, [*seeded.trades, *seeded.late])
+        conn = connect(settings.dsn())
+        try:
+            report = reconcile_candles(conn, spec.topic, query)
+        finally:
+            conn.close()
+        assert report.ok and report.mismatches == [], start_over
+
+
+def test_one_candle_query_per_topic(seeded: Seeded, spark: Any) -> None:  # noqa: ANN401
+    from spark_jobs.transforms import CandleQueryError, CandleStream
+
+    first = CandleStream(spark, seeded.spec, seeded.settings)
+    query = first.start(available_now=False, processing_time="1 hour")
+    try:
+        with pytest.raises(CandleQueryError, match=r"\[CANDLES_ALREADY_RUNNING\]"):
+            CandleStream(spark, seeded.spec, seeded.settings).start()
+    finally:
+        query.stop()
+        first.close()
