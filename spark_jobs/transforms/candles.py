@@ -608,6 +608,14 @@ class CandleStream:
             self._lock = None
 
 
+def _terminated(query: StreamingQuery, seconds: float) -> bool:
+    """Whether the query has ended within ``seconds``, with an error or not (``wait`` raises the error)."""
+    try:
+        return bool(query.awaitTermination(seconds))
+    except StreamingQueryException:
+        return True
+
+
 def run_candles_available_now(
     spark: SparkSession, spec: PipelineSpec, settings: Settings, candles: CandleSpec = CANDLES
 ) -> CandleStats:
@@ -648,7 +656,7 @@ def run_candles(
     while True:
         stream, query = start_candles(spark, spec, settings, processing_time, candles)
         try:
-            while not query.awaitTermination(1):
+            while not _terminated(query, 1):
                 if should_stop():
                     query.stop()  # a batch in flight commits whole or is replayed on the next start
                     break

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -380,3 +381,60 @@ def test_one_candle_query_per_topic(seeded: Seeded, spark: Any) -> None:  # noqa
     finally:
         query.stop()
         first.close()
+
+
+def test_a_new_writer_schema_restarts_the_continuous_query(stack_env: dict, spark: Any, tmp_path: Path) -> None:  # noqa: ANN401
+    """Records of a schema version registered while the query runs are decoded after a restart, not lost."""
+    import json
+    import threading
+    import uuid
+
+    from spark_jobs.transforms import run_candles
+    from tx_platform.pipelines.crypto_trades._simulator import simulate
+    from tx_platform.producer import open_producer, produce
+    from tx_platform.resources import KafkaResource
+    from tx_platform_tests.conftest import assert_eventually
+
+    spec = CRYPTO_TRADES.with_topic(f"crypto_{uuid.uuid4().hex[:10]}")
+    settings = load_settings(checkpoint_dir=tmp_path / "checkpoints")
+    KafkaResource(bootstrap_servers=settings.kafka_bootstrap).ensure_topic(spec.topic, 3, 1)
+    seed = zlib.crc32(spec.topic.encode())
+    trades = list(simulate(180, seed, datetime.now(UTC) - timedelta(minutes=20), timedelta(minutes=5)))
+    _produce(spec, settings, trades[:120])
+    # version 2 of the contract: one more optional field (BACKWARD compatible)
+    evolved = json.loads(spec.contract.schema_str)
+    evolved["fields"].append({"name": "venue_sequence", "type": ["null", "long"], "default": None})
+
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["stats"] = run_candles(spark, spec, settings, "1 second", should_stop=stop.is_set)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = exc
+
+    def candle_trades() -> int:
+        return sum(c[5] for c in _stored_candles(settings, spec.topic).values())
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        assert_eventually(lambda: candle_trades() == 120, timeout=180, what="the first 120 trades in candles")
+        producer, _ = open_producer(
+            spec, settings.kafka_bootstrap, settings.schema_registry_url, schema_str=json.dumps(evolved)
+        )
+        assert produce([{**t, "venue_sequence": n} for n, t in enumerate(trades[120:])], producer).delivered == 60
+        assert_eventually(lambda: candle_trades() == 180, timeout=180, what="the version-2 trades in candles")
+    finally:
+        stop.set()
+        runner.join(timeout=120)
+    assert "error" not in outcome, outcome
+    stats = outcome["stats"]
+    assert stats.restarts == 1
+    assert stats.late_rows == 0
+    expected = reference_candles(trades)
+    stored = _stored_candles(settings, spec.topic)
+    assert sorted(stored) == sorted(expected)
+    for key, candle in expected.items():
+        _assert_candle(key, stored[key], candle, trades)
