@@ -50,6 +50,11 @@ PUBLIC = {
     },
     "tx_platform.cli": {"cli", "main"},
     "spark_jobs.sink": {"PipelineSink", "SinkStats", "await_query", "contract_struct", "decode", "render"},
+    "spark_jobs.transforms": {
+        "ALLOWED_LATENESS", "CANDLES", "CandleQueryError", "CandleSpec", "CandleStats", "CandleStream", "CandleWriter",
+        "NotionalParts", "WriterSchemasChangedError", "candle_frame", "collect_candles", "good_trades", "run_candles",
+        "run_candles_available_now", "start_candles",
+    },
 }  # fmt: skip
 
 
