@@ -608,7 +608,7 @@ class CandleStream:
             self._lock = None
 
 
-def _terminated(query: StreamingQuery, seconds: float) -> bool:
+def _terminated(query: StreamingQuery, seconds: int) -> bool:
     """Whether the query has ended within ``seconds``, with an error or not (``wait`` raises the error)."""
     try:
         return bool(query.awaitTermination(seconds))
