@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -95,7 +96,7 @@ def test_every_rule_has_a_bad_example_and_every_engine_a_form() -> None:
     kinds = {rule.kind for _, rule in CASES}
     assert kinds == set(RuleKind)  # every kind is shipped, so every compiler branch is exercised below
     for module in (spark_rules, _schemas, _ddl):
-        source = open(module.__file__, encoding="utf-8").read()  # noqa: PTH123 - the module's own source
+        source = Path(module.__file__).read_text("utf-8")
         assert all(f"RuleKind.{kind.name}" in source for kind in RuleKind), module.__name__
 
 
