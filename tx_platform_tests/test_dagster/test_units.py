@@ -67,7 +67,8 @@ def test_definitions_hold_every_pipeline_as_its_own_group() -> None:
         groups.setdefault(graph.get(key).group_name, set()).add(key.to_user_string())
     assert groups == GROUPS
 
-    sensors = {s.name: s.job_name for s in defs.resolve_all_sensor_defs()}
+    repository = defs.get_repository_def()
+    sensors = {s.name: s.job_name for s in repository.sensor_defs}
     assert sensors == {
         "transactions_lag_sensor": "transactions_sink_job",
         "crypto_trades_lag_sensor": "crypto_trades_sink_job",
@@ -84,7 +85,15 @@ def test_definitions_hold_every_pipeline_as_its_own_group() -> None:
     assert defs.resolve_job_def("daily_merchant_summary_job").asset_layer.selected_asset_keys == {
         AssetKey(["warehouse", "daily_merchant_summary"])
     }
-    assert "daily_merchant_summary_job_schedule" in {s.name for s in defs.resolve_all_schedule_defs()}
+    assert {s.name: s.job_name for s in repository.schedule_defs} == {
+        "daily_merchant_summary_job_schedule": "daily_merchant_summary_job"
+    }
+    assert {j.name for j in repository.get_all_jobs()} == {
+        "__ASSET_JOB",  # the implicit job `dagster asset materialize --select` builds its runs from
+        "transactions_sink_job",
+        "crypto_trades_sink_job",
+        "daily_merchant_summary_job",
+    }
     assert set(defs.resources or {}) == {"kafka", "postgres", "pyspark", "settings"}
 
 
