@@ -18,7 +18,6 @@ with SIGKILL leaves its file behind: Prometheus then shows a target that is down
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -28,28 +27,12 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
-from pyspark import SparkConf
-from pyspark.sql import SparkSession
-
-from spark_jobs.session import spark_config
+from spark_jobs._entry import parse_pipeline, pipeline_parser, submitted_session
 from spark_jobs.sink._query import PipelineSink
 from tx_platform.config import Settings, load_settings
-from tx_platform.pipelines import DEFAULT_PIPELINE, PIPELINES, PipelineSpec, get_pipeline
+from tx_platform.pipelines import DEFAULT_PIPELINE, PipelineSpec
 
 log = logging.getLogger("spark_jobs.sink")
-
-
-def _session(settings: Settings, jars: list[str], metrics: bool = False) -> SparkSession:
-    if metrics and settings.spark_master.startswith("local"):
-        # Spark's UI binds to SPARK_LOCAL_IP, else to every interface: loopback only, like the driver
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    wanted = spark_config(settings, jars, app_name="tx_platform_sink", metrics=metrics)
-    given = SparkConf()  # what spark-submit set (master, jars, ...) wins over our local defaults
-    builder = SparkSession.builder
-    for key, value in wanted.items():
-        if not given.contains(key):
-            builder = builder.config(key, value)
-    return builder.getOrCreate()
 
 
 def register_target(settings: Settings, pipeline: str, ui_url: str | None, pid: int | None = None) -> Path | None:
@@ -85,7 +68,7 @@ def run(
     trigger: str = "5 seconds",
 ) -> None:
     """Run ``spec``'s sink until it is stopped (or, with available_now, until it has caught up)."""
-    spark = _session(settings, jars, metrics=not available_now)
+    spark = submitted_session(settings, jars, "tx_platform_sink", metrics=not available_now)
     spark.sparkContext.setLogLevel("WARN")
     sink = PipelineSink(spark, spec, settings)
     if available_now:
@@ -131,24 +114,7 @@ def _run_continuously(sink: PipelineSink, trigger: str, settings: Settings, ui_u
 
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments and run."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--available-now", action="store_true", help="process what is there, then stop")
-    parser.add_argument("--trigger", default="5 seconds", help="micro-batch interval (default: 5 seconds)")
-    parser.add_argument(
-        "--pipeline", default=DEFAULT_PIPELINE, choices=sorted(PIPELINES), help=f"default: {DEFAULT_PIPELINE}"
-    )
-    parser.add_argument("--topic", help="read this topic instead of the pipeline's (its DLQ: <topic>.dlq)")
-    parser.add_argument(
-        "--jars",
-        default=os.environ.get("TXP_SPARK_JARS", ""),
-        help="comma-separated connector jars when not run by spark-submit (env: TXP_SPARK_JARS)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
-    spec = get_pipeline(args.pipeline)
-    if args.topic:
-        spec = spec.with_topic(args.topic)
-    jars = [j for j in args.jars.split(",") if j]
+    args, spec, jars = parse_pipeline(pipeline_parser(__doc__, DEFAULT_PIPELINE, "5 seconds"), argv)
     run(spec, load_settings(), jars, available_now=args.available_now, trigger=args.trigger)
 
 
