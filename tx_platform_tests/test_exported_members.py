@@ -26,7 +26,8 @@ PUBLIC = {
         "open_producer", "produce",
     },
     "tx_platform.warehouse": {
-        "QUARANTINE_COLUMNS", "SOURCE_COLUMNS", "BatchResult", "Gap", "LedgerEntry", "PartitionRange", "SinkLease",
+        "MAX_CHECK_VALUES", "QUARANTINE_COLUMNS", "SOURCE_COLUMNS", "BatchResult", "Gap", "LedgerEntry",
+        "PartitionRange", "SinkLease",
         "acquire_lease", "check_batch", "commit_batch", "committed_offsets", "connect", "copy_isolating",
         "describe_dsn", "ensure_schema", "forget_topic", "plan_start", "prepare_ledger", "sql_check", "staged_columns",
         "table_columns", "table_ddl", "transaction",

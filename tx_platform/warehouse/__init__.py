@@ -6,7 +6,7 @@ from tx_platform.warehouse._db import (
     ensure_schema,
     transaction,
 )
-from tx_platform.warehouse._ddl import SOURCE_COLUMNS, sql_check, table_columns, table_ddl
+from tx_platform.warehouse._ddl import MAX_CHECK_VALUES, SOURCE_COLUMNS, sql_check, table_columns, table_ddl
 from tx_platform.warehouse._ledger import (
     Gap,
     LedgerEntry,
@@ -28,6 +28,7 @@ from tx_platform.warehouse._sink_writer import (
 )
 
 __all__ = [
+    "MAX_CHECK_VALUES",
     "QUARANTINE_COLUMNS",
     "SOURCE_COLUMNS",
     "BatchResult",
