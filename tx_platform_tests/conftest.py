@@ -64,17 +64,23 @@ def produce_records(
     return producer
 
 
-def fetch_one(dsn: str, query: str, *params: object) -> tuple:
-    """The first row of ``query`` on the warehouse at ``dsn``."""
+def fetch_all(dsn: str, query: str, *params: object) -> list[tuple]:
+    """Every row of ``query`` on the warehouse at ``dsn``."""
     from tx_platform.warehouse import connect
 
     conn = connect(dsn)
     try:
         with conn.cursor() as cur:
             cur.execute(query, params)
-            return cur.fetchone()
+            return cur.fetchall()
     finally:
         conn.close()
+
+
+def fetch_one(dsn: str, query: str, *params: object) -> tuple:
+    """The first row of ``query`` on the warehouse at ``dsn``."""
+    rows = fetch_all(dsn, query, *params)
+    return rows[0] if rows else None
 
 
 def spark_jars() -> list[str]:

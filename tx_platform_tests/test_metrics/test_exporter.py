@@ -17,7 +17,7 @@ from tx_platform.kafka_admin import end_offsets
 from tx_platform.metrics import MetricsExporterService, MetricsServer, build_server
 from tx_platform.pipelines import CRYPTO_TRADES, PipelineSpec
 from tx_platform.warehouse import connect, ensure_schema
-from tx_platform_tests.conftest import produce_records
+from tx_platform_tests.conftest import fetch_all, produce_records
 from tx_platform_tests.test_metrics._scrape import Samples, scrape, series, value
 from tx_platform_tests.test_metrics.test_metrics_unit import ALERTS
 
@@ -77,17 +77,13 @@ def _lag(samples: Samples, pipeline: str) -> dict[int, float]:
 
 
 def _newest_prices(settings: Settings, crypto: PipelineSpec) -> dict[tuple[str, str], float]:
-    conn = connect(settings.dsn())
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT DISTINCT ON (symbol, exchange) symbol, exchange, price FROM crypto_trades"
-                " WHERE kafka_topic = %s ORDER BY symbol, exchange, event_time DESC, trade_id DESC",
-                (crypto.topic,),
-            )
-            return {(s, e): float(p) for s, e, p in cur.fetchall()}
-    finally:
-        conn.close()
+    rows = fetch_all(
+        settings.dsn(),
+        "SELECT DISTINCT ON (symbol, exchange) symbol, exchange, price FROM crypto_trades"
+        " WHERE kafka_topic = %s ORDER BY symbol, exchange, event_time DESC, trade_id DESC",
+        crypto.topic,
+    )
+    return {(s, e): float(p) for s, e, p in rows}
 
 
 def test_exporter_figures_equal_the_warehouse_after_the_real_sink(

@@ -19,6 +19,7 @@ import pytest
 
 from tx_platform.config import Settings, load_settings
 from tx_platform.pipelines import CRYPTO_TRADES, PipelineSpec
+from tx_platform_tests.conftest import fetch_all
 from tx_platform_tests.test_pipelines._candles_reference import Candle, reference_candles
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -70,19 +71,13 @@ def seeded(stack_env: dict[str, str], spark: Any, tmp_path_factory: pytest.TempP
 
 
 def _stored_candles(settings: Settings, topic: str) -> dict[tuple[str, datetime], tuple]:
-    from tx_platform.warehouse import connect
-
-    conn = connect(settings.dsn())
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT symbol, minute, open, high, low, close, volume, trade_count, notional, vwap, first_trade_time, "
-                "last_trade_time, updated_at FROM crypto_candles_1m WHERE source_topic = %s",
-                (topic,),
-            )
-            return {(row[0], row[1]): row[2:] for row in cur.fetchall()}
-    finally:
-        conn.close()
+    rows = fetch_all(
+        settings.dsn(),
+        "SELECT symbol, minute, open, high, low, close, volume, trade_count, notional, vwap, first_trade_time, "
+        "last_trade_time, updated_at FROM crypto_candles_1m WHERE source_topic = %s",
+        topic,
+    )
+    return {(row[0], row[1]): row[2:] for row in rows}
 
 
 def _assert_candle(key: tuple[str, datetime], stored: tuple, expected: Candle, trades: list[dict]) -> None:
