@@ -29,8 +29,9 @@ PUBLIC = {
         "MAX_CHECK_VALUES", "QUARANTINE_COLUMNS", "SOURCE_COLUMNS", "BatchResult", "Gap", "LedgerEntry",
         "PartitionRange", "SinkLease",
         "acquire_lease", "check_batch", "commit_batch", "committed_offsets", "connect", "copy_isolating",
-        "describe_dsn", "ensure_schema", "forget_topic", "plan_start", "prepare_ledger", "sql_check", "staged_columns",
-        "table_columns", "table_ddl", "transaction",
+        "describe_dsn", "ensure_schema", "forget_topic", "plan_start", "prepare_ledger", "rule_constraints",
+        "sql_check", "staged_columns",
+        "sync_constraints", "table_columns", "table_ddl", "transaction",
     },
     "tx_platform.stack": {
         "Artifacts", "LocalStack", "ManagedProcess", "ServiceStatus", "StackLayout", "port_in_use",

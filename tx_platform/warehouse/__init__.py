@@ -6,7 +6,15 @@ from tx_platform.warehouse._db import (
     ensure_schema,
     transaction,
 )
-from tx_platform.warehouse._ddl import MAX_CHECK_VALUES, SOURCE_COLUMNS, sql_check, table_columns, table_ddl
+from tx_platform.warehouse._ddl import (
+    MAX_CHECK_VALUES,
+    SOURCE_COLUMNS,
+    rule_constraints,
+    sql_check,
+    sync_constraints,
+    table_columns,
+    table_ddl,
+)
 from tx_platform.warehouse._ledger import (
     Gap,
     LedgerEntry,
@@ -48,8 +56,10 @@ __all__ = [
     "plan_start",
     "prepare_ledger",
     "transaction",
+    "rule_constraints",
     "sql_check",
     "staged_columns",
     "table_columns",
+    "sync_constraints",
     "table_ddl",
 ]

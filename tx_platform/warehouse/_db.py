@@ -14,7 +14,7 @@ from psycopg2.extensions import connection as Connection
 
 from tx_platform.errors import ServiceUnavailableError
 from tx_platform.pipelines import PipelineSpec
-from tx_platform.warehouse._ddl import table_ddl
+from tx_platform.warehouse._ddl import sync_constraints, table_ddl
 
 
 def describe_dsn(dsn: str) -> str:
@@ -58,14 +58,18 @@ def transaction(dsn: str) -> Iterator[Connection]:
 
 
 def ensure_schema(dsn: str, specs: Iterable[PipelineSpec] = ()) -> None:
-    """Create the shared tables, and each pipeline's table and derived tables, if missing (idempotent)."""
-    ddl = [resources.files("tx_platform.warehouse").joinpath("schema.sql").read_text("utf-8")]
-    for spec in specs:
-        ddl.append(table_ddl(spec))
-        if spec.derived_ddl is not None:
-            ddl.append(spec.derived_ddl.read_text("utf-8"))
+    """Create the shared tables, and each pipeline's table and derived tables, if missing (idempotent).
+
+    A pipeline's table that exists already gets its rule CHECKs brought up to date (``sync_constraints``).
+    """
+    shared = resources.files("tx_platform.warehouse").joinpath("schema.sql").read_text("utf-8")
     with transaction(dsn) as conn, conn.cursor() as cur:
         # serialise concurrent first runs (sink and assets may start together)
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('tx_platform.ensure_schema'))")
-        for statement in ddl:
-            cur.execute(statement)
+        cur.execute(shared)
+        for spec in specs:
+            cur.execute(table_ddl(spec))
+            # an existing table gets the CHECKs of the spec's rules as they are now
+            sync_constraints(cur, spec)
+            if spec.derived_ddl is not None:
+                cur.execute(spec.derived_ddl.read_text("utf-8"))

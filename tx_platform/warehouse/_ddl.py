@@ -8,6 +8,7 @@ as ``WAREHOUSE_REJECTED`` (never expected).
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -78,6 +79,50 @@ def table_columns(spec: PipelineSpec) -> tuple[str, ...]:
     return (*spec.contract.field_names, *SOURCE_COLUMNS)
 
 
+def rule_constraints(spec: PipelineSpec) -> dict[str, str]:
+    """The table's CHECKs by name: ``enum_<field>`` per enum, ``rule<n>_<code>`` per rule a table can enforce.
+
+    Each name ends with a digest of its expression, so a rule that changes (a symbol listed, a range
+    widened) gets a new name, and :func:`sync_constraints` can tell by name alone what to replace.
+    """
+    contract = spec.contract
+    checks: list[tuple[str, str]] = []
+    for field in contract.fields:
+        if field.enum_symbols:
+            symbols = ", ".join(sql_literal(s) for s in field.enum_symbols)
+            checks.append((f"enum_{field.name}", f"{field.name} IN ({symbols})"))
+    for n, rule in enumerate(spec.rules):
+        check = sql_check(rule, contract.field(rule.field).postgres_type)
+        if check is not None:
+            # CHECK names are per table; the number keeps two rules with one code apart
+            checks.append((f"rule{n}_{rule.code.lower()}", check))
+    return {f"{base[:50]}_{hashlib.sha1(check.encode()).hexdigest()[:8]}": check for base, check in checks}  # noqa: S324
+
+
+def sync_constraints(cur: Any, spec: PipelineSpec) -> tuple[list[str], list[str]]:  # noqa: ANN401 - a cursor
+    """Make the table's rule and enum CHECKs those of the spec now; returns (added, dropped) names.
+
+    ``CREATE TABLE IF NOT EXISTS`` leaves an existing table's constraints as they were, so a rule
+    that changed would make Postgres refuse what the sink accepts (a newly listed symbol would be
+    quarantined as WAREHOUSE_REJECTED). New CHECKs are added ``NOT VALID``: rows already stored are
+    not re-checked (they passed the rules of their day), every new row is.
+    """
+    cur.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c' "
+        "AND conname ~ '^(enum_|rule[0-9]+_)'",
+        (spec.table,),
+    )
+    existing = {name for (name,) in cur.fetchall()}
+    wanted = rule_constraints(spec)
+    dropped = sorted(existing - wanted.keys())
+    added = sorted(wanted.keys() - existing)
+    for name in dropped:
+        cur.execute(f"ALTER TABLE {spec.table} DROP CONSTRAINT {name}")
+    for name in added:
+        cur.execute(f"ALTER TABLE {spec.table} ADD CONSTRAINT {name} CHECK ({wanted[name]}) NOT VALID")
+    return added, dropped
+
+
 def table_ddl(spec: PipelineSpec) -> str:
     """``CREATE TABLE IF NOT EXISTS`` of the pipeline's table (and its event-time index)."""
     contract = spec.contract
@@ -93,15 +138,7 @@ def table_ddl(spec: PipelineSpec) -> str:
         "ingested_at timestamptz NOT NULL DEFAULT now()",
         "UNIQUE (kafka_topic, kafka_partition, kafka_offset)",
     ]
-    for field in contract.fields:
-        if field.enum_symbols:
-            symbols = ", ".join(sql_literal(s) for s in field.enum_symbols)
-            lines.append(f"CONSTRAINT enum_{field.name} CHECK ({field.name} IN ({symbols}))")
-    for n, rule in enumerate(spec.rules):
-        check = sql_check(rule, contract.field(rule.field).postgres_type)
-        if check is not None:
-            # CHECK names are per table; the number keeps two rules with one code apart
-            lines.append(f"CONSTRAINT rule{n}_{rule.code.lower()} CHECK ({check})")
+    lines += [f"CONSTRAINT {name} CHECK ({check})" for name, check in rule_constraints(spec).items()]
     body = ",\n    ".join(lines)
     return (
         f"CREATE TABLE IF NOT EXISTS {spec.table} (\n    {body}\n);\n"
