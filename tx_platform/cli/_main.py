@@ -269,14 +269,16 @@ def _spec(pipeline: str, topic: str | None) -> PipelineSpec:
 
 @cli.command("pipelines")
 def pipelines_command() -> None:
-    """List the pipelines: name, topic, dead-letter topic, table, keys and how many rules check their records."""
-    table = Table("pipeline", "topic", "DLQ topic", "table", "natural key", "Kafka key", "rules")
+    """List the pipelines: name, topic, table, keys and how many rules check their records."""
+    rows = [("pipeline", "topic", "table", "natural key", "Kafka key", "rules")]
     for spec in PIPELINES.values():
-        name = f"{spec.name} (default)" if spec.name == DEFAULT_PIPELINE else spec.name
-        table.add_row(
-            name, spec.topic, spec.dlq_topic, spec.table, spec.natural_key, spec.kafka_key, str(len(spec.rules))
-        )
-    out.print(table)
+        name = f"{spec.name}*" if spec.name == DEFAULT_PIPELINE else spec.name
+        rows.append((name, spec.topic, spec.table, spec.natural_key, spec.kafka_key, str(len(spec.rules))))
+    # plain aligned columns: names are never cut or wrapped, whatever the terminal's width
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    click.echo("* the default (or TXP_PIPELINE); each topic's dead letters go to <topic>.dlq")
 
 
 # -- topics ------------------------------------------------------------------------------------

@@ -62,20 +62,16 @@ def test_the_pipeline_can_come_from_the_environment() -> None:
 
 
 def test_pipelines_lists_each_with_its_names_and_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rich.console import Console
 
-    from tx_platform.cli import _main
     from tx_platform.pipelines import CRYPTO_TRADES, TRANSACTIONS
 
-    monkeypatch.setattr(_main, "out", Console(width=200))  # a terminal wide enough for whole cells
-    result = CliRunner().invoke(cli, ["pipelines"], terminal_width=200)
+    result = CliRunner().invoke(cli, ["pipelines"], terminal_width=80)
     assert result.exit_code == 0, result.output
-    rows = [line for line in result.output.splitlines() if line.startswith("│")]
-    cells = [[c.strip() for c in row.strip("│").split("│")] for row in rows]
+    cells = [line.split() for line in result.output.splitlines() if line.split()[-1:] in (["9"], ["8"])]
     assert cells == [
-        ["transactions (default)", "transactions", "transactions.dlq", "transactions", "transaction_id", "account_id",
+        ["transactions*", "transactions", "transactions", "transaction_id", "account_id",
          str(len(TRANSACTIONS.rules))],
-        ["crypto_trades", "crypto.trades", "crypto.trades.dlq", "crypto_trades", "trade_id", "symbol",
+        ["crypto_trades", "crypto.trades", "crypto_trades", "trade_id", "symbol",
          str(len(CRYPTO_TRADES.rules))],
     ]  # fmt: skip
     assert (len(TRANSACTIONS.rules), len(CRYPTO_TRADES.rules)) == (9, 8)
