@@ -61,8 +61,7 @@ def test_the_pipeline_can_come_from_the_environment() -> None:
     assert "Invalid value for '--pipeline' / '-p' (env var: 'TXP_PIPELINE'): 'equities' is not one of" in refused.output
 
 
-def test_pipelines_lists_each_with_its_names_and_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-
+def test_pipelines_lists_each_with_its_names_and_rules() -> None:
     from tx_platform.pipelines import CRYPTO_TRADES, TRANSACTIONS
 
     result = CliRunner().invoke(cli, ["pipelines"], terminal_width=80)
