@@ -391,9 +391,20 @@ def _check_stack_env(_script: str, ctx: Ctx, _output: str) -> None:
     assert {"TXP_POSTGRES_DSN", "TXP_ANALYST_DSN", "TXP_SCHEMA_REGISTRY_URL", "DAGSTER_HOME"} <= exports.keys()
 
 
+def _pipeline_of(script: str) -> str:
+    """The ``--pipeline`` a README command names (the default pipeline when it names none)."""
+    from tx_platform.pipelines import DEFAULT_PIPELINE
+
+    named = re.search(r"--pipeline[ =](\S+)", script)
+    return named[1] if named else DEFAULT_PIPELINE
+
+
 def _check_produce(script: str, _ctx: Ctx, output: str) -> None:
-    count = int(re.search(r"txp produce --count (\d+)", script)[1])  # type: ignore[index]
+    from tx_platform.pipelines import get_pipeline
+
+    count = int(re.search(r"--count (\d+)", script)[1])  # type: ignore[index]
     assert f"delivered {count} of {count}, failed 0" in output
+    assert f"→ topic {get_pipeline(_pipeline_of(script)).topic}" in output
 
 
 def _check_dagster_materialize(script: str, _ctx: Ctx, output: str) -> None:
@@ -490,7 +501,7 @@ def test_readme_command(unit: Unit, ctx: Ctx) -> None:
             return
         if "txp produce " in unit.script:
             # in the Quick start, "Materialize all" in the UI creates the topics before this
-            _run(".venv/bin/txp topics create", ctx, "topics-create")
+            _run(f".venv/bin/txp topics create --pipeline {_pipeline_of(unit.script)}", ctx, "topics-create")
         expected_lag = _lag(ctx) if "dagster asset materialize " in unit.script else 0
         if "dagster asset materialize " in unit.script and expected_lag == 0:
             _produce_more(ctx, 500)
