@@ -40,8 +40,9 @@ def spark_config(
     }
     if jars:
         config["spark.jars"] = ",".join(str(j) for j in jars)
-    if local:
-        # local[*]: the driver and its UI listen on loopback only
+    if local or settings.spark_master.startswith("spark://127.0.0.1:"):
+        # local[*], or the local stack's standalone master: the driver and its UI listen on loopback
+        # only, and the executors (on loopback too) reach the driver there
         config |= {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
     if metrics:
         config |= {

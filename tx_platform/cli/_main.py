@@ -51,6 +51,9 @@ _PORT_VARS = {
     "postgres_exporter_port": "TXP_STACK_POSTGRES_EXPORTER_PORT",
     "metrics_port": "TXP_STACK_METRICS_PORT",
     "jmx_port": "TXP_STACK_JMX_PORT",
+    "spark_master_port": "TXP_STACK_SPARK_MASTER_PORT",
+    "spark_master_ui_port": "TXP_STACK_SPARK_MASTER_UI_PORT",
+    "spark_worker_ui_port": "TXP_STACK_SPARK_WORKER_UI_PORT",
 }
 #: Ports `txp stack up` has options for (their options read the same variables).
 _CORE_PORTS = ("kafka_port", "controller_port", "postgres_port", "registry_port")
@@ -66,7 +69,9 @@ def _stack(state_dir: Path | None, layout: StackLayout | None = None) -> LocalSt
     ports = _env_ports()
     if layout is None and ports:
         # so that `txp dev` and `txp demo` start the stack where `txp stack up` would
-        layout = dataclasses.replace(StackLayout(), **ports)
+        layout = dataclasses.replace(
+            StackLayout(), spark_workers=int(os.environ.get("TXP_STACK_SPARK_WORKERS") or 0), **ports
+        )
     return LocalStack(state_dir or settings.state_dir, settings.jars_dir, layout)
 
 
@@ -138,6 +143,15 @@ def stack_setup(force: bool) -> None:
 @click.option("--registry-port", default=8081, show_default=True, envvar="TXP_STACK_REGISTRY_PORT", show_envvar=True)
 @click.option("--brokers", default=1, show_default=True, help="Kafka brokers (>1: separate controller nodes).")
 @click.option("--controllers", default=1, show_default=True, help="KRaft controllers.")
+@click.option(
+    "--spark-workers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    envvar="TXP_STACK_SPARK_WORKERS",
+    show_envvar=True,
+    help="Spark standalone workers (1 core, 2g each) under a master on 127.0.0.1; 0: sinks run local[*].",
+)
 def stack_up(
     state_dir: Path | None,
     kafka_port: int,
@@ -146,6 +160,7 @@ def stack_up(
     registry_port: int,
     brokers: int,
     controllers: int,
+    spark_workers: int,
 ) -> None:
     """Start every service that is not running and wait until each is ready (idempotent)."""
     layout = StackLayout(
@@ -155,6 +170,7 @@ def stack_up(
         registry_port=registry_port,
         brokers=brokers,
         controllers=controllers,
+        spark_workers=spark_workers,
         # monitoring ports have no options of their own: TXP_STACK_<NAME>_PORT sets them
         **_env_ports(f for f in _PORT_VARS if f not in _CORE_PORTS),
     )

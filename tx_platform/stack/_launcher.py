@@ -10,7 +10,8 @@ import json
 import secrets
 import shlex
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from tx_platform.config import STACK_ENV_FILE
@@ -43,10 +44,13 @@ from tx_platform.stack._postgres import (
 )
 from tx_platform.stack._process import ManagedProcess
 from tx_platform.stack._registry import RegistryService
+from tx_platform.stack._spark import SparkMaster, SparkWorker, worker_processes
 from tx_platform.warehouse import ensure_schema
 
 _LAYOUT_FILE = "stack.json"
 _SECRETS_FILE = "secrets.json"
+#: Layout fields `txp stack up` may change on an existing stack (the Spark cluster keeps no data).
+_RESIZABLE = ("cluster_id", "spark_workers")
 
 DAGSTER_YAML = """\
 # Dagster instance of the local stack (written by `txp stack up`): runs, events and schedules
@@ -83,6 +87,13 @@ class StackLayout:
     postgres_exporter_port: int = 9187
     metrics_port: int = 9188  # the pipeline metrics exporter (txp metrics serve)
     jmx_port: int = 9404  # Kafka node n exports JMX metrics on jmx_port + n - 1
+    # the Spark standalone cluster (none by default: sinks run local[*]); 8080 is Kafka UI in Compose
+    spark_workers: int = 0
+    spark_master_port: int = 7077
+    spark_master_ui_port: int = 8090
+    spark_worker_ui_port: int = 8091  # worker n serves its UI on spark_worker_ui_port + n - 1
+    spark_worker_cores: int = 1
+    spark_worker_memory: str = "2g"
 
     @property
     def combined(self) -> bool:
@@ -117,13 +128,16 @@ class LocalStack:
         path = self.state_dir / _LAYOUT_FILE
         if path.exists():
             stored = StackLayout(**json.loads(path.read_text()))
-            fixed = tuple(f for f in asdict(stored) if f != "cluster_id")
+            fixed = tuple(f for f in asdict(stored) if f not in _RESIZABLE)
             if requested is not None and any(getattr(requested, f) != getattr(stored, f) for f in fixed):
                 msg = (
                     f"the stack in {self.state_dir} was created with {stored}; to change ports or topology "
                     "run `txp stack down --purge` first, or use another --state-dir"
                 )
                 raise StackError(msg)
+            if requested is not None:
+                # `txp stack up --spark-workers N` resizes the Spark cluster of an existing stack
+                return replace(stored, spark_workers=requested.spark_workers)
             return stored
         return requested or StackLayout()
 
@@ -278,6 +292,56 @@ class LocalStack:
             service.process.wait_ready(service.ready, timeout, f"{service.name} answering on {service.url}")
 
     @property
+    def spark_master(self) -> SparkMaster:
+        return SparkMaster(
+            root=self.state_dir / "spark",
+            port=self.layout.spark_master_port,
+            ui_port=self.layout.spark_master_ui_port,
+            log_file=self.logs_dir / "spark-master.log",
+        )
+
+    def spark_workers(self) -> list[SparkWorker]:
+        """The layout's Spark workers, 1..spark_workers (none by default)."""
+        layout = self.layout
+        return [
+            SparkWorker(
+                number=n,
+                root=self.state_dir / "spark" / f"worker-{n}",
+                master_url=self.spark_master.url,
+                ui_port=layout.spark_worker_ui_port + n - 1,
+                cores=layout.spark_worker_cores,
+                memory=layout.spark_worker_memory,
+                log_file=self.logs_dir / f"spark-worker-{n}.log",
+            )
+            for n in range(1, layout.spark_workers + 1)
+        ]
+
+    def _start_spark(self) -> None:
+        """Launch the master and workers (no wait); stop the master and workers the layout no longer has."""
+        wanted = {w.process.pid_file for w in self.spark_workers()}
+        for process in worker_processes(self.spark_master.root):
+            if process.pid_file not in wanted:
+                process.stop(timeout=30)
+        if not self.layout.spark_workers:
+            self.spark_master.process.stop(timeout=30)
+            return
+        self.spark_master.start()
+        for worker in self.spark_workers():
+            worker.start()
+
+    def _wait_spark(self, timeout: float) -> None:
+        """Wait until every worker is registered with the master and ALIVE in its ``/json/``."""
+        master = self.spark_master
+        if self.layout.spark_workers:
+            master.process.wait_ready(master.ready, timeout, f"master UI on {master.ui_url}")
+        for worker in self.spark_workers():
+            worker.process.wait_ready(
+                partial(master.has_worker, worker.ui_port),
+                timeout,
+                f"{worker.name} ALIVE in {master.ui_url}/json/",
+            )
+
+    @property
     def dagster_home(self) -> Path:
         return self.state_dir / "dagster_home"
 
@@ -300,7 +364,7 @@ class LocalStack:
             "TXP_SCHEMA_REGISTRY_URL": self.registry.url,
             "TXP_POSTGRES_DSN": self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB),
             "TXP_ANALYST_DSN": self.postgres.dsn(ANALYST_ROLE, WAREHOUSE_DB),
-            "TXP_SPARK_MASTER": "local[*]",
+            "TXP_SPARK_MASTER": self.spark_master.url if self.layout.spark_workers else "local[*]",
             "TXP_PROMETHEUS_URL": f"http://127.0.0.1:{self.layout.prometheus_port}",
             "TXP_ALERTMANAGER_URL": f"http://127.0.0.1:{self.layout.alertmanager_port}",
             "TXP_PUSHGATEWAY_URL": f"http://127.0.0.1:{self.layout.pushgateway_port}",
@@ -329,6 +393,7 @@ class LocalStack:
             node.start(artifacts, self._voters(), replication, self.layout.cluster_id)
         registry = self.registry
         registry.start(artifacts)
+        self._start_spark()  # its JVMs start while Kafka's do
         brokers = [n for n in nodes if n.broker_port]
         bootstrap = self.bootstrap
         for node in brokers:
@@ -338,6 +403,7 @@ class LocalStack:
         registry.process.wait_ready(registry.ready, timeout, f"schema registry API on {registry.url}")
         # every shipped pipeline's tables, so analysts, the exporter and Dagster find them before any sink ran
         ensure_schema(self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB), PIPELINES.values())
+        self._wait_spark(timeout)
         self._start_monitoring(timeout)
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         (self.dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
@@ -359,6 +425,11 @@ class LocalStack:
         for service in reversed(self.monitoring()):
             if service.process.stop(timeout=30):
                 stopped.append(service.name)
+        for process in worker_processes(self.spark_master.root):
+            if process.stop(timeout=30):
+                stopped.append(process.name)
+        if self.spark_master.process.stop(timeout=30):
+            stopped.append("spark-master")
         if self.registry.process.stop(timeout=30):
             stopped.append("schema-registry")
         for node in sorted(self.kafka_nodes(), key=lambda n: n.broker_port is None):
@@ -396,6 +467,15 @@ class LocalStack:
             pid = service.process.pid()
             missing = None if pid is not None or service.binary else service.package
             rows.append(ServiceStatus(service.name, pid is not None, pid, (service.port,), service.log_file, missing))
+        master = self.spark_master
+        pid = master.process.pid()
+        if self.layout.spark_workers or pid is not None:
+            rows.append(
+                ServiceStatus("spark-master", pid is not None, pid, (master.port, master.ui_port), master.log_file)
+            )
+        for worker in self.spark_workers():
+            pid = worker.process.pid()
+            rows.append(ServiceStatus(worker.name, pid is not None, pid, (worker.ui_port,), worker.log_file))
         rows.append(MetricsExporterService.for_stack(self).status())
         return rows
 

@@ -88,3 +88,46 @@ def test_env_lines_are_shell_quoted(tmp_path: Path) -> None:
         "TXP_SPARK_MASTER",
         "TXP_PROMETHEUS_URL",
     } <= names
+
+
+def test_no_spark_cluster_by_default(tmp_path: Path) -> None:
+    stack = LocalStack(tmp_path, tmp_path / "jars")
+    assert stack.spark_workers() == []
+    assert stack.env()["TXP_SPARK_MASTER"] == "local[*]"
+    assert not any(row.name.startswith("spark-") for row in stack.status())
+
+
+def test_spark_workers_get_their_own_ui_ports_and_work_dirs(tmp_path: Path) -> None:
+    layout = StackLayout(
+        spark_workers=3, spark_master_port=27077, spark_master_ui_port=28090, spark_worker_ui_port=28091
+    )
+    stack = LocalStack(tmp_path, tmp_path / "jars", layout)
+    assert stack.env()["TXP_SPARK_MASTER"] == "spark://127.0.0.1:27077"
+    workers = stack.spark_workers()
+    assert [w.ui_port for w in workers] == [28091, 28092, 28093]
+    assert [w.root for w in workers] == [tmp_path / "spark" / f"worker-{n}" for n in (1, 2, 3)]
+    assert {(w.cores, w.memory, w.master_url) for w in workers} == {(1, "2g", "spark://127.0.0.1:27077")}
+    # down: master and workers are listed (stopped) by `txp stack status`
+    rows = {row.name: row for row in stack.status() if row.name.startswith("spark-")}
+    assert sorted(rows) == ["spark-master", "spark-worker-1", "spark-worker-2", "spark-worker-3"]
+    assert rows["spark-master"].ports == (27077, 28090) and not rows["spark-master"].running
+
+
+def test_spark_workers_can_change_on_an_existing_stack(tmp_path: Path) -> None:
+    LocalStack(tmp_path, tmp_path / "jars", StackLayout(postgres_port=25433))._persist()
+    resized = LocalStack(tmp_path, tmp_path / "jars", StackLayout(postgres_port=25433, spark_workers=2))
+    assert resized.layout.spark_workers == 2
+    assert resized.layout.cluster_id == LocalStack(tmp_path, tmp_path / "jars").layout.cluster_id
+    with pytest.raises(StackError, match="down --purge"):
+        LocalStack(tmp_path, tmp_path / "jars", StackLayout(postgres_port=25433, spark_master_port=27078))
+
+
+def test_spark_config_keeps_the_driver_on_loopback_for_the_local_master() -> None:
+    from spark_jobs.session import spark_config
+    from tx_platform.config import load_settings
+
+    local_cluster = spark_config(load_settings(spark_master="spark://127.0.0.1:7077"), ["/jars/a.jar"])
+    assert local_cluster["spark.driver.host"] == local_cluster["spark.driver.bindAddress"] == "127.0.0.1"
+    assert local_cluster["spark.jars"] == "/jars/a.jar"
+    remote = spark_config(load_settings(spark_master="spark://spark-master:7077"), [])
+    assert "spark.driver.host" not in remote
