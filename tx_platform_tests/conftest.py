@@ -77,7 +77,7 @@ def fetch_all(dsn: str, query: str, *params: object) -> list[tuple]:
         conn.close()
 
 
-def fetch_one(dsn: str, query: str, *params: object) -> tuple:
+def fetch_one(dsn: str, query: str, *params: object) -> Any:  # noqa: ANN401 - a row, or None
     """The first row of ``query`` on the warehouse at ``dsn``."""
     rows = fetch_all(dsn, query, *params)
     return rows[0] if rows else None
