@@ -120,6 +120,23 @@ def listening_sockets() -> dict[str, tuple[str, int]]:
     return found
 
 
+def socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets process ``pid`` holds open (empty when it is gone)."""
+    inodes = set()
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
 def listening_addresses(port: int) -> set[str]:
     """Local addresses (hex, as in /proc/net/tcp) listening on ``port``."""
     return {host for host, p in listening_sockets().values() if p == port}

@@ -34,7 +34,7 @@ from tx_platform.stack._monitoring import (
     render_alertmanager_config,
     write_prometheus_files,
 )
-from tx_platform_tests.conftest import assert_eventually, listening_sockets, process_group
+from tx_platform_tests.conftest import assert_eventually, listening_sockets, process_group, socket_inodes
 
 MONITORING = ("prometheus", "alertmanager", "pushgateway", "postgres-exporter")
 LOOPBACK = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
@@ -161,22 +161,6 @@ def test_alertmanager_is_ready_and_accepts_a_test_alert(test_stack: LocalStack, 
     assert f"http://127.0.0.1:{test_stack.layout.metrics_port}/alerts" in rendered
 
 
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    try:
-        fds = list(Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return inodes
-    for fd in fds:
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
 @pytest.mark.integration
 def test_every_listening_port_of_the_stack_is_on_loopback(test_stack: LocalStack) -> None:
     _require_monitoring(test_stack)
@@ -184,7 +168,7 @@ def test_every_listening_port_of_the_stack_is_on_loopback(test_stack: LocalStack
     by_service: dict[str, set[tuple[str, int]]] = {}
     for row in test_stack.status():
         assert row.pid, f"{row.name} is not running"
-        inodes = {i for pid, _argv in process_group(row.pid) for i in _socket_inodes(pid)}
+        inodes = {i for pid, _argv in process_group(row.pid) for i in socket_inodes(pid)}
         by_service[row.name] = {listening[i] for i in inodes if i in listening}
     for name, sockets in by_service.items():
         assert sockets, f"{name} listens nowhere"

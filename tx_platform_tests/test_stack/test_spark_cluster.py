@@ -21,7 +21,7 @@ from tx_platform.config import PROJECT_ROOT, load_settings
 from tx_platform.kafka_admin import ensure_topic
 from tx_platform.pipelines import TRANSACTIONS
 from tx_platform.stack import LocalStack, StackLayout
-from tx_platform_tests.conftest import fetch_one, listening_sockets, produce_records, spark_jars
+from tx_platform_tests.conftest import fetch_one, listening_sockets, produce_records, socket_inodes, spark_jars
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -61,14 +61,7 @@ def _layout() -> StackLayout:
 
 def _listening_addresses_of(pid: int) -> dict[int, str]:
     """Port -> hex address of every listening TCP socket of process ``pid``."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+    inodes = socket_inodes(pid)
     return {port: host for inode, (host, port) in listening_sockets().items() if inode in inodes}
 
 
