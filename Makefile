@@ -48,6 +48,7 @@ test-unit: setup ## Run the unit tests only (nothing started)
 
 bench: up ## Benchmarks against the running stack, each beside its baseline in the same run
 	$(BIN)/python bench/bench_commit.py
+	$(BIN)/python bench/bench_producer.py
 
 lint: setup ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
