@@ -37,10 +37,7 @@ def parse_pipeline(
     """Parse ``argv``, set up logging, and return the arguments, the pipeline (on ``--topic``) and the jars."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
-    spec = get_pipeline(args.pipeline)
-    if args.topic:
-        spec = spec.with_topic(args.topic)
-    return args, spec, [j for j in args.jars.split(",") if j]
+    return args, get_pipeline(args.pipeline, args.topic or None), [j for j in args.jars.split(",") if j]
 
 
 def submitted_session(settings: Settings, jars: list[str], app_name: str, metrics: bool = False) -> SparkSession:

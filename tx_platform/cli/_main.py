@@ -32,7 +32,7 @@ from rich.text import Text
 
 from tx_platform.config import PROJECT_ROOT, load_settings
 from tx_platform.errors import TxPlatformError
-from tx_platform.pipelines import DEFAULT_PIPELINE, PIPELINES, PipelineSpec, get_pipeline
+from tx_platform.pipelines import DEFAULT_PIPELINE, PIPELINES, get_pipeline
 from tx_platform.stack import LocalStack, StackLayout
 
 err = Console(stderr=True)
@@ -277,12 +277,6 @@ def _topic_option(what: str) -> Any:  # noqa: ANN401 - click's decorator
     return click.option("--topic", default=None, help=f"{what} [default: the pipeline's topic; its DLQ: <topic>.dlq].")
 
 
-def _spec(pipeline: str, topic: str | None) -> PipelineSpec:
-    """The pipeline, on ``topic`` when one is given (its dead-letter topic follows: ``<topic>.dlq``)."""
-    spec = get_pipeline(pipeline)
-    return spec if topic is None else spec.with_topic(topic)
-
-
 @cli.command("pipelines")
 def pipelines_command() -> None:
     """List the pipelines: name, topic, table, keys and how many rules check their records."""
@@ -314,7 +308,7 @@ def topics_create(pipeline: str, topic: str | None, partitions: int | None, repl
     from tx_platform.kafka_admin import ensure_topic
 
     settings = load_settings()
-    spec = _spec(pipeline, topic)
+    spec = get_pipeline(pipeline, topic)
     count = partitions or settings.topic_partitions
     factor = replication or settings.topic_replication
     for each, config in ((spec.topic, None), (spec.dlq_topic, {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)})):
@@ -335,7 +329,7 @@ def topics_forget(pipeline: str, topic: str | None, yes: bool) -> None:
     from tx_platform.warehouse import connect, forget_topic
 
     settings = load_settings()
-    spec = _spec(pipeline, topic)
+    spec = get_pipeline(pipeline, topic)
     if not yes:
         click.confirm(f"delete every row of {spec.topic!r} from the warehouse?", abort=True)
     conn = connect(settings.dsn())
@@ -365,7 +359,7 @@ def dlq_show(pipeline: str, topic: str | None, limit: int) -> None:
     from tx_platform.kafka_admin import end_offsets, offset_consumer
 
     settings = load_settings()
-    name = _spec(pipeline, topic).dlq_topic
+    name = get_pipeline(pipeline, topic).dlq_topic
     ends = end_offsets(settings.kafka_bootstrap, name)
     consumer = offset_consumer(settings.kafka_bootstrap)
     consumer.assign([TopicPartition(name, p, max(0, end - limit)) for p, end in ends.items()])
@@ -466,7 +460,7 @@ def produce(
     from tx_platform.producer import produce as produce_records
 
     settings = load_settings()
-    spec = _spec(pipeline, topic)
+    spec = get_pipeline(pipeline, topic)
     span = timedelta(hours=span_hours)
     first = start.replace(tzinfo=UTC) if start else datetime.now(UTC) - span
     producer, registration = open_producer(
@@ -550,7 +544,7 @@ def sink(pipeline: str, topic: str | None, available_now: bool, trigger: str) ->
 
     settings = load_settings()
     jars = [str(j) for j in resolve_artifacts(settings.jars_dir).spark_jars()]
-    run(_spec(pipeline, topic), settings, jars, available_now=available_now, trigger=trigger)
+    run(get_pipeline(pipeline, topic), settings, jars, available_now=available_now, trigger=trigger)
 
 
 # -- demo / dev --------------------------------------------------------------------------------

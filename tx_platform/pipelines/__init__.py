@@ -17,13 +17,17 @@ PIPELINES: dict[str, PipelineSpec] = {p.name: p for p in (TRANSACTIONS, CRYPTO_T
 DEFAULT_PIPELINE = TRANSACTIONS.name
 
 
-def get_pipeline(name: str) -> PipelineSpec:
-    """The shipped pipeline called ``name``; ConfigError listing the choices otherwise."""
+def get_pipeline(name: str, topic: str | None = None) -> PipelineSpec:
+    """The shipped pipeline called ``name``, on ``topic`` when one is given (its DLQ: ``<topic>.dlq``).
+
+    ConfigError listing the choices when there is no such pipeline.
+    """
     try:
-        return PIPELINES[name]
+        spec = PIPELINES[name]
     except KeyError:
         msg = f"no pipeline {name!r}; choose one of {', '.join(PIPELINES)}"
         raise ConfigError(msg) from None
+    return spec if topic is None else spec.with_topic(topic)
 
 
 def pipeline_of_topic(topic: str) -> PipelineSpec | None:
