@@ -143,7 +143,8 @@ def produce(
             on_progress(producer.report.sent % 1_000)
     report = producer.report
     if report.failed:
-        msg = f"{report.failed} of {report.sent} records were not delivered: {'; '.join(report.errors)}"
+        errors = "; ".join(report.errors)
+        msg = f"[NOT_DELIVERED] {report.failed} of {report.sent} records were not acknowledged by Kafka: {errors}"
         raise DeliveryError(msg)
     return report
 
