@@ -10,10 +10,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -34,6 +35,9 @@ from tx_platform.config import PROJECT_ROOT, load_settings
 from tx_platform.errors import TxPlatformError
 from tx_platform.pipelines import DEFAULT_PIPELINE, PIPELINES, get_pipeline
 from tx_platform.stack import LocalStack, StackLayout
+
+if TYPE_CHECKING:
+    from tx_platform.producer import DeliveryReport
 
 err = Console(stderr=True)
 out = Console()
@@ -437,6 +441,12 @@ class _RateColumn(ProgressColumn):
     type=click.FloatRange(0, 1),
     help="Share of records replaced by labelled bad ones (every kind in turn), to show the DLQ path.",
 )
+@click.option(
+    "--delivered-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Append `partition offset` of every record Kafka acknowledged, one line each, as the acks arrive.",
+)
 def produce(
     count: int,
     rate: float,
@@ -448,6 +458,7 @@ def produce(
     topic: str | None,
     registry: str | None,
     bad_ratio: float,
+    delivered_log: Path | None,
 ) -> None:
     """Produce a pipeline's seeded synthetic records into Kafka (Avro, Confluent wire format).
 
@@ -480,6 +491,7 @@ def produce(
     pipeline = producer.spec.name  # the spec's name, whatever topic it writes to (--topic)
     with (
         pushing_producer_metrics(producer.report, pipeline, settings.pushgateway_url),
+        _logging_deliveries(producer.report, delivered_log),
         Progress(*columns, console=err, transient=False) as progress,
     ):
         task = progress.add_task("produce", total=count)
@@ -494,6 +506,33 @@ def produce(
         f"delivered {report.delivered} of {report.sent}, failed {report.failed}, "
         f"injected bad {injected} → topic {producer.topic}"
     )
+
+
+@contextmanager
+def _logging_deliveries(report: DeliveryReport, path: Path | None) -> Iterator[None]:
+    """Write ``partition offset`` of each acknowledged record to ``path`` while the block runs.
+
+    Each line reaches the file as its acknowledgement arrives (line-buffered, so a producer killed
+    with SIGKILL leaves every line it had seen): a fault test's record of what was reported delivered.
+    """
+    if path is None:
+        yield
+        return
+    inner = report.observer  # the producer metrics' observer: still told of every report
+
+    with path.open("a", buffering=1) as log:
+
+        def observe(error: Any, msg: Any) -> None:  # noqa: ANN401 - KafkaError | None, Message
+            if inner is not None:
+                inner(error, msg)
+            if error is None:
+                log.write(f"{msg.partition()} {msg.offset()}\n")
+
+        report.observer = observe
+        try:
+            yield
+        finally:
+            report.observer = inner
 
 
 # -- metrics -----------------------------------------------------------------------------------
