@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +46,9 @@ def spark_config(
         # local[*], or the local stack's standalone master: the driver and its UI listen on loopback
         # only, and the executors (on loopback too) reach the driver there
         config |= {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+        # the sink's write tasks run Python on the executors (they commit to Postgres): on this
+        # machine they run the driver's interpreter, which has the project installed
+        config["spark.pyspark.python"] = executor_python()
     if metrics:
         config |= {
             "spark.ui.prometheus.enabled": "true",
@@ -59,3 +64,14 @@ def spark_config(
     if local and config.get("spark.ui.enabled") == "true":
         config["spark.ui.port"] = str(settings.spark_ui_port)
     return config
+
+
+def executor_python() -> str:
+    """The interpreter executors on this machine run: ``PYSPARK_PYTHON`` if set, else this process's.
+
+    PySpark reads ``PYSPARK_PYTHON`` when the SparkContext starts (``spark.pyspark.python`` only
+    reaches ``spark-submit``), so the variable is set here too, before any session is built. On a
+    remote cluster, set ``PYSPARK_PYTHON`` to an interpreter of the executors' image that has
+    ``tx_platform`` and ``psycopg2`` installed.
+    """
+    return os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

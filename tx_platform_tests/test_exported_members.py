@@ -28,16 +28,19 @@ PUBLIC = {
     "tx_platform.warehouse": {
         "MAX_CHECK_VALUES", "QUARANTINE_COLUMNS", "SOURCE_COLUMNS", "BatchResult", "Gap", "LedgerEntry",
         "PartitionRange", "SinkLease",
-        "acquire_lease", "check_batch", "commit_batch", "committed_offsets", "connect", "copy_isolating",
-        "describe_dsn", "ensure_schema", "forget_topic", "plan_start", "prepare_ledger", "rule_constraints",
-        "sql_check", "staged_columns",
+        "acquire_lease", "check_batch", "check_lease", "commit_batch", "committed_offsets", "connect",
+        "copy_isolating", "describe_dsn", "ensure_schema", "forget_topic", "plan_start", "prepare_ledger",
+        "read_ledger", "rule_constraints", "sql_check", "staged_columns",
         "sync_constraints", "table_columns", "table_ddl", "transaction",
     },
     "tx_platform.stack": {
         "Artifacts", "LocalStack", "ManagedProcess", "ServiceStatus", "StackLayout", "port_in_use",
         "pyspark_version", "require_java", "resolve_artifacts", "tail",
     },
-    "tx_platform.checks": {"LossReport", "loss_report", "pandera_check", "pipeline_schema", "read_newest_rows"},
+    "tx_platform.checks": {
+        "Audit", "AuditError", "LossReport", "audit_pipeline", "loss_report", "pandera_check", "pipeline_schema",
+        "read_coordinates", "read_newest_rows",
+    },
     "tx_platform.metrics": {
         "ALL_METRICS", "COMMIT_BUCKETS", "DEAD_LETTER_RATIO_THRESHOLD", "DELIVERY_BUCKETS", "E2E_LATENCY",
         "E2E_LATENCY_SLO", "EXPORTER_SCRAPE_DURATION", "EXPORTER_UP", "KAFKA_TO_COMMIT_LATENCY", "LATENCY_BUCKETS",

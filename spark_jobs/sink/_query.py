@@ -3,10 +3,11 @@
 One query per pipeline (named ``<pipeline>_sink``, with its own checkpoint), built from the
 pipeline's spec; the settings arrive as one :class:`~tx_platform.config.Settings` object.
 
-Each micro-batch is decoded in Spark, collected to the driver as CSV lines, and committed by
-:func:`tx_platform.warehouse.commit_batch` together with its Kafka offsets. Postgres, not the
+Each micro-batch is decoded in Spark and written by the executors: each task commits its Kafka
+partition's slice with :func:`tx_platform.warehouse.commit_batch`, together with that partition's
+offsets, fenced (see ``_writer``); the driver collects only per-task counts. Postgres, not the
 Spark checkpoint, is the source of truth for progress: without a checkpoint the query starts
-from the offsets committed there, and a batch replayed after a crash writes nothing twice.
+from the offsets committed there, and a batch or task replayed after a crash writes nothing twice.
 
 The sink holds its topic's lease while it runs (a second sink fails at start), checks the
 ledger against Kafka before it starts (topic id, offsets past the topic's end, records deleted
@@ -33,20 +34,22 @@ from spark_jobs.sink._decode import decode, render, wire_schema_id
 from spark_jobs.sink._dlq import DeadLetterPublisher
 from spark_jobs.sink._progress import SinkProgressReporter
 from spark_jobs.sink._registry import WriterSchemas
+from spark_jobs.sink._writer import REFUSED_GAP, SliceResult, SliceWriter, unfenced_for_tests
 from tx_platform.config import Settings
-from tx_platform.errors import OffsetGapError, SinkError, TxPlatformError
+from tx_platform.errors import SinkError, TxPlatformError
 from tx_platform.kafka_admin import partition_count, topic_id, watermarks
 from tx_platform.pipelines import PipelineSpec
 from tx_platform.warehouse import (
     Gap,
-    PartitionRange,
     SinkLease,
     acquire_lease,
-    commit_batch,
+    check_batch,
+    check_lease,
     committed_offsets,
     connect,
     ensure_schema,
     prepare_ledger,
+    read_ledger,
 )
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,8 @@ class SinkStats:
     skipped: int = 0
     dead_lettered: int = 0
     seconds: float = 0.0
+    #: commits made by the write tasks, one per Kafka partition with records in a batch
+    slices: int = 0
 
 
 class PipelineSink:
@@ -142,53 +147,61 @@ class PipelineSink:
             log.warning("[DATA_LOSS] recorded in sink_gaps and skipped: %s", gap.describe(self.spec.topic))
         return gaps
 
+    def _write(self, rendered: DataFrame, batch_id: int) -> list[SliceResult]:
+        """Run the write tasks: each commits its Kafka partition's slice; only their results come back."""
+        lease = self._lease.epoch if self._lease is not None else None
+        writer = SliceWriter(
+            self.spec, self._dsn, batch_id, topic_id=self._topic_id, lease_epoch=lease, fence=not unfenced_for_tests()
+        )
+        return [SliceResult(**row) for row in rendered.rdd.mapPartitions(writer).collect()]
+
+    def _raise_refusal(self, batch_id: int, results: list[SliceResult]) -> None:
+        """A slice the ledger refused: raise the typed error the driver's own check names."""
+        refused = [r for r in results if r.refused is not None]
+        if not refused:
+            return
+        ranges = {r.partition: r.range for r in results}
+        lease = self._lease.epoch if self._lease is not None else None
+        with closing(connect(self._dsn)) as conn, conn, conn.cursor() as cur:
+            if lease is not None:
+                check_lease(cur, self.spec.topic, lease, batch_id)
+            check_batch(self.spec.topic, ranges, read_ledger(cur, self.spec.topic), self._topic_id)
+        msg = f"[SINK_SLICE_REFUSED] batch {batch_id}: {refused[0].message}"
+        raise SinkError(msg)
+
     def _commit_batch(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         schemas = self._schemas_for(batch)
-        lines = render(decode(batch, self.spec, schemas), self.spec).collect()
-        if not lines:
-            return
-        ranges: dict[int, PartitionRange] = {}
-        good_lines: list[str] = []
-        bad_lines: list[str] = []
-        for row in lines:
-            (good_lines if row.ok else bad_lines).append(row.line)
-            current = ranges.get(row.partition)
-            offset = int(row.offset)
-            ranges[row.partition] = (
-                PartitionRange(offset, offset)
-                if current is None
-                else PartitionRange(min(current.first, offset), max(current.last, offset))
-            )
+        rendered = render(decode(batch, self.spec, schemas), self.spec)
         # the topic's id now, not at start: a topic recreated while the sink runs must not pass as a replay
         self._topic_id = topic_id(self.settings.kafka_bootstrap, self.spec.topic)
-        lease = self._lease.epoch if self._lease is not None else None
+        results = self._write(rendered, batch_id)
+        if any(r.refused == REFUSED_GAP for r in results):
+            # deleted by retention (DATA_LOSS, or recorded) or skipped by the checkpoint (OFFSET_GAP)?
+            with closing(connect(self._dsn)) as conn:
+                recorded = self._prepare_ledger(conn)
+            if recorded:
+                results = self._write(rendered, batch_id)  # the slices committed already write nothing
+        self._raise_refusal(batch_id, results)
+        if not results:
+            return
+        quarantined = sum(r.quarantined for r in results)
         with closing(connect(self._dsn)) as conn:
-            try:
-                result = commit_batch(
-                    conn, self.spec, batch_id, good_lines, bad_lines, ranges,
-                    topic_id=self._topic_id, lease_epoch=lease,
-                )  # fmt: skip
-            except OffsetGapError:
-                # deleted by retention (DATA_LOSS, or recorded) or skipped by the checkpoint (OFFSET_GAP)?
-                if not self._prepare_ledger(conn):
-                    raise
-                result = commit_batch(
-                    conn, self.spec, batch_id, good_lines, bad_lines, ranges,
-                    topic_id=self._topic_id, lease_epoch=lease,
-                )  # fmt: skip
-            dead_lettered = self.dlq.publish(conn) if result.quarantined else 0
+            dead_lettered = self.dlq.publish(conn) if quarantined else 0
         elapsed = time.monotonic() - started
         s = self.stats
         s.batches += 1
-        s.records += result.records
-        s.inserted += result.inserted
-        s.quarantined += result.quarantined
-        s.skipped += result.skipped
+        s.records += sum(r.records for r in results)
+        s.inserted += sum(r.inserted for r in results)
+        s.quarantined += quarantined
+        s.skipped += sum(r.skipped for r in results)
         s.dead_lettered += dead_lettered
+        s.slices += len(results)
         log.info(
-            "batch %d: %d records -> %d inserted, %d quarantined (%d sent to the DLQ), %d already committed (%.2f s)",
-            batch_id, result.records, result.inserted, result.quarantined, dead_lettered, result.skipped, elapsed,
+            "batch %d: %d records in %d partition slices -> %d inserted, %d quarantined (%d sent to the DLQ), "
+            "%d already committed (%.2f s)",
+            batch_id, sum(r.records for r in results), len(results), sum(r.inserted for r in results), quarantined,
+            dead_lettered, sum(r.skipped for r in results), elapsed,
         )  # fmt: skip
 
     def start(self, available_now: bool = True, processing_time: str = "5 seconds") -> StreamingQuery:

@@ -22,9 +22,11 @@ from tx_platform.warehouse._ledger import (
     SinkLease,
     acquire_lease,
     check_batch,
+    check_lease,
     forget_topic,
     plan_start,
     prepare_ledger,
+    read_ledger,
 )
 from tx_platform.warehouse._sink_writer import (
     QUARANTINE_COLUMNS,
@@ -46,6 +48,7 @@ __all__ = [
     "SinkLease",
     "acquire_lease",
     "check_batch",
+    "check_lease",
     "commit_batch",
     "committed_offsets",
     "connect",
@@ -55,6 +58,7 @@ __all__ = [
     "forget_topic",
     "plan_start",
     "prepare_ledger",
+    "read_ledger",
     "transaction",
     "rule_constraints",
     "sql_check",

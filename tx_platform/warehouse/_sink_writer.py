@@ -2,7 +2,9 @@
 
 Generic over the pipeline: its spec names the table, the natural key and the time column.
 
-Rows arrive as CSV text (one record per line). Under a table lock on ``sink_offsets``:
+Rows arrive as CSV text (one record per line). The sink commits one Kafka partition's slice of a
+micro-batch per transaction, from the Spark task that read it, so slices of different partitions
+commit in parallel; each transaction holds the ledger rows of its partitions (``FOR UPDATE``):
 
 1. the sink's lease is checked (a fenced sink commits nothing) and the batch must continue the
    ledger: same topic id, no partition starting after its committed end (see ``_ledger``);
@@ -14,8 +16,11 @@ Rows arrive as CSV text (one record per line). Under a table lock on ``sink_offs
 4. new rows are inserted, ``ON CONFLICT (<natural key>) DO NOTHING``;
 5. a record whose natural key already exists is quarantined as ``DUPLICATE_<KEY>``
    with its raw key and value bytes, so that every Kafka record still ends in exactly one place;
-6. rejected records go to ``quarantine``; the offsets move forward; a ``sink_batches`` row is added
-   with the seconds the transaction ran;
+6. rejected records go to ``quarantine``; the offsets move forward through the **fence**: an
+   ``UPDATE sink_offsets ... WHERE next_offset = <the value read under the row lock>`` that must
+   change exactly one row per partition, so a replayed or zombie task whose range is already
+   committed writes nothing (step 3 dropped its records) and can never move the ledger twice; a
+   ``sink_batches`` row is added per partition with the seconds the transaction ran;
 7. last, the latency of every inserted record (event time and Kafka timestamp -> now) and the
    commit's duration are added to the cumulative histograms in ``sink_latency``: exact, in the
    same transaction as the rows, so a crash or a replay never counts a record twice or not at all.
@@ -38,7 +43,7 @@ from tx_platform.errors import SinkError
 from tx_platform.metrics._definitions import COMMIT_BUCKETS, LATENCY_BUCKETS, bucket_for
 from tx_platform.pipelines import PipelineSpec
 from tx_platform.warehouse._ddl import table_columns
-from tx_platform.warehouse._ledger import PartitionRange, check_batch, check_lease, read_ledger
+from tx_platform.warehouse._ledger import LedgerEntry, PartitionRange, check_batch, check_lease, read_ledger
 
 log = logging.getLogger(__name__)
 
@@ -165,20 +170,41 @@ def commit_batch(
     *,
     topic_id: str | None = None,
     lease_epoch: int | None = None,
+    fence: bool = True,
 ) -> BatchResult:
-    """Commit one micro-batch exactly once. The caller owns the connection; this commits it.
+    """Commit one micro-batch (or one partition's slice of it) exactly once. The caller owns the
+    connection; this commits it.
 
     ``topic_id`` (Kafka's id of the topic) and ``lease_epoch`` (from ``acquire_lease``) are checked
     against the ledger when given; a batch that does not continue the ledger raises LedgerError.
+    ``fence=False`` is for the fault tests' negative control only: it drops the replay filter and
+    moves the ledger unconditionally, so a replayed slice is written twice.
     """
     topic, table, key = spec.topic, spec.table, spec.natural_key
     columns = table_columns(spec)
     records = len(row_lines) + len(quarantine_lines)
+    partitions = sorted(ranges)
     with conn, conn.cursor() as cur:
-        cur.execute("LOCK TABLE sink_offsets IN SHARE ROW EXCLUSIVE MODE")
+        # commits share the table (ROW EXCLUSIVE) and serialize per partition on the ledger rows;
+        # prepare_ledger and forget_topic (SHARE ROW EXCLUSIVE) wait for them and they for those
+        cur.execute("LOCK TABLE sink_offsets IN ROW EXCLUSIVE MODE")
         if lease_epoch is not None:
             check_lease(cur, topic, lease_epoch, batch_id)
-        check_batch(topic, ranges, read_ledger(cur, topic), topic_id)
+        # a ledger row for a partition it does not know yet (next offset 0, so check_batch still
+        # requires such a slice to start at 0), then the rows of this slice's partitions, locked in
+        # partition order: a replayed or zombie task on the same partition waits here, then finds
+        # its range committed
+        cur.execute(
+            "INSERT INTO sink_offsets (topic, partition, first_offset, next_offset, batch_id, topic_id) "
+            "SELECT %s, p, 0, 0, -1, %s FROM unnest(%s::int[]) AS p ON CONFLICT DO NOTHING",
+            (topic, topic_id, partitions),
+        )
+        cur.execute(
+            "SELECT partition FROM sink_offsets WHERE topic = %s AND partition = ANY(%s) ORDER BY partition FOR UPDATE",
+            (topic, partitions),
+        )
+        ledger = read_ledger(cur, topic)
+        check_batch(topic, ranges, ledger, topic_id)
         # staging carries the target's CHECK and NOT NULL constraints: a refused value fails here,
         # line by line, not in the INSERT below, where it would take the whole batch with it
         cur.execute(
@@ -204,7 +230,8 @@ def commit_batch(
                 msg = f"[QUARANTINE_WRITE_FAILED] batch {batch_id}: {len(still)} records could not be quarantined: "
                 raise SinkError(msg + still[0][1])
         skipped = 0
-        for stage in ("stage_tx", "stage_q"):
+        replayed = any(rng.first < ledger[p].next_offset for p, rng in ranges.items() if p in ledger)
+        for stage in ("stage_tx", "stage_q") if fence and replayed else ():
             cur.execute(
                 f"DELETE FROM {stage} s USING sink_offsets o "  # noqa: S608 - fixed table names
                 "WHERE o.topic = s.kafka_topic AND o.partition = s.kafka_partition AND s.kafka_offset < o.next_offset"
@@ -215,7 +242,7 @@ def commit_batch(
             f"""
             WITH inserted AS (
                 INSERT INTO {table} ({cols})
-                SELECT {cols} FROM stage_tx ORDER BY kafka_partition, kafka_offset
+                SELECT {cols} FROM stage_tx ORDER BY {key}, kafka_partition, kafka_offset
                 ON CONFLICT ({key}) DO NOTHING
                 RETURNING kafka_partition, kafka_offset
             ), duplicates AS (
@@ -241,31 +268,61 @@ def commit_batch(
         )
         quarantined = duplicates + cur.rowcount
         for partition, rng in sorted(ranges.items()):
-            cur.execute(
-                """
-                INSERT INTO sink_offsets (topic, partition, first_offset, next_offset, batch_id, topic_id)
-                VALUES (%s, %s, %s, %s, %s, %s)
-                ON CONFLICT (topic, partition) DO UPDATE SET
-                    first_offset = LEAST(sink_offsets.first_offset, EXCLUDED.first_offset),
-                    next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset),
-                    batch_id = EXCLUDED.batch_id,
-                    topic_id = coalesce(EXCLUDED.topic_id, sink_offsets.topic_id),
-                    updated_at = now()
-                """,
-                (topic, partition, rng.first, rng.last + 1, batch_id, topic_id),
-            )
+            entry = ledger[partition]
+            _advance(cur, topic, partition, rng, entry, batch_id, topic_id, fence)
         # the transaction's duration so far (now() is its start), and the instant its rows count as committed
         cur.execute("SELECT clock_timestamp(), extract(epoch FROM clock_timestamp() - now())::float8")
         committed_at, seconds = cur.fetchone()
         cur.execute(
-            "INSERT INTO sink_batches (topic, batch_id, records, inserted, quarantined, skipped, seconds) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (topic, batch_id, records, inserted, quarantined, skipped, seconds),
+            "INSERT INTO sink_batches (topic, batch_id, partitions, records, inserted, quarantined, skipped, seconds) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (topic, batch_id, partitions, records, inserted, quarantined, skipped, seconds),
         )
         _accumulate_latency(cur, spec, committed_at, seconds, inserted > 0)
     return BatchResult(
         records=records, inserted=inserted, quarantined=quarantined, skipped=skipped, warehouse_rejected=len(refused)
     )
+
+
+def _advance(
+    cur: Any,  # noqa: ANN401 - a cursor
+    topic: str,
+    partition: int,
+    rng: PartitionRange,
+    entry: LedgerEntry,
+    batch_id: int,
+    topic_id: str | None,
+    fence: bool,
+) -> None:
+    """Move one partition's ledger past ``rng``: the fence. Under the row lock the ledger still ends
+    where it was read, so the UPDATE changes one row; if it does not, nothing of the slice commits."""
+    fenced = "AND next_offset = %(expected)s" if fence else ""
+    cur.execute(
+        f"""
+        UPDATE sink_offsets SET
+            first_offset = LEAST(first_offset, %(first)s),
+            next_offset = GREATEST(next_offset, %(next)s),
+            batch_id = %(batch_id)s,
+            topic_id = coalesce(%(topic_id)s, topic_id),
+            updated_at = now()
+        WHERE topic = %(topic)s AND partition = %(partition)s {fenced}
+        """,  # noqa: S608 - a fixed clause
+        {
+            "first": rng.first,
+            "next": rng.last + 1,
+            "batch_id": batch_id,
+            "topic_id": topic_id,
+            "topic": topic,
+            "partition": partition,
+            "expected": entry.next_offset,
+        },
+    )
+    if cur.rowcount != 1:
+        msg = (
+            f"[SINK_FENCED] {topic}[{partition}]: the ledger no longer ends at offset {entry.next_offset}; "
+            f"batch {batch_id} commits nothing"
+        )
+        raise SinkError(msg)
 
 
 #: Observations of one commit, bucketed by the smallest upper bound at or above them (``sink_latency.le``).
@@ -286,6 +343,7 @@ FROM (
 ) o
 CROSS JOIN LATERAL (SELECT min(u) AS le FROM unnest(%(bounds)s::float8[]) AS u WHERE u >= o.seconds) b
 GROUP BY o.kind, b.le
+ORDER BY o.kind, b.le
 ON CONFLICT (topic, kind, le) DO UPDATE SET count = l.count + EXCLUDED.count, sum = l.sum + EXCLUDED.sum
 """
 

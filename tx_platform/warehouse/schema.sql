@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS dlq_progress (
     PRIMARY KEY (dlq_topic, partition)
 );
 
--- One row per committed micro-batch: an audit trail of what each batch did.
+-- One row per commit of the sink: an audit trail of what each batch did.
 CREATE TABLE IF NOT EXISTS sink_batches (
     id           bigserial   PRIMARY KEY,
     topic        text        NOT NULL,
@@ -82,6 +82,9 @@ CREATE TABLE IF NOT EXISTS sink_batches (
 -- Seconds the batch's commit transaction ran (lock wait included), measured by Postgres; NULL
 -- for batches committed before the column existed.
 ALTER TABLE sink_batches ADD COLUMN IF NOT EXISTS seconds double precision;
+-- The Kafka partitions the commit covered: the sink commits each partition's slice of a batch from
+-- the Spark task that read it, so a batch has one row per partition (NULL for rows from before).
+ALTER TABLE sink_batches ADD COLUMN IF NOT EXISTS partitions integer[];
 
 -- Cumulative latency histograms per topic, accumulated by each commit in its own transaction, so
 -- they are exact and survive any restart. kind: event_time (event time -> committed), kafka_timestamp
