@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -390,6 +391,30 @@ def dlq_show(pipeline: str, topic: str | None, limit: int) -> None:
         table.add_row(source, headers.get("txp.error.code", "?"), headers.get("txp.error.message", ""), size)
     out.print(table)
     out.print(f"{sum(ends.values())} records in {name}")
+
+
+@cli.command()
+@_pipeline_option
+@_topic_option("Topic to audit")
+def audit(pipeline: str, topic: str | None) -> None:
+    """Count every record of a pipeline's topic against its table, quarantine and DLQ: lost, duplicated, unexplained.
+
+    Reads the topic, the warehouse and the dead-letter topic independently of the sink's ledger. Run it once
+    the sink has caught up (records not read yet count as lost). Prints JSON; exits 1 unless all three are 0.
+    """
+    from tx_platform.checks import audit_pipeline
+    from tx_platform.warehouse import connect
+
+    settings = load_settings()
+    spec = get_pipeline(pipeline, topic)
+    conn = connect(settings.dsn())
+    try:
+        report = audit_pipeline(conn, settings.kafka_bootstrap, spec)
+    finally:
+        conn.close()
+    click.echo(json.dumps(report.as_dict()))
+    if not report.ok:
+        sys.exit(1)
 
 
 def _text(value: str | bytes | None) -> str:
