@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup dev up down status demo test test-unit lint format bench constraints clean
+.PHONY: help setup dev up down status demo test test-unit test-faults lint format bench constraints clean
 
 help: ## List the targets with what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,9 @@ test: setup ## Lint, then every test: unit, integration and end to end against a
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+test-faults: setup ## The whole fault matrix (kill -9, broker outages, Postgres crashes), each ended by an audit
+	$(BIN)/pytest -m faults
 
 test-unit: setup ## Run the unit tests only (nothing started)
 	$(BIN)/pytest -m unit
