@@ -1,0 +1,155 @@
+"""Executor-side writes: each task commits its Kafka partition's slice, fenced, in parallel with the others.
+
+The fence is tested where it lives (Postgres, with real concurrent transactions: a zombie and its
+retry racing on one range, slices of different partitions committing side by side) and through the
+sink (one ``sink_batches`` row per partition slice, every record accounted for by the audit).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import namedtuple
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from spark_jobs.sink import PipelineSink
+from spark_jobs.sink._writer import SliceWriter
+from tx_platform.checks import audit_pipeline
+from tx_platform.config import Settings
+from tx_platform.pipelines import PipelineSpec
+from tx_platform.warehouse import BatchResult, PartitionRange, commit_batch, committed_offsets, connect, ensure_schema
+from tx_platform_tests.conftest import fetch_all, produce_records
+from tx_platform_tests.test_warehouse.test_commit_batch import _bad, _tx
+
+Row = namedtuple("Row", "ok partition offset line")
+
+
+@pytest.mark.unit
+def test_a_write_task_holding_two_kafka_partitions_is_refused(spec: PipelineSpec) -> None:
+    writer = SliceWriter(spec, "postgresql://unused", 7, topic_id=None, lease_epoch=None)
+    rows = [Row(True, 0, 10, "a"), Row(True, 1, 10, "b")]
+    with pytest.raises(
+        RuntimeError, match=r"\[SINK_SLICE_SPANS_PARTITIONS\] .* batch 7 holds Kafka partitions \[0, 1\]"
+    ):
+        list(writer(iter(rows)))
+    assert list(writer(iter([]))) == []  # an empty offset range commits nothing and connects nowhere
+
+
+def _slice(spec: PipelineSpec, unique: str, partition: int, first: int, count: int) -> tuple[list[str], list[str]]:
+    good = [
+        _tx(spec.topic, f"{unique[:8]}-{partition:04d}-4000-8000-{o:012d}", partition, o)
+        for o in range(first, first + count - 1)
+    ]
+    return good, [_bad(spec.topic, partition, first + count - 1)]  # the slice's last record is a reject
+
+
+def _race(*commits: Callable[[], BatchResult]) -> list[BatchResult]:
+    """Run the commits at the same time, each on its own connection and thread."""
+    results: list[Any] = [None] * len(commits)
+    barrier = threading.Barrier(len(commits))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = commits[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(commits))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+def _commit(
+    settings: Settings, spec: PipelineSpec, batch_id: int, good: list[str], bad: list[str], partition: int,
+    rng: PartitionRange, fence: bool = True,
+) -> Callable[[], BatchResult]:  # fmt: skip
+    def run() -> BatchResult:
+        conn = connect(settings.dsn())
+        try:
+            return commit_batch(conn, spec, batch_id, good, bad, {partition: rng}, fence=fence)
+        finally:
+            conn.close()
+
+    return run
+
+
+@pytest.mark.integration
+def test_a_task_and_its_zombie_racing_on_one_range_write_it_once(
+    settings: Settings, spec: PipelineSpec, unique: str
+) -> None:
+    ensure_schema(settings.dsn(), [spec])
+    good, bad = _slice(spec, unique, 0, 0, 200)
+    rng = PartitionRange(0, 199)
+    results = _race(*[_commit(settings, spec, 3, good, bad, 0, rng) for _ in range(3)])
+    assert sorted((r.inserted, r.quarantined, r.skipped) for r in results) == [(0, 0, 200), (0, 0, 200), (199, 1, 0)]
+    conn = connect(settings.dsn())
+    try:
+        assert committed_offsets(conn, spec.topic) == {0: 200}
+    finally:
+        conn.close()
+    query = "SELECT partitions, records, inserted, skipped FROM sink_batches WHERE topic = %s ORDER BY skipped"
+    assert fetch_all(settings.dsn(), query, spec.topic) == [([0], 200, 199, 0), ([0], 200, 0, 200), ([0], 200, 0, 200)]
+
+
+@pytest.mark.integration
+def test_slices_of_different_partitions_commit_side_by_side(
+    settings: Settings, spec: PipelineSpec, unique: str
+) -> None:
+    ensure_schema(settings.dsn(), [spec])
+    slices = {p: _slice(spec, unique, p, 0, 500) for p in range(4)}
+    results = _race(*[_commit(settings, spec, 0, *slices[p], p, PartitionRange(0, 499)) for p in range(4)])
+    assert [(r.inserted, r.quarantined, r.skipped) for r in results] == [(499, 1, 0)] * 4
+    conn = connect(settings.dsn())
+    try:
+        assert committed_offsets(conn, spec.topic) == {p: 500 for p in range(4)}
+    finally:
+        conn.close()
+
+
+@pytest.mark.integration
+def test_without_the_fence_a_replayed_slice_is_written_twice(
+    settings: Settings, spec: PipelineSpec, unique: str
+) -> None:
+    """The negative control of the fence, at the commit: what the fault tests' audit must then catch."""
+    ensure_schema(settings.dsn(), [spec])
+    good, bad = _slice(spec, unique, 0, 0, 50)
+    rng = PartitionRange(0, 49)
+    assert _commit(settings, spec, 0, good, bad, 0, rng)().inserted == 49
+    replay = _commit(settings, spec, 0, good, bad, 0, rng, fence=False)()
+    assert (replay.inserted, replay.quarantined, replay.skipped) == (0, 49, 0)  # 49 good records again, as duplicates
+    query = (
+        "SELECT count(*) FROM transactions t JOIN quarantine q USING (kafka_topic, kafka_partition, kafka_offset) "
+        "WHERE t.kafka_topic = %s"
+    )
+    assert fetch_all(settings.dsn(), query, spec.topic) == [(49,)]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_sink_commits_one_slice_per_partition_and_accounts_for_every_record(
+    spark, settings: Settings, spec: PipelineSpec, create_topic  # noqa: ANN001
+) -> None:  # fmt: skip
+    create_topic(spec.topic, partitions=4)
+    produce_records(spec, settings, 4_000, seed=1010, bad_ratio=0.02)
+    stats = PipelineSink(spark, spec, settings).run_available_now()
+    assert stats.records == 4_000
+    assert stats.slices == 4 * stats.batches
+    rows = fetch_all(
+        settings.dsn(),
+        "SELECT partitions, sum(records) FROM sink_batches WHERE topic = %s GROUP BY partitions ORDER BY 1",
+        spec.topic,
+    )
+    assert [p for p, _ in rows] == [[0], [1], [2], [3]]  # each commit held exactly one partition
+    assert sum(n for _, n in rows) == 4_000
+    conn = connect(settings.dsn())
+    try:
+        audit = audit_pipeline(conn, settings.kafka_bootstrap, spec)
+    finally:
+        conn.close()
+    print(audit.as_dict())
+    assert (audit.records, audit.rows + audit.quarantined, audit.dlq) == (4_000, 4_000, audit.quarantined)
+    assert audit.quarantined > 0
+    assert (audit.lost, audit.duplicated, audit.unexplained) == (0, 0, 0)
