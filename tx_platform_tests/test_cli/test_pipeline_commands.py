@@ -1,5 +1,6 @@
-"""`txp` with --pipeline crypto_trades against the real stack: topics, produce, sink, dlq show, forget."""
+"""`txp` with --pipeline crypto_trades against the real stack: topics, produce, sink, dlq show, audit, forget."""
 
+import json
 import os
 import re
 import subprocess
@@ -16,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 COUNT = 300
 
 
-def _txp(env: dict[str, str], *args: str) -> str:
+def _txp(env: dict[str, str], *args: str, exit_code: int = 0) -> str:
     done = subprocess.run(  # noqa: S603 - our own CLI
         [str(PROJECT_ROOT / ".venv" / "bin" / "txp"), *args],
         cwd=PROJECT_ROOT,
@@ -26,7 +27,7 @@ def _txp(env: dict[str, str], *args: str) -> str:
         timeout=600,
     )
     output = done.stdout + done.stderr
-    assert done.returncode == 0, f"txp {' '.join(args)} exited {done.returncode}:\n{output[-4000:]}"
+    assert done.returncode == exit_code, f"txp {' '.join(args)} exited {done.returncode}:\n{output[-4000:]}"
     return output
 
 
@@ -57,8 +58,18 @@ def test_crypto_trades_through_the_cli(settings: Settings, unique: str, tmp_path
     shown = _txp(env, "dlq", "show", *on_topic, "-n", "5")
     assert f"{injected} records in {topic}.dlq" in shown
 
+    audit = json.loads(_txp(env, "audit", *on_topic).strip().splitlines()[-1])
+    assert audit | {"samples": {}} == {
+        "topic": topic, "records": COUNT, "rows": COUNT - injected, "quarantined": injected, "dlq": injected,
+        "lost": 0, "duplicated": 0, "unexplained": 0, "samples": {}, "ok": True,
+    }  # fmt: skip
+
     forgotten = _txp(env, "topics", "forget", *on_topic, "--yes")
     assert f"{topic}: deleted {COUNT - injected} from crypto_trades" in forgotten
     assert f"{injected} from quarantine" in forgotten
     assert fetch_one(dsn, "SELECT count(*) FROM crypto_trades WHERE kafka_topic = %s", topic) == (0,)
     assert not Path(CRYPTO_TRADES.with_topic(topic).checkpoint(tmp_path / "checkpoints")).exists()
+    # the topic still holds every record, the warehouse none: the audit says so and fails
+    after = json.loads(_txp(env, "audit", *on_topic, exit_code=1).strip().splitlines()[-1])
+    assert (after["records"], after["lost"], after["unexplained"], after["ok"]) == (COUNT, COUNT, injected, False)
+    assert len(after["samples"]["lost"]) == 5
