@@ -1,0 +1,604 @@
+"""Benchmark: the sink over a Kafka backlog, on local[2] and on a 2-worker standalone cluster, vs raw COPY
+(the ceiling) and vs the tutorial pattern (foreachBatch + Spark's JDBC writer, mode append).
+
+Runs against the Kafka, registry and Postgres of the running stack (`make up`). One backlog of the
+transactions pipeline (``--records``, default 1M, in ``--partitions`` partitions) is produced once to
+a fresh topic ``bench_sink_*``; every method then reads that same backlog, each into an empty
+warehouse schema of its own (see ``_common``), in this order:
+
+- the sink, ``PipelineSink(...).run_available_now()`` in this process on ``local[2]``;
+- the tutorial pattern on the same ``local[2]`` session: ``from_avro`` of the same Avro (Confluent
+  header skipped), the table's columns, ``df.write.jdbc(..., mode="append")`` in ``foreachBatch``
+  (PostgreSQL JDBC driver from ``infra/maven``), into ``CREATE TABLE (LIKE transactions INCLUDING ALL)``;
+- raw ``COPY`` of the very rows the sink stored (its table's columns as CSV, exported beforehand)
+  into such a table, one transaction: the ceiling;
+- the sink as ``spark_jobs/sink/main.py --available-now`` on a private standalone master with 2
+  workers of 1 core each (started here on 127.0.0.1, stopped after), with Spark's event log on: the
+  write tasks' Kafka records per executor, and so per worker, are read from it.
+
+Rates: rows / seconds of the whole run (query start, lease and ledger checks included), and the
+steady state after the first micro-batch (``sink_batches`` commit times; the JDBC run's own batch
+times). Then a profile of where one sink batch's time goes, on a smaller backlog
+(``--profile-records``): the batch re-read to time Kafka alone, Kafka + decode + render (JVM only)
+and + transfer of the rows to Python, then the write tasks with every statement of their commit
+timed. Prints tables, then one JSON line per figure. Usage:
+
+    .venv/bin/python bench/bench_sink.py [--records 1000000] [--partitions 4] [--profile-records 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from _common import (
+    Figure,
+    bench_schema,
+    fresh_topic,
+    out,
+    produce_backlog,
+    scalar,
+    settings_for,
+    slice_timeline,
+)
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.avro.functions import from_avro
+
+from spark_jobs.session import spark_config
+from spark_jobs.sink import PipelineSink
+from spark_jobs.sink._writer import SliceResult, SliceWriter
+from tx_platform.config import PROJECT_ROOT, Settings, load_settings
+from tx_platform.pipelines import TRANSACTIONS
+from tx_platform.stack import resolve_artifacts
+
+# the private cluster is started from the stack's own building blocks (no second Kafka or Postgres)
+from tx_platform.stack._spark import SparkMaster, SparkWorker
+from tx_platform.warehouse import PartitionRange, commit_batch, connect, ensure_schema, table_columns
+
+BENCH = "sink"
+CORES = 2
+
+
+def _jars(settings: Settings) -> list[str]:
+    return [str(j) for j in resolve_artifacts(settings.jars_dir).spark_jars()]
+
+
+def local_session(settings: Settings, jars: list[str]) -> SparkSession:
+    """A ``local[2]`` session configured like the sink's (spark_config)."""
+    config = spark_config(settings.model_copy(update={"spark_master": f"local[{CORES}]"}), jars, app_name="bench_sink")
+    builder = SparkSession.builder
+    for key, value in config.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+# ---------------------------------------------------------------- the sink, local[2]
+
+
+def sink_local(spark: SparkSession, settings: Settings, topic: str, records: int, work: Path) -> tuple[Figure, Path]:
+    """The sink in this process; also exports the rows it stored (table columns, CSV) for the COPY run."""
+    spec = TRANSACTIONS.with_topic(topic)
+    with bench_schema(settings, "local") as dsn:
+        run_settings = settings_for(dsn, checkpoint_dir=work / "ck_local", spark_master=f"local[{CORES}]")
+        ensure_schema(dsn, [spec])
+        stats = PipelineSink(spark, spec, run_settings).run_available_now()
+        timeline = slice_timeline(dsn, topic)
+        rows = scalar(dsn, f"SELECT count(*) FROM {spec.table} WHERE kafka_topic = %s", topic)  # noqa: S608
+        assert rows == records == stats.inserted, (rows, records, stats)  # noqa: S101
+        csv_path = work / "rows.csv"
+        columns = ", ".join(table_columns(spec))
+        with closing(connect(dsn)) as conn, conn.cursor() as cur, csv_path.open("w") as sink_file:
+            cur.copy_expert(
+                f"COPY (SELECT {columns} FROM {spec.table} ORDER BY kafka_partition, kafka_offset) "  # noqa: S608
+                "TO STDOUT WITH (FORMAT csv)",
+                sink_file,
+            )
+    figure = Figure(
+        BENCH,
+        "sink_local2",
+        f"sink, local[{CORES}] (run_available_now)",
+        rows,
+        stats.seconds,
+        {"batches": stats.batches, "slices": stats.slices, "steady_rows_per_s": round(timeline.steady_rate, 1)},
+    )
+    return figure, csv_path
+
+
+# ---------------------------------------------------------------- raw COPY, the ceiling
+
+
+def raw_copy(settings: Settings, csv_path: Path, records: int) -> Figure:
+    """COPY the sink's rows into ``(LIKE transactions INCLUDING ALL)``, one transaction."""
+    spec = TRANSACTIONS
+    with bench_schema(settings, "copy") as dsn:
+        ensure_schema(dsn, [spec])
+        with closing(connect(dsn)) as conn:
+            with conn, conn.cursor() as cur:
+                cur.execute(f"CREATE TABLE copy_target (LIKE {spec.table} INCLUDING ALL)")
+            started = time.perf_counter()
+            with conn, conn.cursor() as cur, csv_path.open() as rows:
+                cur.copy_expert(
+                    f"COPY copy_target ({', '.join(table_columns(spec))}) FROM STDIN WITH (FORMAT csv)", rows
+                )
+            elapsed = time.perf_counter() - started
+        rows = scalar(dsn, "SELECT count(*) FROM copy_target")
+        assert rows == records, (rows, records)  # noqa: S101
+    # one statement: no first batch to leave out, its steady state is the whole run
+    return Figure(BENCH, "raw_copy", "raw COPY, same rows (ceiling)", rows, elapsed, {"steady_rows_per_s": None})
+
+
+# ---------------------------------------------------------------- the tutorial pattern
+
+
+def _jdbc_url(dsn: str) -> tuple[str, dict[str, str]]:
+    parts = psycopg2.extensions.parse_dsn(dsn)
+    schema = re.search(r"search_path=(\w+)", parts.get("options", ""))
+    url = f"jdbc:postgresql://{parts['host']}:{parts['port']}/{parts['dbname']}"
+    if schema:
+        url += f"?currentSchema={schema.group(1)}"
+    # stringtype=unspecified: Postgres casts the string columns to uuid itself, as tutorials set it
+    props = {
+        "user": parts["user"],
+        "password": parts["password"],
+        "driver": "org.postgresql.Driver",
+        "stringtype": "unspecified",
+    }
+    return url, props
+
+
+def tutorial_jdbc(spark: SparkSession, settings: Settings, topic: str, records: int, work: Path) -> Figure:
+    """foreachBatch + from_avro + ``df.write.jdbc(mode="append")`` on the same local session."""
+    spec = TRANSACTIONS.with_topic(topic)
+    fields = spec.contract.field_names
+    with bench_schema(settings, "jdbc") as dsn:
+        ensure_schema(dsn, [spec])
+        with closing(connect(dsn)) as conn, conn, conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE jdbc_target (LIKE {spec.table} INCLUDING ALL)")
+        url, props = _jdbc_url(dsn)
+        ends: dict[int, float] = {}
+
+        def write(batch: DataFrame, batch_id: int) -> None:
+            rows = batch.select(
+                # Confluent wire format: magic byte and schema id first, then the Avro body
+                from_avro(F.expr("substring(value, 6)"), spec.contract.schema_str).alias("r"),
+                F.col("topic").alias("kafka_topic"),
+                F.col("partition").alias("kafka_partition"),
+                F.col("offset").alias("kafka_offset"),
+            ).select(*[F.col(f"r.{f}").alias(f) for f in fields], "kafka_topic", "kafka_partition", "kafka_offset")
+            rows.write.jdbc(url, "jdbc_target", mode="append", properties=props)
+            ends[batch_id] = time.monotonic()
+
+        started = time.monotonic()
+        query = (
+            spark.readStream.format("kafka")
+            .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+            .option("subscribe", topic)
+            .option("startingOffsets", "earliest")
+            .option("maxOffsetsPerTrigger", settings.max_offsets_per_trigger)
+            .load()
+            .writeStream.foreachBatch(write)
+            .option("checkpointLocation", str(work / "ck_jdbc"))
+            .trigger(availableNow=True)
+            .start()
+        )
+        query.awaitTermination()
+        elapsed = time.monotonic() - started
+        progress = {p["batchId"]: p["numInputRows"] for p in query.recentProgress if p["numInputRows"]}
+        rows = scalar(dsn, "SELECT count(*) FROM jdbc_target")
+        assert rows == records, (rows, records)  # noqa: S101
+    done = sorted(b for b in ends if progress.get(b))
+    steady = None
+    if len(done) > 1:
+        steady = sum(progress[b] for b in done[1:]) / (ends[done[-1]] - ends[done[0]])
+    return Figure(
+        BENCH,
+        "tutorial_jdbc_append",
+        "tutorial: foreachBatch + JDBC append",
+        rows,
+        elapsed,
+        {"batches": len(done), "steady_rows_per_s": None if steady is None else round(steady, 1)},
+    )
+
+
+# ---------------------------------------------------------------- the sink on a 2-worker standalone cluster
+
+
+def _free_ports(base: int, count: int) -> int:
+    """``base`` if ``count`` ports from it are free, else the next free block above it."""
+    for start in range(base, 65_000 - count, count + 1):
+        free = True
+        for port in range(start, start + count):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    free = False
+                    break
+        if free:
+            return start
+    msg = "no free block of ports for the Spark cluster"
+    raise RuntimeError(msg)
+
+
+def _executor_figures(events: Path, workers: list[SparkWorker], app_id: str) -> dict[str, dict[str, int]]:
+    """Per worker: its executor's tasks and the Kafka records they read (from the event log)."""
+    tasks: Counter[str] = Counter()
+    read: Counter[str] = Counter()
+    [log] = [p for p in events.iterdir() if app_id in p.name]
+    # Spark 4 writes a directory of rolled event files (eventlog_v2_<app>/events_<n>_<app>...)
+    files = sorted(log.iterdir()) if log.is_dir() else [log]
+    for path in files:
+        for line in path.open():
+            if '"SparkListenerTaskEnd"' not in line:
+                continue
+            event = json.loads(line)
+            executor = event["Task Info"]["Executor ID"]
+            tasks[executor] += 1
+            metrics = event.get("Task Metrics") or {}
+            read[executor] += int(metrics.get("Input Metrics", {}).get("Records Read", 0))
+    figures = {}
+    for worker in workers:
+        for executor_dir in sorted((worker.root / app_id).iterdir()):
+            executor = executor_dir.name
+            figures[worker.name] = {"executor": int(executor), "tasks": tasks[executor], "records": read[executor]}
+    return figures
+
+
+def sink_cluster(settings: Settings, topic: str, records: int, work: Path, port_base: int) -> Figure:
+    """``spark_jobs/sink/main.py --available-now`` against a private master with 2 workers (1 core each)."""
+    base = _free_ports(port_base, 4)
+    spark_root = work / "spark"
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    master = SparkMaster(root=spark_root, port=base, ui_port=base + 1, log_file=logs / "spark-master.log")
+    workers = [
+        SparkWorker(
+            number=n,
+            root=spark_root / f"worker-{n}",
+            master_url=master.url,
+            ui_port=base + 1 + n,
+            cores=1,
+            memory="2g",
+            log_file=logs / f"spark-worker-{n}.log",
+        )
+        for n in (1, 2)
+    ]
+    events = work / "events"
+    events.mkdir()
+    spec = TRANSACTIONS.with_topic(topic)
+    try:
+        master.start()
+        master.process.wait_ready(master.ready, 90, f"master UI on {master.ui_url}")
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.process.wait_ready(lambda w=worker: master.has_worker(w.ui_port), 90, f"{worker.name} ALIVE")
+        with bench_schema(settings, "cluster") as dsn:
+            ensure_schema(dsn, [spec])
+            command = [
+                sys.executable, str(PROJECT_ROOT / "spark_jobs" / "sink" / "main.py"), "--available-now",
+                "--pipeline", spec.name, "--topic", topic, "--jars", ",".join(_jars(settings)),
+            ]  # fmt: skip
+            env = {
+                **os.environ,
+                "TXP_SPARK_MASTER": master.url,
+                "TXP_POSTGRES_DSN": dsn,
+                "TXP_CHECKPOINT_DIR": str(work / "ck_cluster"),
+                # the event log records every task's executor and input records
+                "PYSPARK_SUBMIT_ARGS": f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir=file://{events} "
+                "--conf spark.eventLog.compress=false --conf spark.eventLog.rolling.enabled=false "
+                "pyspark-shell",
+            }
+            started = time.monotonic()
+            run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600, check=False)  # noqa: S603
+            wall = time.monotonic() - started
+            (logs / "sink.log").write_text(run.stdout + run.stderr)
+            assert run.returncode == 0, run.stderr[-4000:]  # noqa: S101
+            timeline = slice_timeline(dsn, topic)
+            rows = scalar(dsn, f"SELECT count(*) FROM {spec.table} WHERE kafka_topic = %s", topic)  # noqa: S608
+            assert rows == records, (rows, records)  # noqa: S101
+        stats = re.search(r"caught up: SinkStats\((.*)\)", run.stderr)
+        sink_seconds = float(re.search(r"seconds=([\d.]+)", stats.group(1)).group(1)) if stats else wall
+        [app] = master.state()["completedapps"]
+        per_worker = _executor_figures(events, workers, app["id"])
+    finally:
+        for worker in workers:
+            worker.process.stop(timeout=30)
+        master.process.stop(timeout=30)
+    return Figure(
+        BENCH,
+        "sink_cluster_2_workers",
+        "sink, standalone cluster (2 workers x 1 core)",
+        rows,
+        sink_seconds,
+        {
+            "process_seconds": round(wall, 3),
+            "batches": timeline.batches,
+            "steady_rows_per_s": round(timeline.steady_rate, 1),
+            "app": app["id"],
+            "per_worker": per_worker,
+        },
+    )
+
+
+# ---------------------------------------------------------------- the profile of one sink batch
+
+_STATEMENTS = (
+    ("lock + ledger check", r"^(LOCK TABLE|SELECT partition FROM sink_offsets|SELECT .* FROM sink_leases|"
+     r"SELECT .* FROM sink_offsets|INSERT INTO sink_offsets)"),
+    ("staging tables", r"^(CREATE TEMP TABLE|ALTER TABLE stage_tx)"),
+    ("COPY into staging", r"^COPY stage_tx"),
+    ("COPY quarantine staging", r"^COPY stage_q"),
+    ("savepoints", r"^(SAVEPOINT|RELEASE|ROLLBACK TO)"),
+    ("replay filter (DELETE)", r"^DELETE FROM stage"),
+    ("INSERT ... ON CONFLICT", r"^WITH inserted AS"),
+    ("quarantine INSERT", r"^INSERT INTO quarantine"),
+    ("fence (UPDATE sink_offsets)", r"^UPDATE sink_offsets"),
+    ("sink_batches row", r"^(SELECT clock_timestamp|INSERT INTO sink_batches)"),
+    ("latency histograms", r"^INSERT INTO sink_latency"),
+)  # fmt: skip
+
+
+def _kind(statement: str) -> str:
+    text = " ".join(statement.split())
+    for name, pattern in _STATEMENTS:
+        if re.match(pattern, text):
+            return name
+    return "other: " + text[:40]
+
+
+class TimingConnection(psycopg2.extensions.connection):
+    """A connection that keeps (statement kind, seconds) for every statement its cursors run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+        super().__init__(*args, **kwargs)
+        self.timings: list[tuple[str, float]] = []
+
+
+class TimingCursor(psycopg2.extensions.cursor):
+    def execute(self, query: Any, vars: Any = None) -> None:  # noqa: A002, ANN401
+        started = time.perf_counter()
+        try:
+            super().execute(query, vars)
+        finally:
+            text = query if isinstance(query, str) else query.decode()
+            self.connection.timings.append((_kind(text), time.perf_counter() - started))
+
+    def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:  # noqa: ANN401
+        started = time.perf_counter()
+        try:
+            super().copy_expert(sql, file, size)
+        finally:
+            self.connection.timings.append((_kind(sql), time.perf_counter() - started))
+
+
+class ProfilingSliceWriter(SliceWriter):
+    """The sink's write task with its time split: rows arriving (Kafka, decode, render, transfer to
+    Python), then the commit, each of its statements timed (``commit_batch`` itself unchanged)."""
+
+    def __call__(self, rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
+        started = time.perf_counter()
+        good: list[str] = []
+        bad: list[str] = []
+        offsets: list[int] = []
+        partition = -1
+        for row in rows:
+            (good if row.ok else bad).append(row.line)
+            offsets.append(int(row.offset))
+            partition = int(row.partition)
+        arrived = time.perf_counter() - started
+        if not offsets:
+            return
+        rng = PartitionRange(min(offsets), max(offsets))
+        begun = time.perf_counter()
+        conn = psycopg2.connect(
+            self.dsn, connection_factory=TimingConnection, cursor_factory=TimingCursor, application_name="bench"
+        )
+        try:
+            result = commit_batch(
+                conn, self.spec, self.batch_id, good, bad, {partition: rng},
+                topic_id=self.topic_id, lease_epoch=self.lease_epoch, fence=self.fence,
+            )  # fmt: skip
+            timings = conn.timings
+        finally:
+            conn.close()
+        commit = time.perf_counter() - begun
+        per_kind: dict[str, float] = defaultdict(float)
+        for kind, seconds in timings:
+            per_kind[kind] += seconds
+        per_kind["COMMIT, connect and Python"] = commit - sum(s for _, s in timings)
+        yield {
+            "partition": partition,
+            "first": rng.first,
+            "last": rng.last,
+            "records": result.records,
+            "inserted": result.inserted,
+            "quarantined": result.quarantined,
+            "skipped": result.skipped,
+            "rows_arrive": arrived,
+            "commit": commit,
+            "statements": json.dumps(per_kind),
+        }
+
+
+class ProfiledSink(PipelineSink):
+    """The sink with each batch's stages timed (bench only: the extra reads make it slower)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+        super().__init__(*args, **kwargs)
+        self.profile: list[dict[str, Any]] = []
+        self._current: dict[str, Any] = {}
+
+    def _schemas_for(self, batch: DataFrame) -> dict[int, str]:
+        started = time.perf_counter()
+        schemas = super()._schemas_for(batch)
+        self._current["driver: registry refresh"] = time.perf_counter() - started
+        started = time.perf_counter()
+        batch.write.format("noop").mode("overwrite").save()
+        self._current["re-read: Kafka alone"] = time.perf_counter() - started
+        return schemas
+
+    def _write(self, rendered: DataFrame, batch_id: int) -> list[SliceResult]:
+        current = self._current
+        started = time.perf_counter()
+        rendered.write.format("noop").mode("overwrite").save()
+        current["re-read: Kafka + decode + render (JVM)"] = time.perf_counter() - started
+        started = time.perf_counter()
+        rendered.rdd.mapPartitions(lambda rows: [sum(1 for _ in rows)]).collect()
+        current["re-read: + rows to Python"] = time.perf_counter() - started
+        lease = self._lease.epoch if self._lease is not None else None
+        writer = ProfilingSliceWriter(self.spec, self._dsn, batch_id, topic_id=self._topic_id, lease_epoch=lease)
+        started = time.perf_counter()
+        rows = rendered.rdd.mapPartitions(writer).collect()
+        current["write job (all tasks)"] = time.perf_counter() - started
+        current["tasks"] = rows
+        return [
+            SliceResult(**{k: v for k, v in row.items() if k not in ("rows_arrive", "commit", "statements")})
+            for row in rows
+        ]
+
+    def _commit_batch(self, batch: DataFrame, batch_id: int) -> None:
+        self._current = {}
+        started = time.perf_counter()
+        super()._commit_batch(batch, batch_id)
+        current = self._current
+        extra = sum(v for k, v in current.items() if k.startswith("re-read"))
+        current["batch (without the re-reads)"] = time.perf_counter() - started - extra
+        current["batch_id"] = batch_id
+        self.profile.append(current)
+
+
+def profile_sink(spark: SparkSession, settings: Settings, records: int, partitions: int, work: Path) -> list[str]:
+    """Run the profiled sink over a backlog of its own; the report's lines."""
+    topic = fresh_topic(settings, "bench_sink_profile", partitions)
+    spec = TRANSACTIONS.with_topic(topic)
+    produce_backlog(settings, spec, records, seed=7)
+    with bench_schema(settings, "profile") as dsn:
+        ensure_schema(dsn, [spec])
+        sink = ProfiledSink(spark, spec, settings_for(dsn, checkpoint_dir=work / "ck_profile"))
+        stats = sink.run_available_now()
+        assert stats.inserted == records, stats  # noqa: S101
+    return _profile_lines(sink.profile, records, stats.seconds)
+
+
+def _profile_lines(batches: list[dict[str, Any]], records: int, seconds: float) -> list[str]:
+    lines = [
+        f"profile: {records:,} records, {len(batches)} batches, {seconds:.1f} s with the re-reads "
+        "(means per batch; task figures are means per task, the tasks of a batch run 2 at a time)"
+    ]
+    keys = [
+        "batch (without the re-reads)", "driver: registry refresh", "write job (all tasks)",
+        "re-read: Kafka alone", "re-read: Kafka + decode + render (JVM)", "re-read: + rows to Python",
+    ]  # fmt: skip
+    for key in keys:
+        lines.append(f"  {key:<44} {statistics.mean(b[key] for b in batches):7.3f} s")
+    tasks = [t for b in batches for t in b["tasks"]]
+    per_task = statistics.mean(t["records"] for t in tasks)
+    lines.append(f"  per write task ({len(tasks)} tasks, {per_task:,.0f} records each on average):")
+    arrive = statistics.mean(t["rows_arrive"] for t in tasks)
+    commit = statistics.mean(t["commit"] for t in tasks)
+    lines.append(f"    {'rows arriving in the task (Kafka, decode, render, to Python)':<58} {arrive:7.3f} s")
+    lines.append(f"    {'commit_batch (one transaction)':<58} {commit:7.3f} s")
+    kinds: dict[str, float] = defaultdict(float)
+    for task in tasks:
+        for kind, value in json.loads(task["statements"]).items():
+            kinds[kind] += value / len(tasks)
+    for kind, value in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        lines.append(f"      {kind:<56} {value:7.3f} s  {value / commit:5.1%}")
+    return lines
+
+
+# ---------------------------------------------------------------- report
+
+
+def _row(figure: Figure, beside: str) -> str:
+    steady = figure.extra.get("steady_rows_per_s")
+    steady_text = f"{steady:>10,.0f}" if steady else f"{'-':>10}"
+    return f"  {figure.label:<46} {figure.seconds:8.2f} s {figure.rate:>10,.0f} {steady_text}  {beside}"
+
+
+def main() -> None:
+    """Produce the backlog, run every method on it, print each beside raw COPY, then JSON lines."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=1_000_000, help="backlog records")
+    parser.add_argument("--partitions", type=int, default=4, help="partitions of the backlog's topic")
+    parser.add_argument("--seed", type=int, default=1, help="generator seed")
+    parser.add_argument("--profile-records", type=int, default=200_000, help="backlog of the profiled run (0: none)")
+    parser.add_argument("--spark-port", type=int, default=47_077, help="first port tried for the private cluster")
+    parser.add_argument("--skip", action="append", default=[], choices=["cluster", "jdbc", "copy"], help="repeatable")
+    args = parser.parse_args()
+    settings = load_settings()
+    jars = _jars(settings)
+    topic = fresh_topic(settings, "bench_sink", args.partitions)
+    produced = produce_backlog(settings, TRANSACTIONS.with_topic(topic), args.records, args.seed)
+    out(f"backlog: {args.records:,} records in {topic} ({args.partitions} partitions), produced in {produced:.1f} s")
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="bench_sink_") as tmp:
+        work = Path(tmp)
+        spark = local_session(settings, jars)
+        local, csv_path = sink_local(spark, settings, topic, args.records, work)
+        out(f"  done: {local.label}: {local.seconds:.1f} s")
+        figures.append(local)
+        if "jdbc" not in args.skip:
+            figures.append(tutorial_jdbc(spark, settings, topic, args.records, work))
+            out(f"  done: {figures[-1].label}: {figures[-1].seconds:.1f} s")
+        profile: list[str] = []
+        if args.profile_records:
+            profile = profile_sink(spark, settings, args.profile_records, args.partitions, work)
+        spark.stop()
+        copy = None
+        if "copy" not in args.skip:
+            copy = raw_copy(settings, csv_path, args.records)
+            figures.append(copy)
+            out(f"  done: {copy.label}: {copy.seconds:.1f} s")
+        if "cluster" not in args.skip:
+            figures.append(sink_cluster(settings, topic, args.records, work / "cluster", args.spark_port))
+            out(f"  done: {figures[-1].label}: {figures[-1].seconds:.1f} s")
+
+    out(f"sink: transactions pipeline, a backlog of {args.records:,} records in {args.partitions} partitions, one run")
+    out(f"  {'method':<46} {'seconds':>10} {'rows/s':>10} {'steady/s':>10}  beside raw COPY")
+    for figure in figures:
+        if copy is None or figure is copy:
+            beside = "" if copy is None else "  1.00x (ceiling)"
+        else:
+            figure.extra["ratio_to_copy"] = round(figure.rate / copy.rate, 3)
+            steady = figure.extra.get("steady_rows_per_s")
+            steady_ratio = f", steady {steady / copy.rate:.2f}x" if steady else ""
+            beside = f"  {figure.rate / copy.rate:5.2f}x{steady_ratio}"
+            if steady:
+                figure.extra["steady_ratio_to_copy"] = round(steady / copy.rate, 3)
+        out(_row(figure, beside))
+    for figure in figures:
+        if "per_worker" in figure.extra:
+            app = figure.extra["app"]
+            out(f"  rows written per worker on the cluster (the write tasks' Kafka records, event log of {app}):")
+            for worker, seen in figure.extra["per_worker"].items():
+                out(f"    {worker}: executor {seen['executor']}, {seen['tasks']} tasks, {seen['records']:,} records")
+            both = all(seen["records"] > 0 for seen in figure.extra["per_worker"].values())
+            out(f"    both workers' executors wrote rows: {'yes' if both else 'NO'}")
+    for line in profile:
+        out(line)
+    for figure in figures:
+        out(figure.json())
+
+
+if __name__ == "__main__":
+    main()
