@@ -107,6 +107,7 @@ class SinkProcess:
         self, spec: PipelineSpec, settings: Settings, log: Path, available_now: bool = False, **env: str
     ) -> None:
         self.log = log
+        self.settings = settings
         variables = {
             **os.environ,
             "TXP_CHECKPOINT_DIR": str(settings.checkpoint_root),
@@ -146,6 +147,8 @@ class SinkProcess:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
         assert_eventually(lambda: not process_group(self.proc.pid), timeout=30, what="the sink's processes to die")
+        # a killed driver leaves its Prometheus target behind (see spark_jobs/sink/main.py): not in a test's stack
+        (self.settings.state_dir / "prometheus" / "targets" / f"spark-{self.proc.pid}.json").unlink(missing_ok=True)
         return len(members)
 
     def stop(self, timeout: float = 120.0) -> int:

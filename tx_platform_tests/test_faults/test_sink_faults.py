@@ -7,7 +7,10 @@ compares it with the table, ``quarantine`` and the DLQ; its figures are printed.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -19,14 +22,19 @@ from spark_jobs.sink._writer import UNFENCED_ENV
 from tx_platform.config import Settings
 from tx_platform.errors import DataLossError, SinkError
 from tx_platform.pipelines import PipelineSpec
-from tx_platform_tests.conftest import fetch_all, fetch_one, produce_records
+from tx_platform_tests.conftest import assert_eventually, fetch_all, fetch_one, produce_records
 from tx_platform_tests.test_faults._sink import (
     BAD_RATIO,
+    BackgroundProducer,
+    SinkProcess,
     assert_exact,
     audit,
     batches,
     committed,
+    slices_committed,
     topic_end,
+    wait_caught_up,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
@@ -195,3 +203,136 @@ def test_a_sink_starting_without_the_registry_writes_nothing_then_everything_onc
     stats = PipelineSink(spark, spec, settings).run_available_now()
     assert (stats.records, stats.skipped) == (1_500, 0), stats
     assert_exact(settings, spec, "registry down at start")
+
+
+# --- row 1: kill -9 of the sink driver mid-batch, three times in a row, while a producer keeps writing
+
+
+def _newest_batch(settings: Settings, spec: PipelineSpec) -> tuple[int, list[int]]:
+    """The newest batch with a committed slice, and the partitions committed for it so far."""
+    batch_id = fetch_one(settings.dsn(), "SELECT max(batch_id) FROM sink_batches WHERE topic = %s", spec.topic)[0]
+    partitions = fetch_all(
+        settings.dsn(),
+        "SELECT DISTINCT unnest(partitions) FROM sink_batches WHERE topic = %s AND batch_id = %s ORDER BY 1",
+        spec.topic,
+        batch_id,
+    )
+    return int(batch_id), [int(p) for (p,) in partitions]
+
+
+def test_the_sink_driver_killed_mid_batch_three_times_while_a_producer_writes_loses_and_doubles_nothing(  # noqa: ANN001
+    settings: Settings, spec: PipelineSpec, create_topic, tmp_path: Path
+) -> None:
+    create_topic(spec.topic)
+    backlog = 6_000
+    produce_records(spec, settings, backlog, seed=11, bad_ratio=BAD_RATIO)
+    log = tmp_path / "sink.log"
+    # small batches over a backlog: a batch is always in flight
+    env = {"TXP_MAX_OFFSETS_PER_TRIGGER": "600"}
+    producer = BackgroundProducer(spec, settings, rate=300, seed=12).start()
+    kills = []
+    sink: SinkProcess | None = None
+    try:
+        for _ in range(3):
+            sink = SinkProcess(spec, settings, log, **env)
+            sink.wait_running()
+            seen = slices_committed(settings, spec)
+            # one slice of a batch committed: kill before the others (or Spark's own commit) follow
+            assert wait_for(lambda seen=seen: slices_committed(settings, spec) > seen, timeout=180)
+            processes = sink.kill9()
+            batch_id, partitions = _newest_batch(settings, spec)
+            kills.append({"batch": batch_id, "slices_committed": partitions, "processes_killed": processes})
+        sink = SinkProcess(spec, settings, log, **env)
+        sink.wait_running()
+        delivered = backlog + producer.stop()
+        wait_caught_up(settings, spec, sink=sink)
+        assert sink.stop() == 0, sink.tail()
+    finally:
+        if sink is not None:
+            sink.cleanup()
+        if producer.error is None:
+            producer.stop()
+    replays = [b for b in batches(settings, spec) if b[5] > 0]
+    text = log.read_text(errors="replace")
+    print(f"kills: {kills}; fenced replays (batch, partitions, records, inserted, quarantined, skipped): {replays}")  # noqa: T201
+    assert text.count("==== start") == 4 and text.count("sink running") == 4
+    # at least one kill landed mid-batch: the restarted sink re-read records already committed, and wrote them nowhere
+    assert replays, kills
+    assert sum(b[5] for b in replays) > 0
+    result = assert_exact(settings, spec, "sink driver killed 3 times")
+    assert result.records == delivered
+
+
+# --- row 3: Postgres killed (immediate shutdown) mid-commit, then restarted
+
+#: A transaction of a slice commit in flight, as pg_stat_activity shows it (the sink connects as the pipeline role).
+_COMMIT_IN_FLIGHT = """
+    SELECT pid, state, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_activity
+    WHERE pid <> pg_backend_pid() AND xact_start IS NOT NULL AND state <> 'idle'
+      AND (query ILIKE '%%stage_%%' OR query ILIKE '%%sink_offsets%%' OR query ILIKE '%%sink_batches%%')
+"""
+
+
+def test_postgres_killed_mid_commit_and_restarted_loses_and_doubles_nothing(  # noqa: ANN001
+    settings: Settings, spec: PipelineSpec, create_topic, test_stack, tmp_path: Path
+) -> None:
+    from tx_platform.warehouse import connect
+
+    create_topic(spec.topic)
+    produce_records(spec, settings, 12_000, seed=31, bad_ratio=BAD_RATIO)
+    log = tmp_path / "sink.log"
+    env = {"TXP_MAX_OFFSETS_PER_TRIGGER": "3000"}
+    postgres = test_stack.postgres
+    server_log = postgres.log_file
+    log_start = server_log.stat().st_size if server_log.exists() else 0
+    sink = SinkProcess(spec, settings, log, **env)
+    in_flight: list[tuple] = []
+    try:
+        sink.wait_running()
+        assert wait_for(lambda: slices_committed(settings, spec) > 0, timeout=180)  # past the first commit
+        watcher = connect(settings.dsn())
+        watcher.autocommit = True
+        try:
+            with watcher.cursor() as cur:
+
+                def commit_in_flight() -> bool:
+                    cur.execute(_COMMIT_IN_FLIGHT)
+                    in_flight[:] = cur.fetchall()
+                    return bool(in_flight)
+
+                assert wait_for(commit_in_flight, timeout=180, step=0.005), "no commit seen in flight"
+                postmaster = postgres.process.pid()
+                assert postmaster is not None
+                os.kill(postmaster, signal.SIGQUIT)  # what pg_ctl stop -m immediate sends: no checkpoint, no goodbye
+        finally:
+            with contextlib.suppress(Exception):
+                watcher.close()
+        assert_eventually(lambda: postgres.process.pid() is None, timeout=60, what="Postgres to stop")
+        committed_at_kill = slices_committed_or_none(settings, spec)
+        # the sink fails (its write task or its driver loses the connection) or waits; either way, restart it
+        exited = wait_for(lambda: sink.proc.poll() is not None, timeout=60, step=0.5)
+        sink.cleanup()
+    finally:
+        test_stack.up()  # Postgres back (crash recovery), and whatever else needs it
+    recovery = server_log.read_text(errors="replace")[log_start:]
+    sink_error = [line for line in log.read_text(errors="replace").splitlines() if "Error" in line or "ERROR" in line]
+    print(f"killed Postgres during {in_flight}; sink exited by itself: {exited} ({sink.proc.returncode}); "  # noqa: T201
+          f"slices committed before: {committed_at_kill}; first sink error: {sink_error[:1]}")  # fmt: skip
+    assert "was interrupted" in recovery or "not properly shut down" in recovery, recovery[-2000:]
+    sink = SinkProcess(spec, settings, log, **env)
+    try:
+        sink.wait_running()
+        wait_caught_up(settings, spec, sink=sink)
+        assert sink.stop() == 0, sink.tail()
+    finally:
+        sink.cleanup()
+    result = assert_exact(settings, spec, "Postgres killed mid-commit")
+    assert result.records == 12_000
+
+
+def slices_committed_or_none(settings: Settings, spec: PipelineSpec) -> int | None:
+    """Slice commits so far, None while Postgres is down."""
+    try:
+        return slices_committed(settings, spec)
+    except Exception:  # noqa: BLE001 - down is an answer
+        return None
