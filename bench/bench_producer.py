@@ -1,4 +1,4 @@
-"""Benchmark: our producer (seeded records, Avro, idempotent acks=all) vs the seed's producer design.
+"""Benchmark: our producer (seeded records, Avro, idempotent acks=all) vs the seed's design vs Kafka's own tool.
 
 Runs against the Kafka and schema registry of the running stack (`make up`), each method on a fresh
 topic named bench_producer_* with 3 partitions, all in the same run:
@@ -6,14 +6,21 @@ topic named bench_producer_* with 3 partitions, all in the same run:
 - ours: ``open_producer`` + ``produce`` of the transactions pipeline's generator, end to end
   (generation + Avro serialization + delivery, acknowledged by acks=all);
 - the seed's design (baseline): random dicts encoded as JSON, acks=1, ``flush()`` after every message;
-- where our time goes: generation alone, Avro serialization alone and delivery of pre-serialized
-  bytes alone (``PRODUCER_DEFAULTS``), each beside our end-to-end figure, then the functions with
-  the most cumulative time in a cProfile of one more full run.
+- Kafka's ``org.apache.kafka.tools.ProducerPerformance`` (the kafka-tools jar resolved by
+  infra/maven, on the broker's class path) against the same broker and partition count, with
+  ``--record-size`` = the mean size of our Avro values, ``acks=all`` and idempotence, unthrottled
+  (``--throughput -1``): once with Kafka's producer defaults and once with our batching settings
+  (lz4, linger, batch size); our rate is given as a share of the faster of the two;
+- where our time goes: generation alone, Avro serialization alone (confluent-kafka's
+  ``AvroSerializer``, which the producer used before, and the compiled ``WireEncoder`` it uses now,
+  checked byte for byte against each other) and delivery of pre-serialized bytes through the
+  producer's own ``send`` path, each beside our end-to-end figure, then the functions with the most
+  cumulative time in a cProfile of one more full run.
 
-Kafka's own ProducerPerformance tool is not measured (its jar is not resolved by infra/maven).
 Prints a table, then one JSON line per figure. Usage:
 
-    .venv/bin/python bench/bench_producer.py [--records 100000] [--seed-records 5000] [--seed 1] [--top 8]
+    .venv/bin/python bench/bench_producer.py [--records 100000] [--seed-records 5000] [--pp-records 1000000]
+        [--seed 1] [--top 8]
 """
 
 from __future__ import annotations
@@ -23,22 +30,29 @@ import cProfile
 import json
 import pstats
 import random
+import re
+import shutil
+import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Producer
 
 from tx_platform.config import Settings, load_settings
 from tx_platform.contract import AvroRecordSerializer, Record, register_contract, registry_client
 from tx_platform.kafka_admin import PRODUCER_DEFAULTS, ensure_topic
 from tx_platform.pipelines.transactions import TRANSACTIONS
-from tx_platform.producer import open_producer, produce
+from tx_platform.producer import THROUGHPUT_CONFIG, RecordProducer, WireEncoder, open_producer, produce
+from tx_platform.stack import require_java, resolve_artifacts
 
 PARTITIONS = 3
 #: inside the pipeline's event-time rules, as the sink would see the records
 SPAN = timedelta(hours=2)
+PRODUCER_PERFORMANCE = "org.apache.kafka.tools.ProducerPerformance"
+#: ProducerPerformance's summary line: "N records sent, R records/sec (M MB/sec), L ms avg latency, ..."
+_PP_SUMMARY = re.compile(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency")
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class Figure:
     label: str
     records: int
     seconds: float
+    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -62,6 +77,7 @@ class Figure:
                 "records": self.records,
                 "seconds": round(self.seconds, 4),
                 "records_per_s": round(self.rate, 1),
+                **self.extra,
             }
         )
 
@@ -76,15 +92,20 @@ def _start() -> datetime:
     return datetime.now(UTC) - timedelta(hours=3)
 
 
-def ours(settings: Settings, count: int, seed: int) -> Figure:
-    """`txp produce`'s path: generation + Avro + delivery with acks=all, one flush at the end."""
+def ours(settings: Settings, count: int, seed: int, prepare_in_child: bool) -> Figure:
+    """`txp produce`'s path: generation + Avro + delivery with acks=all, one flush at the end.
+
+    ``prepare_in_child``: generation and Avro in a forked process, as `txp produce` does without --rate.
+    """
     spec = TRANSACTIONS.with_topic(_fresh_topic(settings))
     producer, _ = open_producer(spec, settings.kafka_bootstrap, settings.schema_registry_url, seed=seed)
     started = time.perf_counter()
-    report = produce(spec.generate(count, seed, _start(), span=SPAN), producer)
+    report = produce(spec.generate(count, seed, _start(), span=SPAN), producer, prepare_in_child=prepare_in_child)
     elapsed = time.perf_counter() - started
     assert report.delivered == count, report  # noqa: S101 - a benchmark of lost records measures nothing
-    return Figure("txp_produce", "txp produce (Avro, acks=all)", count, elapsed)
+    if prepare_in_child:
+        return Figure("txp_produce", "txp produce (Avro, acks=all)", count, elapsed, {"processes": 2})
+    return Figure("txp_produce_one_process", "  the same in one process", count, elapsed, {"processes": 1})
 
 
 def _seed_record(rng: random.Random) -> dict[str, object]:
@@ -132,6 +153,42 @@ def seed_design(settings: Settings, count: int, seed: int) -> tuple[Figure, floa
     return Figure("seed_json_flush_each", "seed design (JSON, flush each, acks=1)", count, elapsed), size / count
 
 
+#: librdkafka settings of ours that mean the same to the Java producer (acks and idempotence are always passed).
+_JAVA_EQUIVALENTS = ("compression.type", "linger.ms", "batch.size")
+
+
+def producer_performance(settings: Settings, records: int, record_size: int, ours_settings: bool) -> Figure:
+    """Kafka's ProducerPerformance on a fresh topic: acks=all, idempotent, unthrottled, ``record_size`` bytes.
+
+    With ``ours_settings`` it also gets our compression, linger and batch size; without, Kafka's defaults.
+    """
+    java = require_java()
+    classpath = resolve_artifacts(settings.jars_dir).tools_classpath()
+    props = {"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "enable.idempotence": "true"}
+    if ours_settings:
+        config = {**PRODUCER_DEFAULTS, **THROUGHPUT_CONFIG}
+        props |= {name: str(config[name]) for name in _JAVA_EQUIVALENTS}
+    topic = _fresh_topic(settings)
+    cmd = [
+        java, "-Xmx512m", "-cp", classpath, PRODUCER_PERFORMANCE, "--topic", topic,
+        "--num-records", str(records), "--record-size", str(record_size), "--throughput", "-1",
+        "--producer-props", *(f"{k}={v}" for k, v in props.items()),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)  # noqa: S603
+    summaries = _PP_SUMMARY.findall(result.stdout)
+    if result.returncode != 0 or not summaries:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        msg = f"ProducerPerformance failed (exit {result.returncode}):\n{tail}"
+        raise RuntimeError(msg)
+    sent, per_second, _mb, latency = summaries[-1]  # the last line is the whole run's
+    assert int(sent) == records, (sent, records)  # noqa: S101
+    which = "ours" if ours_settings else "kafka_defaults"
+    label = f"Kafka ProducerPerformance ({'our batching' if ours_settings else 'Kafka defaults'})"
+    extra = {"record_size": record_size, "settings": which, "avg_latency_ms": float(latency), "props": props}
+    # its own rate: measured from its first send to its last acknowledgement (the JVM start is not in it)
+    return Figure(f"producer_performance_{which}", label, records, records / float(per_second), extra)
+
+
 def generation(count: int, seed: int) -> tuple[Figure, list[Record]]:
     """The generator alone (entity pools built with Faker, then sampling)."""
     started = time.perf_counter()
@@ -139,44 +196,40 @@ def generation(count: int, seed: int) -> tuple[Figure, list[Record]]:
     return Figure("generate_only", "  generation alone", count, time.perf_counter() - started), records
 
 
-def serialization(settings: Settings, records: list[Record]) -> tuple[Figure, list[tuple[bytes, bytes]]]:
-    """Avro alone: the serializer ``open_producer`` builds, on records generated beforehand."""
+def serialization(settings: Settings, records: list[Record]) -> tuple[Figure, Figure, list[bytes]]:
+    """Avro alone, on records generated beforehand: confluent's AvroSerializer (before) and our WireEncoder (now).
+
+    Both must give the same bytes: the encoder is checked against the serializer it replaced.
+    """
     # no record is sent: the topic only names the subject, registered as open_producer does
     spec = TRANSACTIONS.with_topic(f"bench_producer_{uuid.uuid4().hex[:8]}")
     url, text = settings.schema_registry_url, spec.contract.schema_str
     client = registry_client(url)
-    register_contract(client, url, text, spec.subject)
+    registration = register_contract(client, url, text, spec.subject)
     serializer = AvroRecordSerializer(client, spec.topic, text)
-    key = spec.kafka_key
     started = time.perf_counter()
-    messages = [(str(r[key]).encode(), serializer(r)) for r in records]
-    elapsed = time.perf_counter() - started
-    return Figure("avro_serialize_only", "  Avro serialization alone", len(records), elapsed), messages
-
-
-def delivery(settings: Settings, messages: list[tuple[bytes, bytes]]) -> Figure:
-    """Delivery alone: pre-serialized bytes through a raw producer with PRODUCER_DEFAULTS, one flush."""
-    topic = _fresh_topic(settings)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **PRODUCER_DEFAULTS})
-    delivered = 0
-
-    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-        nonlocal delivered
-        delivered += err is None
-
+    before = [serializer(r) for r in records]
+    confluent = Figure("avro_confluent_serializer", "  Avro: confluent AvroSerializer (before)", len(records),
+                       time.perf_counter() - started)  # fmt: skip
+    encoder = WireEncoder(text, registration.schema_id)
     started = time.perf_counter()
-    for key, value in messages:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-    producer.flush(120)
+    values = [encoder(r) for r in records]
+    compiled = Figure("avro_serialize_only", "  Avro: compiled WireEncoder (now)", len(records),
+                      time.perf_counter() - started)  # fmt: skip
+    assert values == before, "the compiled encoder and confluent's serializer disagree"  # noqa: S101
+    return confluent, compiled, values
+
+
+def delivery(settings: Settings, records: list[Record], values: list[bytes]) -> Figure:
+    """Delivery alone: the producer's own ``send`` path and settings, its values serialized beforehand."""
+    spec = TRANSACTIONS.with_topic(_fresh_topic(settings))
+    ready = iter(values)
+    producer = RecordProducer(settings.kafka_bootstrap, spec, lambda _record: next(ready))
+    started = time.perf_counter()
+    report = produce(records, producer)
     elapsed = time.perf_counter() - started
-    assert delivered == len(messages), (delivered, len(messages))  # noqa: S101
-    return Figure("deliver_only", "  delivery alone (bytes, acks=all)", len(messages), elapsed)
+    assert report.delivered == len(records), report  # noqa: S101
+    return Figure("deliver_only", "  delivery alone (send, bytes ready)", len(records), elapsed)
 
 
 def profile(settings: Settings, count: int, seed: int, top: int) -> tuple[float, list[str]]:
@@ -198,7 +251,7 @@ def profile(settings: Settings, count: int, seed: int, top: int) -> tuple[float,
 
 
 def _row(figure: Figure, beside: str) -> str:
-    return f"  {figure.label:<42} {figure.seconds:8.3f} s  {figure.rate:>10,.0f} records/s  {beside}"
+    return f"  {figure.label:<46} {figure.seconds:8.3f} s  {figure.rate:>10,.0f} records/s  {beside}"
 
 
 def main() -> None:
@@ -206,38 +259,56 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=100_000, help="records of our producer's runs")
     parser.add_argument("--seed-records", type=int, default=5_000, help="records of the seed design's run")
+    parser.add_argument("--pp-records", type=int, default=1_000_000, help="records of each ProducerPerformance run")
     parser.add_argument("--seed", type=int, default=1, help="generator seed")
     parser.add_argument("--top", type=int, default=8, help="functions shown from the profile")
     args = parser.parse_args()
     settings = load_settings()
+    if shutil.which("java") is None:
+        parser.error("ProducerPerformance needs java on PATH (`make setup` checks it)")
 
-    main_run = ours(settings, args.records, args.seed)
-    baseline, json_size = seed_design(settings, args.seed_records, args.seed)
     gen, records = generation(args.records, args.seed)
-    avro, messages = serialization(settings, records)
-    deliver = delivery(settings, messages)
-    avro_size = sum(len(value) for _, value in messages) / len(messages)
+    confluent, avro, values = serialization(settings, records)
+    avro_size = round(sum(len(v) for v in values) / len(values))
+    # our figure between the two runs of Kafka's tool: whatever else loads the machine meets all three
+    pp_defaults = producer_performance(settings, args.pp_records, avro_size, ours_settings=False)
+    main_run = ours(settings, args.records, args.seed, prepare_in_child=True)
+    pp_ours = producer_performance(settings, args.pp_records, avro_size, ours_settings=True)
+    one_process = ours(settings, args.records, args.seed, prepare_in_child=False)
+    baseline, json_size = seed_design(settings, args.seed_records, args.seed)
+    deliver = delivery(settings, records, values)
     profiled_seconds, hot = profile(settings, args.records, args.seed, args.top)
+    tool = max(pp_defaults, pp_ours, key=lambda f: f.rate)
+    share = main_run.rate / tool.rate
 
     print(  # noqa: T201
         f"producer: transactions pipeline, {PARTITIONS} partitions, one run "
-        f"(values: Avro {avro_size:.0f} B, seed JSON {json_size:.0f} B on average)"
+        f"(values: Avro {avro_size} B, seed JSON {json_size:.0f} B on average)"
     )
-    print(_row(main_run, f"{main_run.rate / baseline.rate:6.1f}x the seed design"))  # noqa: T201
+    print(_row(main_run, f"{main_run.rate / baseline.rate:6.1f}x the seed design, {share:.2f}x ProducerPerformance"))  # noqa: T201
+    print(_row(one_process, f"{one_process.rate / baseline.rate:6.1f}x the seed design"))  # noqa: T201
     print(_row(baseline, "  1.0x"))  # noqa: T201
-    print("  Kafka ProducerPerformance (acks=all)          not measured: kafka-tools jar not resolved")  # noqa: T201
-    print("where the time goes (each stage alone, beside txp produce end to end):")  # noqa: T201
-    stages = (gen, avro, deliver)
-    for stage in stages:
-        share = stage.seconds / stage.records / (main_run.seconds / main_run.records)
-        print(_row(stage, f"{stage.rate / main_run.rate:6.1f}x  ({share:4.0%} of end-to-end time/record)"))  # noqa: T201
+    for pp in (pp_defaults, pp_ours):
+        latency = f"({pp.extra['avg_latency_ms']:.0f} ms avg latency)"
+        print(_row(pp, f"{pp.rate / baseline.rate:6.1f}x the seed design  {latency}"))  # noqa: T201
     print(  # noqa: T201
-        f"cProfile of one full run ({args.records:,} records, {profiled_seconds:.1f} s profiled), "
+        f"  txp produce / ProducerPerformance ({tool.extra['settings']}, acks=all, idempotent, "
+        f"{avro_size} B records): {share:.2f}"
+    )
+    print("where the time goes (each stage alone, beside txp produce end to end):")  # noqa: T201
+    stages = (gen, confluent, avro, deliver)
+    for stage in stages:
+        part = stage.seconds / stage.records / (main_run.seconds / main_run.records)
+        print(_row(stage, f"{stage.rate / main_run.rate:6.1f}x  ({part:4.0%} of end-to-end time/record)"))  # noqa: T201
+    print(  # noqa: T201
+        f"cProfile of one full run in one process ({args.records:,} records, {profiled_seconds:.1f} s profiled), "
         f"top {args.top} by cumulative time:"
     )
     for line in hot:
         print(line)  # noqa: T201
-    for figure in (main_run, baseline, *stages):
+    ratio = Figure("ratio_vs_producer_performance", "", main_run.records, main_run.seconds,
+                   {"ratio": round(share, 3), "vs": tool.method})  # fmt: skip
+    for figure in (main_run, one_process, baseline, pp_defaults, pp_ours, *stages, ratio):
         print(figure.json())  # noqa: T201
 
 

@@ -22,8 +22,8 @@ PUBLIC = {
         "split_wire_format", "subject_for",
     },
     "tx_platform.producer": {
-        "INJECTED_HEADER", "WIRE_FAULTS", "DeliveryReport", "Fault", "FaultInjector", "RecordProducer", "faults_for",
-        "open_producer", "produce",
+        "INJECTED_HEADER", "THROUGHPUT_CONFIG", "WIRE_FAULTS", "DeliveryReport", "Fault", "FaultInjector",
+        "RecordProducer", "WireEncoder", "faults_for", "open_producer", "produce",
     },
     "tx_platform.warehouse": {
         "MAX_CHECK_VALUES", "QUARANTINE_COLUMNS", "SOURCE_COLUMNS", "BatchResult", "Gap", "LedgerEntry",

@@ -525,6 +525,7 @@ def produce(
             producer,
             rate=rate,
             on_progress=lambda n: progress.advance(task, n),
+            prepare_in_child=True,  # without --rate: generation and Avro in a second process
         )
     injected = producer.faults.injected_total if producer.faults else 0
     out.print(

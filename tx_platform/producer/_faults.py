@@ -110,6 +110,21 @@ class FaultInjector:
         return Outgoing(key, fault.make(record, self._encode, self._rng), fault.kind)
 
     @property
+    def next_kind(self) -> int:
+        """Index of the fault kind the next bad record gets (they cycle)."""
+        return self._next
+
+    def rng_state(self) -> object:
+        """The state of the seeded draws (which records are bad, and their random bytes)."""
+        return self._rng.getstate()
+
+    def restore(self, injected: dict[str, int], next_kind: int, rng_state: object) -> None:
+        """Take over the state of an injector that went on in another process (see ``_parallel``)."""
+        self.injected = dict(injected)
+        self._next = next_kind
+        self._rng.setstate(rng_state)  # type: ignore[arg-type]
+
+    @property
     def injected_total(self) -> int:
         """Bad records made so far."""
         return sum(self.injected.values())

@@ -1,12 +1,14 @@
 """Resolve the JVM artifacts with Maven into a git-ignored cache.
 
-Kafka broker, the Prometheus JMX exporter agent, Spark connectors and the schema registry.
+Kafka broker, Kafka's tools jar (ProducerPerformance, for the producer benchmark), the Prometheus
+JMX exporter agent, Spark connectors and the schema registry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,7 +20,7 @@ from tx_platform.config import PROJECT_ROOT
 from tx_platform.errors import ArtifactError
 
 MAVEN_PROJECT = PROJECT_ROOT / "infra" / "maven"
-MODULES = ("kafka-broker", "jmx-exporter", "spark-connectors")
+MODULES = ("kafka-broker", "kafka-tools", "jmx-exporter", "spark-connectors")
 JMX_AGENT_GLOB = "jmx_prometheus_javaagent-*.jar"
 REGISTRY_RUNNER = Path("schema-registry") / "quarkus-app" / "quarkus-run.jar"
 _MARKER = ".resolved.json"
@@ -59,6 +61,13 @@ class Artifacts:
     def kafka_classpath(self) -> str:
         """Class path of the Kafka broker JVM."""
         return str(self.module_dir("kafka-broker") / "*")
+
+    def tools_classpath(self) -> str:
+        """Class path of Kafka's command-line tools (e.g. ``org.apache.kafka.tools.ProducerPerformance``).
+
+        The tools jar is resolved without its dependencies: it runs on the broker's closure.
+        """
+        return os.pathsep.join([self.kafka_classpath(), str(self.module_dir("kafka-tools") / "*")])
 
     def jmx_agent(self) -> Path:
         """The Prometheus JMX exporter Java agent jar (for ``-javaagent:``), kept off the broker's class path."""

@@ -101,3 +101,37 @@ def test_bad_arguments_get_clear_errors(kwargs: dict, message: str) -> None:
     args = {"count": 1, "seed": 1, "start": START} | kwargs
     with pytest.raises(ConfigError, match=message):
         list(generate(**args))
+
+
+def test_uuid_text_is_the_standard_libraries_uuid4() -> None:
+    import random
+    import uuid
+
+    from tx_platform.pipelines.transactions._generator import _uuid4_text
+
+    rng = random.Random(3)
+    for bits in [0, 2**128 - 1, *(rng.getrandbits(128) for _ in range(2_000))]:
+        assert _uuid4_text(bits) == str(uuid.UUID(int=bits, version=4))
+
+
+@pytest.mark.parametrize("country", ["US", "JP", "IN"])
+def test_precomputed_pricing_draws_the_textbook_amount(country: str) -> None:
+    import math
+    import random
+    from decimal import ROUND_HALF_UP
+
+    from tx_platform.pipelines.transactions._catalog import ATM_MCC, CATEGORIES, COUNTRY_BY_CODE
+    from tx_platform.pipelines.transactions._generator import _Pricing
+
+    where = COUNTRY_BY_CODE[country]
+    for category in (*CATEGORIES[:3], ATM_MCC):
+        ours, reference = random.Random(5), random.Random(5)
+        pricing = _Pricing.of(category, where)
+        for _ in range(500):
+            usd = math.exp(reference.gauss(math.log(category.median_usd), category.sigma))
+            if category is ATM_MCC:
+                usd = max(20.0, round(usd / 20.0) * 20.0)
+            local = Decimal(str(usd * where.usd_rate)).quantize(where.minor_unit, rounding=ROUND_HALF_UP)
+            expected = max(local, where.minor_unit).quantize(Decimal("0.01"))
+            got = pricing.amount(ours.gauss)
+            assert (got, got.as_tuple().exponent) == (expected, -2)
