@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
@@ -33,6 +34,7 @@ _TRANSIENT_CODES = frozenset(
         KafkaError._UNKNOWN_TOPIC,
         KafkaError._TIMED_OUT,
         KafkaError._TRANSPORT,
+        KafkaError._DESTROY_BROKER,  # the client dropped a broker that left the metadata mid-request
     }
 )
 
@@ -114,17 +116,26 @@ def high_watermark(consumer: Consumer, partition: TopicPartition, timeout: float
 
 
 def partition_watermarks(consumer: Consumer, partition: TopicPartition, timeout: float = 20.0) -> tuple[int, int]:
-    """(log start offset, end offset) of one partition, retrying while leadership moves."""
+    """(log start offset, end offset) of one partition, retrying while leadership moves.
+
+    Each attempt is short, and a failed one refreshes the client's metadata of the topic: a
+    long-lived consumer that only queries watermarks keeps asking the leader it cached, and when
+    that broker died its requests only time out, long after another broker took the partition
+    over (seen with the sink's DLQ consumer on the 3+3 cluster after a kill -9 of a leader).
+    """
     deadline = time.monotonic() + timeout
     delay = 0.1
     while True:
+        attempt = max(1.0, min(5.0, deadline - time.monotonic()))
         try:
-            low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
+            low, high = consumer.get_watermark_offsets(partition, timeout=attempt)
             return int(low), int(high)
         except KafkaException as exc:
             error = exc.args[0]
             if not (error.retriable() or error.code() in _TRANSIENT_CODES) or time.monotonic() > deadline:
                 raise
+        with contextlib.suppress(KafkaException):
+            consumer.list_topics(partition.topic, timeout=attempt)
         time.sleep(delay)
         delay = min(delay * 2, 2.0)
 
