@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import socket
@@ -48,6 +49,7 @@ import psycopg2
 import psycopg2.extensions
 from _common import (
     Figure,
+    SliceTimeline,
     bench_schema,
     fresh_topic,
     out,
@@ -77,6 +79,24 @@ CORES = 2
 
 def _jars(settings: Settings) -> list[str]:
     return [str(j) for j in resolve_artifacts(settings.jars_dir).spark_jars()]
+
+
+def _steady(timeline: SliceTimeline) -> float | None:
+    """Rows/s after the first batch, None when there was only one."""
+    return round(timeline.steady_rate, 1) if timeline.batches > 1 else None
+
+
+def warm_up(spark: SparkSession, settings: Settings, topic: str) -> None:
+    """Load what every method's first batch would otherwise load: the Kafka source, Avro, a Python worker."""
+    rows = (
+        spark.read.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .option("subscribe", topic)
+        .load()
+        .limit(1_000)
+        .select(from_avro(F.expr("substring(value, 6)"), TRANSACTIONS.contract.schema_str).alias("r"))
+    )
+    rows.rdd.mapPartitions(lambda part: [sum(1 for _ in part)]).collect()
 
 
 def local_session(settings: Settings, jars: list[str]) -> SparkSession:
@@ -117,7 +137,7 @@ def sink_local(spark: SparkSession, settings: Settings, topic: str, records: int
         f"sink, local[{CORES}] (run_available_now)",
         rows,
         stats.seconds,
-        {"batches": stats.batches, "slices": stats.slices, "steady_rows_per_s": round(timeline.steady_rate, 1)},
+        {"batches": stats.batches, "slices": stats.slices, "steady_rows_per_s": _steady(timeline)},
     )
     return figure, csv_path
 
@@ -332,7 +352,7 @@ def sink_cluster(settings: Settings, topic: str, records: int, work: Path, port_
         {
             "process_seconds": round(wall, 3),
             "batches": timeline.batches,
-            "steady_rows_per_s": round(timeline.steady_rate, 1),
+            "steady_rows_per_s": _steady(timeline),
             "app": app["id"],
             "per_worker": per_worker,
         },
@@ -544,7 +564,11 @@ def main() -> None:
     parser.add_argument("--profile-records", type=int, default=200_000, help="backlog of the profiled run (0: none)")
     parser.add_argument("--spark-port", type=int, default=47_077, help="first port tried for the private cluster")
     parser.add_argument("--skip", action="append", default=[], choices=["cluster", "jdbc", "copy"], help="repeatable")
+    parser.add_argument("--verbose", action="store_true", help="the sink's own log lines (one per batch)")
     args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
+    )
     settings = load_settings()
     jars = _jars(settings)
     topic = fresh_topic(settings, "bench_sink", args.partitions)
@@ -554,6 +578,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_sink_") as tmp:
         work = Path(tmp)
         spark = local_session(settings, jars)
+        warm_up(spark, settings, topic)
         local, csv_path = sink_local(spark, settings, topic, args.records, work)
         out(f"  done: {local.label}: {local.seconds:.1f} s")
         figures.append(local)
