@@ -9,9 +9,10 @@ schema of its own (see ``_common``):
 2. ``txp produce --rate`` starts, as ``--producers`` processes sharing the rate (default: one per
    25k records/s), each pacing itself against the clock: a producer that falls behind sends at once
    to catch up, it never lowers the rate it was given (open loop);
-3. once the sink has committed its first batch, and ``--warmup`` seconds later, the window opens (``--minutes``, default 5): every 2 s the lag (end
-   offsets in Kafka minus the offsets committed in Postgres) is sampled; the rate the producers
-   actually reached is the topic's growth over the window;
+3. once the sink has committed its first batch, and ``--warmup`` seconds later, the window opens
+   (``--minutes``, default 5): every 2 s the lag (end offsets in Kafka minus the offsets committed
+   in Postgres) is sampled; the rate the producers actually reached is the topic's growth over the
+   window;
 4. e2e latency (Kafka timestamp -> committed in Postgres) over the window is the difference of the
    sink's exact cumulative histogram (``sink_latency``, kind ``kafka_timestamp``, written in each
    commit's transaction) between the window's end and start; p50/p99 interpolate inside a bucket
