@@ -1,0 +1,154 @@
+"""Benchmark: a Dagster-launched sink run over a backlog vs the plain ``PipelineSink.run_available_now()``.
+
+Runs against the Kafka, registry and Postgres of the running stack (`make up`). One backlog of the
+transactions pipeline (``--records``, default 1M, ``--partitions`` partitions) is produced to a fresh
+topic ``bench_dagster_*``; then, each into an empty warehouse schema of its own (see ``_common``):
+
+- Dagster: the definitions ``build_definitions(settings, [spec])`` build for that topic, job
+  ``transactions_sink_job`` executed in process (``execute_in_process``): the sink asset, then the
+  pipeline's unpartitioned derived assets and every check, as the lag sensor launches it. Reported:
+  the job's seconds and the sink step's own (STEP_START -> STEP_SUCCESS);
+- plain: ``PipelineSink(spark, spec, settings).run_available_now()`` on the same session.
+
+The Spark session (the configuration ``build_resources`` gives the ``pyspark`` resource) is started
+and warmed up first, and its start is reported on its own line: both runs then find it running (the
+Dagster resource's ``getOrCreate`` returns it). Prints a table, then one JSON line per figure. Usage:
+
+    .venv/bin/python bench/bench_dagster.py [--records 1000000] [--partitions 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from _common import Figure, bench_schema, fresh_topic, out, produce_backlog, scalar, settings_for
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.avro.functions import from_avro
+
+from spark_jobs.session import spark_config
+from spark_jobs.sink import PipelineSink
+from tx_platform.assets import sink_job_name
+from tx_platform.config import Settings, load_settings
+from tx_platform.definitions import build_definitions
+from tx_platform.pipelines import TRANSACTIONS, PipelineSpec
+from tx_platform.stack import resolve_artifacts
+from tx_platform.warehouse import ensure_schema
+
+BENCH = "dagster"
+TARGET_SECONDS = 60
+
+
+def session(settings: Settings, topic: str) -> tuple[SparkSession, float]:
+    """The session Dagster's ``pyspark`` resource would build, started and warmed up; its seconds."""
+    started = time.perf_counter()
+    jars = resolve_artifacts(settings.jars_dir).spark_jars()
+    builder = SparkSession.builder
+    for key, value in spark_config(settings, jars).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    # what every first batch loads: the Kafka source, Avro, a Python worker
+    rows = (
+        spark.read.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .option("subscribe", topic)
+        .load()
+        .limit(1_000)
+        .select(from_avro(F.expr("substring(value, 6)"), TRANSACTIONS.contract.schema_str).alias("r"))
+    )
+    rows.rdd.mapPartitions(lambda part: [sum(1 for _ in part)]).collect()
+    return spark, time.perf_counter() - started
+
+
+def _rows(dsn: str, spec: PipelineSpec) -> int:
+    return int(scalar(dsn, f"SELECT count(*) FROM {spec.table} WHERE kafka_topic = %s", spec.topic))  # noqa: S608
+
+
+def dagster_run(settings: Settings, spec: PipelineSpec, records: int, work: Path) -> tuple[Figure, Figure]:
+    """``transactions_sink_job`` in process: (the job, the sink step)."""
+    saved = os.environ.get("TXP_POSTGRES_DSN")
+    with bench_schema(settings, "dagster") as dsn:
+        ensure_schema(dsn, [spec])
+        # the DSN reaches the resources as a variable (secrets are never resource config)
+        os.environ["TXP_POSTGRES_DSN"] = dsn
+        try:
+            run_settings = settings_for(dsn, checkpoint_dir=work / "ck_dagster")
+            job = build_definitions(run_settings, [spec]).get_job_def(sink_job_name(spec))
+            started = time.perf_counter()
+            result = job.execute_in_process()
+            elapsed = time.perf_counter() - started
+        finally:
+            if saved is None:
+                os.environ.pop("TXP_POSTGRES_DSN", None)
+            else:
+                os.environ["TXP_POSTGRES_DSN"] = saved
+        assert result.success  # noqa: S101
+        rows = _rows(dsn, spec)
+        assert rows == records, (rows, records)  # noqa: S101
+    starts, ends = {}, {}
+    for event in result.all_events:
+        if event.event_type_value == "STEP_START":
+            starts[event.step_key] = event.timestamp
+        elif event.event_type_value == "STEP_SUCCESS":
+            ends[event.step_key] = event.timestamp
+    sink_step = next(k for k in ends if spec.query_name in k)
+    steps = {k: round(ends[k] - starts[k], 3) for k in ends if k in starts}
+    label = f"Dagster: {job.name} (execute_in_process)"
+    job_figure = Figure(BENCH, "dagster_job", label, rows, elapsed, {"steps": steps})
+    step_figure = Figure(BENCH, "dagster_sink_step", "  of which the sink step", rows, steps[sink_step])
+    return job_figure, step_figure
+
+
+def plain_run(spark: SparkSession, settings: Settings, spec: PipelineSpec, records: int, work: Path) -> Figure:
+    """``PipelineSink.run_available_now()`` on the same session."""
+    with bench_schema(settings, "plain") as dsn:
+        ensure_schema(dsn, [spec])
+        started = time.perf_counter()
+        stats = PipelineSink(spark, spec, settings_for(dsn, checkpoint_dir=work / "ck_plain")).run_available_now()
+        elapsed = time.perf_counter() - started
+        rows = _rows(dsn, spec)
+        assert rows == records == stats.inserted, (rows, records, stats)  # noqa: S101
+    return Figure(BENCH, "plain_run_available_now", "plain PipelineSink.run_available_now()", rows, elapsed)
+
+
+def main() -> None:
+    """Produce the backlog, run both, print them side by side, then JSON lines."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=1_000_000, help="backlog records")
+    parser.add_argument("--partitions", type=int, default=4, help="partitions of the backlog's topic")
+    parser.add_argument("--seed", type=int, default=3, help="generator seed")
+    args = parser.parse_args()
+    settings = load_settings()
+    spec = TRANSACTIONS.with_topic(fresh_topic(settings, "bench_dagster", args.partitions))
+    produced = produce_backlog(settings, spec, args.records, args.seed)
+    out(f"backlog: {args.records:,} records in {spec.topic} x{args.partitions}, produced in {produced:.1f} s")
+    with tempfile.TemporaryDirectory(prefix="bench_dagster_") as tmp:
+        work = Path(tmp)
+        spark, started = session(settings, spec.topic)
+        job, step = dagster_run(settings, spec, args.records, work)
+        plain = plain_run(spark, settings, spec, args.records, work)
+        spark.stop()
+    start = Figure(BENCH, "spark_session_start", f"Spark session start + warm-up ({settings.spark_master})", 0, started)
+
+    out(f"dagster: transactions pipeline, a backlog of {args.records:,} records, one run (target {TARGET_SECONDS} s)")
+    out(f"  {'method':<52} {'seconds':>10} {'rows/s':>10}  beside the plain run")
+    for figure in (job, step, plain):
+        beside = "  1.00x" if figure is plain else f"  {figure.seconds / plain.seconds:5.2f}x its seconds"
+        if figure is job:
+            met = figure.seconds <= TARGET_SECONDS
+            beside += f"  (target <= {TARGET_SECONDS} s: {'met' if met else 'NOT met'})"
+        out(f"  {figure.label:<52} {figure.seconds:8.2f} s {figure.rate:>10,.0f}{beside}")
+    out(f"  {start.label:<52} {start.seconds:8.2f} s  (before both, not in their seconds)")
+    for name, seconds in job.extra["steps"].items():
+        out(f"    step {name}: {seconds:.2f} s")
+    for figure in (job, step, plain, start):
+        out(figure.json())
+
+
+if __name__ == "__main__":
+    main()
