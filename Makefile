@@ -52,6 +52,9 @@ test-unit: setup ## Run the unit tests only (nothing started)
 bench: up ## Benchmarks against the running stack, each beside its baseline in the same run
 	$(BIN)/python bench/bench_commit.py
 	$(BIN)/python bench/bench_producer.py
+	$(BIN)/python bench/bench_sink.py
+	$(BIN)/python bench/bench_dagster.py
+	$(BIN)/python bench/bench_e2e.py
 
 lint: setup ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
