@@ -27,7 +27,7 @@ PUBLIC = {
     },
     "tx_platform.warehouse": {
         "MAX_CHECK_VALUES", "QUARANTINE_COLUMNS", "SOURCE_COLUMNS", "BatchResult", "Gap", "LedgerEntry",
-        "PartitionRange", "SinkLease",
+        "PartitionRange", "RawBytes", "SinkLease",
         "acquire_lease", "check_batch", "check_lease", "commit_batch", "committed_offsets", "connect",
         "copy_isolating", "describe_dsn", "ensure_schema", "forget_topic", "plan_start", "prepare_ledger",
         "read_ledger", "rule_constraints", "sql_check", "staged_columns",

@@ -266,16 +266,24 @@ def _line(sources: dict[str, Column], columns: tuple[str, ...]) -> Column:
 
 
 def render(decoded: DataFrame, spec: PipelineSpec) -> DataFrame:
-    """One pass over a decoded batch: ``(ok, partition, offset, line)``.
+    """One pass over a decoded batch: ``(ok, partition, offset, line, key, value)``.
 
     ``line`` is the record as a CSV line for its destination, in the column order the warehouse
-    owns (:func:`tx_platform.warehouse.staged_columns` for accepted records,
-    ``QUARANTINE_COLUMNS`` for rejects), with raw key and value hex-encoded (``\\x...``).
+    owns: :func:`tx_platform.warehouse.staged_columns` for accepted records, whose raw ``key`` and
+    ``value`` bytes travel beside the line (binary, only a duplicate needs them), and
+    ``QUARANTINE_COLUMNS`` for rejects, with their raw bytes hex-encoded (``\\x...``) in the line.
     """
     sources = _column_sources(spec)
     ok = F.col("error_code").isNull()
     line = F.when(ok, _line(sources, staged_columns(spec))).otherwise(_line(sources, QUARANTINE_COLUMNS))
-    return decoded.select(ok.alias("ok"), "partition", "offset", line.alias("line"))
+    return decoded.select(
+        ok.alias("ok"),
+        "partition",
+        "offset",
+        line.alias("line"),
+        F.when(ok, F.col("key")).alias("key"),
+        F.when(ok, F.col("value")).alias("value"),
+    )
 
 
 #: CSV as PostgreSQL's COPY reads it: quotes doubled, NULL unquoted and empty, ISO timestamps.

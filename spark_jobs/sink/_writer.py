@@ -23,13 +23,16 @@ from psycopg2 import errors as pg_errors
 
 from tx_platform.errors import OffsetGapError, SinkFencedError, TopicRecreatedError
 from tx_platform.pipelines import PipelineSpec
-from tx_platform.warehouse import PartitionRange, commit_batch, connect
+from tx_platform.warehouse import PartitionRange, RawBytes, commit_batch, connect
 
 log = logging.getLogger(__name__)
 
 #: Attempts of one slice's transaction when Postgres aborts it to break a deadlock or a
 #: serialization conflict (two tasks storing the same natural key); a replay writes nothing twice.
 COMMIT_ATTEMPTS = 5
+
+#: Memory for a slice's temporary staging tables (Postgres' default, 8 MB, spills a 50k-row slice to disk).
+TEMP_BUFFERS = "256MB"
 
 #: ``SliceResult.refused`` values: the ledger refused the slice (the driver names the error).
 REFUSED_GAP = "offset_gap"
@@ -49,6 +52,9 @@ class SliceResult:
     quarantined: int = 0
     skipped: int = 0
     warehouse_rejected: int = 0
+    #: seconds the task spent receiving its rows (Spark reading, decoding, rendering them)
+    read_seconds: float = 0.0
+    #: seconds of the commit (connection, staging, insert, ledger), retries included
     seconds: float = 0.0
     refused: str | None = None
     message: str | None = None
@@ -83,13 +89,19 @@ class SliceWriter:
         self.fence = fence
 
     def __call__(self, rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
+        started = time.monotonic()
         good: list[str] = []
         bad: list[str] = []
+        raw: dict[tuple[int, int], tuple[bytes | None, bytes | None]] = {}
         partitions: set[int] = set()
         first = last = -1
         for row in rows:
-            (good if row.ok else bad).append(row.line)
             offset = int(row.offset)
+            if row.ok:
+                good.append(row.line)
+                raw[(int(row.partition), offset)] = (_bytes(row.key), _bytes(row.value))
+            else:
+                bad.append(row.line)
             if not partitions:
                 first = last = offset
             else:
@@ -104,18 +116,26 @@ class SliceWriter:
             )
             raise RuntimeError(msg)
         (partition,) = partitions
-        yield asdict(self.commit(partition, PartitionRange(first, last), good, bad))
+        read = time.monotonic() - started
+        result = self.commit(partition, PartitionRange(first, last), good, bad, raw)
+        yield asdict(result) | {"read_seconds": round(read, 3)}
 
-    def commit(self, partition: int, rng: PartitionRange, good: list[str], bad: list[str]) -> SliceResult:
+    def commit(
+        self, partition: int, rng: PartitionRange, good: list[str], bad: list[str], raw: RawBytes | None = None
+    ) -> SliceResult:
         """Commit the slice, retrying a transaction Postgres aborted to resolve a conflict."""
         records = len(good) + len(bad)
         started = time.monotonic()
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
                 with closing(connect(self.dsn)) as conn:
+                    with conn.cursor() as cur:
+                        # staging tables are temporary: keep a slice's staging in memory (only settable
+                        # before the session's first temporary table, hence a connection per slice)
+                        cur.execute("SET temp_buffers = %s", (TEMP_BUFFERS,))
                     result = commit_batch(
                         conn, self.spec, self.batch_id, good, bad, {partition: rng},
-                        topic_id=self.topic_id, lease_epoch=self.lease_epoch, fence=self.fence,
+                        topic_id=self.topic_id, lease_epoch=self.lease_epoch, fence=self.fence, raw=raw,
                     )  # fmt: skip
                 break
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
@@ -153,3 +173,8 @@ def unfenced_for_tests() -> bool:
         return False
     log.error("%s=1: commits are NOT fenced; a replayed slice is written twice (fault tests only)", UNFENCED_ENV)
     return True
+
+
+def _bytes(value: bytes | bytearray | None) -> bytes | None:
+    """Spark hands binary columns to Python as ``bytearray``."""
+    return None if value is None else bytes(value)

@@ -116,7 +116,9 @@ def read_coordinates(
                         continue  # written after the audit began
                     coordinates.append((partition, offset))
                     if with_headers:
-                        headers.append({str(h[0]): h[1] for h in list(message.headers() or []) if isinstance(h[1], bytes)})
+                        headers.append(
+                            {str(h[0]): h[1] for h in list(message.headers() or []) if isinstance(h[1], bytes)}
+                        )
                     if offset + 1 >= end:
                         del pending[partition]
         finally:

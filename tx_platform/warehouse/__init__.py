@@ -31,6 +31,7 @@ from tx_platform.warehouse._ledger import (
 from tx_platform.warehouse._sink_writer import (
     QUARANTINE_COLUMNS,
     BatchResult,
+    RawBytes,
     commit_batch,
     committed_offsets,
     copy_isolating,
@@ -45,6 +46,7 @@ __all__ = [
     "Gap",
     "LedgerEntry",
     "PartitionRange",
+    "RawBytes",
     "SinkLease",
     "acquire_lease",
     "check_batch",

@@ -60,25 +60,38 @@ QUARANTINE_COLUMNS = (
 )
 
 
-#: Raw bytes staged with every accepted record: a duplicate is quarantined with them.
+#: Raw bytes of an accepted record, in the staged lines of the ``raw=True`` layout.
 RAW_COLUMNS = ("raw_key", "raw_value")
 #: Kafka's timestamp of an accepted record, staged for the latency histogram only (not stored).
 TIMESTAMP_COLUMN = "kafka_timestamp"
 
+#: Raw key and value bytes of accepted records by (partition, offset), handed to ``commit_batch``
+#: beside the staged lines: only a duplicate or a record Postgres refuses needs them.
+RawBytes = Mapping[tuple[int, int], tuple[bytes | None, bytes | None]]
 
-def staged_columns(spec: PipelineSpec) -> tuple[str, ...]:
+
+def staged_columns(spec: PipelineSpec, raw: bool = False) -> tuple[str, ...]:
     """Columns of a staged accepted record, in the CSV order the sink renders: the table's columns,
-    raw bytes, Kafka timestamp. The warehouse owns this layout; the Spark side renders it by name."""
-    return (*table_columns(spec), *RAW_COLUMNS, TIMESTAMP_COLUMN)
+    then (``raw=True``) raw key and value bytes as Postgres hex, then Kafka's timestamp. The sink
+    stages without raw bytes and passes them beside the lines (:data:`RawBytes`): hex-encoding
+    every accepted record's bytes would more than double what every line carries. The warehouse
+    owns this layout; the Spark side renders it by name."""
+    return (*table_columns(spec), *(RAW_COLUMNS if raw else ()), TIMESTAMP_COLUMN)
 
 
-def _staged_columns_of(spec: PipelineSpec, lines: list[str]) -> tuple[str, ...]:
-    """The staged columns ``lines`` carry: lines written without the Kafka timestamp (one field fewer,
-    e.g. by hand in tests or by a sink older than this writer) are still accepted, without it."""
-    columns = staged_columns(spec)
+def _staged_columns_of(spec: PipelineSpec, lines: list[str], raw: RawBytes | None) -> tuple[str, ...]:
+    """The staged columns ``lines`` carry: without ``raw`` beside them, lines carry raw bytes, with
+    or without the Kafka timestamp (one field fewer, e.g. lines written by hand in tests)."""
+    if raw is not None:
+        return staged_columns(spec)
+    columns = staged_columns(spec, raw=True)
     if lines and len(next(csv.reader(io.StringIO(lines[0])), [])) == len(columns) - 1:
         return columns[:-1]
     return columns
+
+
+def _hex(value: bytes | None) -> str:
+    return "" if value is None else "\\x" + value.hex()
 
 
 @dataclass(frozen=True)
@@ -139,13 +152,20 @@ def _csv_line(fields: list[str]) -> str:
     return buffer.getvalue().removesuffix("\n")
 
 
-def warehouse_reject(line: str, columns: tuple[str, ...], reason: str) -> str:
+def warehouse_reject(line: str, columns: tuple[str, ...], reason: str, raw: RawBytes | None = None) -> str:
     """A quarantine CSV line for a staged line Postgres refused (raw bytes kept, Kafka timestamp NULL).
 
     In our CSV an empty unquoted field is NULL and raw bytes are never empty (``\\x`` at least), so
-    ``csv`` can read the staged line and write the quarantine line without losing a NULL.
+    ``csv`` can read the staged line and write the quarantine line without losing a NULL. Lines
+    staged without raw bytes take them from ``raw``.
     """
     row = dict(zip(columns, next(csv.reader(io.StringIO(line))), strict=False))
+    if raw is not None and "raw_value" not in row:
+        try:
+            key, value = raw.get((int(row["kafka_partition"]), int(row["kafka_offset"])), (None, None))
+        except (KeyError, ValueError):
+            key, value = None, None
+        row |= {"raw_key": _hex(key), "raw_value": _hex(value)}
     return _csv_line(
         [
             row.get("kafka_topic", ""),
@@ -171,6 +191,7 @@ def commit_batch(
     topic_id: str | None = None,
     lease_epoch: int | None = None,
     fence: bool = True,
+    raw: RawBytes | None = None,
 ) -> BatchResult:
     """Commit one micro-batch (or one partition's slice of it) exactly once. The caller owns the
     connection; this commits it.
@@ -178,7 +199,8 @@ def commit_batch(
     ``topic_id`` (Kafka's id of the topic) and ``lease_epoch`` (from ``acquire_lease``) are checked
     against the ledger when given; a batch that does not continue the ledger raises LedgerError.
     ``fence=False`` is for the fault tests' negative control only: it drops the replay filter and
-    moves the ledger unconditionally, so a replayed slice is written twice.
+    moves the ledger unconditionally, so a replayed slice is written twice. With ``raw``, the
+    accepted lines are staged without raw bytes (:func:`staged_columns`) and ``raw`` holds them.
     """
     topic, table, key = spec.topic, spec.table, spec.natural_key
     columns = table_columns(spec)
@@ -215,9 +237,9 @@ def commit_batch(
             f"ADD COLUMN {TIMESTAMP_COLUMN} timestamptz"
         )
         cur.execute("CREATE TEMP TABLE stage_q (LIKE quarantine INCLUDING DEFAULTS) ON COMMIT DROP")
-        staged = _staged_columns_of(spec, row_lines)
+        staged = _staged_columns_of(spec, row_lines, raw)
         refused = copy_isolating(cur, "stage_tx", staged, row_lines)
-        rejects = [warehouse_reject(line, staged, reason) for line, reason in refused]
+        rejects = [warehouse_reject(line, staged, reason, raw) for line, reason in refused]
         for line, reason in refused:
             log.warning("batch %d: PostgreSQL refused a record the sink's rules accepted (%s): %.200s", batch_id,
                         reason, line)  # fmt: skip
@@ -255,13 +277,18 @@ def commit_batch(
                     SELECT 1 FROM inserted i
                     WHERE i.kafka_partition = s.kafka_partition AND i.kafka_offset = s.kafka_offset
                 )
-                RETURNING 1
+                RETURNING kafka_partition, kafka_offset
             )
-            SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM duplicates)
+            SELECT (SELECT count(*) FROM inserted), array_agg(kafka_partition), array_agg(kafka_offset)
+            FROM duplicates
             """,  # noqa: S608 - names come from the spec and its contract file, not from input
             {"duplicate": spec.duplicate_code, "key": key},
         )
-        inserted, duplicates = cur.fetchone()
+        inserted, dup_partitions, dup_offsets = cur.fetchone()
+        duplicated = list(zip(dup_partitions or [], dup_offsets or [], strict=True))
+        duplicates = len(duplicated)
+        if duplicated:
+            _settle_duplicates(cur, topic, duplicated, raw)
         cur.execute(
             f"INSERT INTO quarantine ({', '.join(QUARANTINE_COLUMNS)}) "  # noqa: S608
             f"SELECT {', '.join(QUARANTINE_COLUMNS)} FROM stage_q ON CONFLICT DO NOTHING"
@@ -281,6 +308,32 @@ def commit_batch(
         _accumulate_latency(cur, spec, committed_at, seconds, inserted > 0)
     return BatchResult(
         records=records, inserted=inserted, quarantined=quarantined, skipped=skipped, warehouse_rejected=len(refused)
+    )
+
+
+def _settle_duplicates(
+    cur: Any,  # noqa: ANN401 - a cursor
+    topic: str,
+    duplicated: list[tuple[int, int]],
+    raw: RawBytes | None,
+) -> None:
+    """Give quarantined duplicates their raw bytes (staged without them), and drop them from
+    ``stage_tx``, which then holds exactly the rows this commit inserted (for the latency histograms)."""
+    partitions, offsets = [p for p, _ in duplicated], [o for _, o in duplicated]
+    if raw is not None:
+        keys, values = zip(*(raw.get(c, (None, None)) for c in duplicated), strict=True)
+        cur.execute(
+            """
+            UPDATE quarantine q SET raw_key = v.k, raw_value = v.v
+            FROM unnest(%s::int[], %s::bigint[], %s::bytea[], %s::bytea[]) AS v(p, o, k, v)
+            WHERE q.kafka_topic = %s AND q.kafka_partition = v.p AND q.kafka_offset = v.o
+            """,
+            (partitions, offsets, list(keys), list(values), topic),
+        )
+    cur.execute(
+        "DELETE FROM stage_tx s USING unnest(%s::int[], %s::bigint[]) AS d(p, o) "
+        "WHERE s.kafka_partition = d.p AND s.kafka_offset = d.o",
+        (partitions, offsets),
     )
 
 
@@ -326,19 +379,17 @@ def _advance(
 
 
 #: Observations of one commit, bucketed by the smallest upper bound at or above them (``sink_latency.le``).
-#: Staged rows at coordinates that the pipeline's table holds now were inserted by this batch: staged
-#: rows at committed offsets were deleted, and a duplicate's coordinates are not in the table.
+#: The staged rows left are the rows this commit inserted: rows at committed offsets, rows Postgres
+#: refused and duplicates are gone from ``stage_tx`` by now.
 #: A time in the future (clock skew, event time up to MAX_FUTURE_SECONDS ahead) counts as 0 s, which
-#: keeps ``_sum`` monotonic, as Prometheus expects of a histogram. ``{table}``/``{time}``: the spec's.
+#: keeps ``_sum`` monotonic, as Prometheus expects of a histogram. ``{time}``: the spec's.
 _LATENCY_SQL = """
 INSERT INTO sink_latency AS l (topic, kind, le, count, sum)
 SELECT %(topic)s, o.kind, b.le, count(*), sum(o.seconds)
 FROM (
     SELECT k.kind, greatest(0, extract(epoch FROM %(at)s - k.t))::float8 AS seconds
     FROM stage_tx s
-    JOIN {table} t
-      ON t.kafka_topic = s.kafka_topic AND t.kafka_partition = s.kafka_partition AND t.kafka_offset = s.kafka_offset
-    CROSS JOIN LATERAL (VALUES ('event_time', t.{time}), ('kafka_timestamp', s.kafka_timestamp)) AS k (kind, t)
+    CROSS JOIN LATERAL (VALUES ('event_time', s.{time}), ('kafka_timestamp', s.kafka_timestamp)) AS k (kind, t)
     WHERE k.t IS NOT NULL
 ) o
 CROSS JOIN LATERAL (SELECT min(u) AS le FROM unnest(%(bounds)s::float8[]) AS u WHERE u >= o.seconds) b
@@ -358,7 +409,7 @@ def _accumulate_latency(
     """Add this commit to the cumulative histograms in ``sink_latency`` (in the commit's transaction)."""
     topic = spec.topic
     if inserted:
-        sql = _LATENCY_SQL.format(table=spec.table, time=spec.time_column)
+        sql = _LATENCY_SQL.format(time=spec.time_column)
         cur.execute(sql, {"topic": topic, "at": committed_at, "bounds": list(LATENCY_BUCKETS)})
     cur.execute(
         "INSERT INTO sink_latency AS l (topic, kind, le, count, sum) VALUES (%s, 'commit', %s, 1, %s) "

@@ -21,15 +21,15 @@ from tx_platform.config import Settings
 from tx_platform.pipelines import PipelineSpec
 from tx_platform.warehouse import BatchResult, PartitionRange, commit_batch, committed_offsets, connect, ensure_schema
 from tx_platform_tests.conftest import fetch_all, produce_records
-from tx_platform_tests.test_warehouse.test_commit_batch import _bad, _tx
+from tx_platform_tests.test_warehouse.test_commit_batch import ROW, _bad, _line, _tx
 
-Row = namedtuple("Row", "ok partition offset line")
+Row = namedtuple("Row", "ok partition offset line key value")
 
 
 @pytest.mark.unit
 def test_a_write_task_holding_two_kafka_partitions_is_refused(spec: PipelineSpec) -> None:
     writer = SliceWriter(spec, "postgresql://unused", 7, topic_id=None, lease_epoch=None)
-    rows = [Row(True, 0, 10, "a"), Row(True, 1, 10, "b")]
+    rows = [Row(True, 0, 10, "a", b"k", b"v"), Row(True, 1, 10, "b", b"k", b"v")]
     with pytest.raises(
         RuntimeError, match=r"\[SINK_SLICE_SPANS_PARTITIONS\] .* batch 7 holds Kafka partitions \[0, 1\]"
     ):
@@ -153,3 +153,42 @@ def test_the_sink_commits_one_slice_per_partition_and_accounts_for_every_record(
     assert (audit.records, audit.rows + audit.quarantined, audit.dlq) == (4_000, 4_000, audit.quarantined)
     assert audit.quarantined > 0
     assert (audit.lost, audit.duplicated, audit.unexplained) == (0, 0, 0)
+
+
+@pytest.mark.integration
+def test_slices_stage_without_raw_bytes_yet_duplicates_and_refused_records_keep_theirs(
+    settings: Settings, spec: PipelineSpec, unique: str
+) -> None:
+    """The sink's layout: accepted lines carry no raw bytes; the few records that need them take them from beside."""
+    ensure_schema(settings.dsn(), [spec])
+    tx_id = f"{unique[:8]}-2222-4000-8000-000000000000"
+    negative = [*ROW[:5], "-12.34", *ROW[6:]]  # a negative amount: the table's CHECK refuses it
+
+    def line(values: list[str], offset: int) -> str:
+        return _line([tx_id if offset < 2 else f"{unique[:8]}-3333-4000-8000-000000000000", *values, spec.topic, 0,
+                      offset, "2026-01-02T03:04:06.000Z"])  # fmt: skip
+
+    lines = [line(ROW, 0), line(ROW, 1), line(negative, 2)]
+    raw = {(0, o): (f"key{o}".encode(), f"value{o}".encode()) for o in range(3)}
+    conn = connect(settings.dsn())
+    try:
+        result = commit_batch(conn, spec, 0, lines, [], {0: PartitionRange(0, 2)}, raw=raw)
+    finally:
+        conn.close()
+    assert (result.inserted, result.quarantined, result.warehouse_rejected) == (1, 2, 1)
+    rows = fetch_all(
+        settings.dsn(),
+        "SELECT kafka_offset, error_code, raw_key, raw_value FROM quarantine WHERE kafka_topic = %s ORDER BY 1",
+        spec.topic,
+    )
+    assert [(o, code, bytes(k), bytes(v)) for o, code, k, v in rows] == [
+        (1, spec.duplicate_code, b"key1", b"value1"),
+        (2, "WAREHOUSE_REJECTED", b"key2", b"value2"),
+    ]
+    # the latency histograms counted the one inserted row, once per kind
+    counts = fetch_all(
+        settings.dsn(),
+        "SELECT kind, sum(count) FROM sink_latency WHERE topic = %s AND kind <> 'commit' GROUP BY kind ORDER BY 1",
+        spec.topic,
+    )
+    assert counts == [("event_time", 1), ("kafka_timestamp", 1)]
