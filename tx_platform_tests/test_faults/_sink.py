@@ -104,7 +104,12 @@ class SinkProcess:
     """``spark_jobs/sink/main.py`` in a process group of its own: ``kill9`` takes the driver JVM with it."""
 
     def __init__(
-        self, spec: PipelineSpec, settings: Settings, log: Path, available_now: bool = False, **env: str
+        self,
+        spec: PipelineSpec,
+        settings: Settings,
+        log: Path,
+        available_now: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.log = log
         self.settings = settings
@@ -113,7 +118,7 @@ class SinkProcess:
             "TXP_CHECKPOINT_DIR": str(settings.checkpoint_root),
             # the driver UI of a continuous local sink: a port of this suite's own block
             "TXP_SPARK_UI_PORT": os.environ.get("TXP_TEST_SPARK_UI_PORT", "4040"),
-            **env,
+            **(env or {}),
         }
         mode = ["--available-now"] if available_now else ["--trigger", "1 second"]
         command = [
@@ -140,6 +145,13 @@ class SinkProcess:
             return "sink running" in self.log.read_text(errors="replace").rsplit("==== start", 1)[-1]
 
         assert_eventually(running, timeout=timeout, what="the sink to start")
+
+    def alive(self) -> bool:
+        """True while the sink runs; raises with the end of its log once it has exited."""
+        if self.proc.poll() is not None:
+            msg = f"the sink exited ({self.proc.returncode}):\n{self.tail()}"
+            raise AssertionError(msg)
+        return True
 
     def kill9(self) -> int:
         """SIGKILL the whole process group (Python driver, its JVM, PySpark workers); how many processes it had."""
@@ -237,3 +249,52 @@ def wait_for(predicate: Any, timeout: float, step: float = 0.02) -> bool:  # noq
             return True
         time.sleep(step)
     return False
+
+
+def socket_owner(local_port: int, remote_port: int) -> int | None:
+    """Pid of the process holding the loopback TCP connection from ``local_port`` to ``remote_port``."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+            if (local, remote) == (local_port, remote_port):
+                inode = fields[9]
+    if inode is None:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
+def ancestor_running(pid: int, needle: str) -> int | None:
+    """The nearest process (``pid`` or an ancestor) whose command line contains ``needle``."""
+    while pid > 1:
+        try:
+            cmdline = (Path(f"/proc/{pid}") / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        if needle in cmdline:
+            return pid
+        pid = int(stat[1])
+    return None
+
+
+def event_log(directory: Path) -> list[dict[str, Any]]:
+    """The events of the one Spark application whose event log is in ``directory``."""
+    [path] = [p for p in directory.iterdir() if not p.name.startswith(".")]
+    # Spark 4 writes a directory eventlog_v2_<app> of files events_<n>_<app> (rolled over by size)
+    files = sorted(path.glob("events_*"), key=lambda f: int(f.name.split("_")[1])) if path.is_dir() else [path]
+    return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -27,11 +28,14 @@ from tx_platform_tests.test_faults._sink import (
     BAD_RATIO,
     BackgroundProducer,
     SinkProcess,
+    ancestor_running,
     assert_exact,
     audit,
     batches,
     committed,
+    event_log,
     slices_committed,
+    socket_owner,
     topic_end,
     wait_caught_up,
     wait_for,
@@ -220,6 +224,11 @@ def _newest_batch(settings: Settings, spec: PipelineSpec) -> tuple[int, list[int
     return int(batch_id), [int(p) for (p,) in partitions]
 
 
+def _checkpoint_commits(commits: Path) -> int:
+    return len([p for p in commits.iterdir() if p.name.isdigit()]) if commits.is_dir() else 0
+
+
+@pytest.mark.heavy
 def test_the_sink_driver_killed_mid_batch_three_times_while_a_producer_writes_loses_and_doubles_nothing(  # noqa: ANN001
     settings: Settings, spec: PipelineSpec, create_topic, tmp_path: Path
 ) -> None:
@@ -233,16 +242,21 @@ def test_the_sink_driver_killed_mid_batch_three_times_while_a_producer_writes_lo
     kills = []
     sink: SinkProcess | None = None
     try:
+        commits = Path(spec.checkpoint(settings.checkpoint_root)) / "commits"
         for _ in range(3):
-            sink = SinkProcess(spec, settings, log, **env)
+            sink = SinkProcess(spec, settings, log, env=env)
             sink.wait_running()
+            # first a batch of this run committed in Spark's checkpoint too: the batch killed next is then
+            # replayed from the checkpoint on restart (an uncommitted first batch is re-planned from Postgres)
+            done = _checkpoint_commits(commits)
+            assert wait_for(lambda s=sink, d=done: s.alive() and _checkpoint_commits(commits) > d, timeout=300)
             seen = slices_committed(settings, spec)
             # one slice of a batch committed: kill before the others (or Spark's own commit) follow
-            assert wait_for(lambda seen=seen: slices_committed(settings, spec) > seen, timeout=180)
+            assert wait_for(lambda s=sink, n=seen: s.alive() and slices_committed(settings, spec) > n, timeout=180)
             processes = sink.kill9()
             batch_id, partitions = _newest_batch(settings, spec)
             kills.append({"batch": batch_id, "slices_committed": partitions, "processes_killed": processes})
-        sink = SinkProcess(spec, settings, log, **env)
+        sink = SinkProcess(spec, settings, log, env=env)
         sink.wait_running()
         delivered = backlog + producer.stop()
         wait_caught_up(settings, spec, sink=sink)
@@ -285,7 +299,7 @@ def test_postgres_killed_mid_commit_and_restarted_loses_and_doubles_nothing(  # 
     postgres = test_stack.postgres
     server_log = postgres.log_file
     log_start = server_log.stat().st_size if server_log.exists() else 0
-    sink = SinkProcess(spec, settings, log, **env)
+    sink = SinkProcess(spec, settings, log, env=env)
     in_flight: list[tuple] = []
     try:
         sink.wait_running()
@@ -319,7 +333,7 @@ def test_postgres_killed_mid_commit_and_restarted_loses_and_doubles_nothing(  # 
     print(f"killed Postgres during {in_flight}; sink exited by itself: {exited} ({sink.proc.returncode}); "  # noqa: T201
           f"slices committed before: {committed_at_kill}; first sink error: {sink_error[:1]}")  # fmt: skip
     assert "was interrupted" in recovery or "not properly shut down" in recovery, recovery[-2000:]
-    sink = SinkProcess(spec, settings, log, **env)
+    sink = SinkProcess(spec, settings, log, env=env)
     try:
         sink.wait_running()
         wait_caught_up(settings, spec, sink=sink)
@@ -336,3 +350,136 @@ def slices_committed_or_none(settings: Settings, spec: PipelineSpec) -> int | No
         return slices_committed(settings, spec)
     except Exception:  # noqa: BLE001 - down is an answer
         return None
+
+
+# --- row 2: kill -9 of an executor mid-task on a standalone cluster of two workers
+
+#: Ports of the cluster's own stack: TXP_TEST_FAULTS_PORT_BASE and the 15 after it (else a free block).
+_CLUSTER_PORTS = (
+    "kafka_port", "controller_port", "postgres_port", "registry_port", "prometheus_port", "alertmanager_port",
+    "pushgateway_port", "postgres_exporter_port", "metrics_port", "jmx_port", "spark_master_port",
+    "spark_master_ui_port", "spark_worker_ui_port",  # the worker UIs take this port and the next
+)  # fmt: skip
+
+
+def _cluster_layout():  # noqa: ANN202 - StackLayout
+    from tx_platform.stack import StackLayout
+    from tx_platform_tests.test_stack.test_spark_cluster import _free_block
+
+    base = int(os.environ.get("TXP_TEST_FAULTS_PORT_BASE", "0")) or _free_block(16)
+    ports: dict[str, Any] = {name: base + i for i, name in enumerate(_CLUSTER_PORTS)}
+    return StackLayout(spark_workers=2, **ports), base
+
+
+@pytest.mark.heavy
+def test_an_executor_killed_mid_task_on_a_two_worker_cluster_is_retried_and_writes_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    from tx_platform.config import load_settings
+    from tx_platform.kafka_admin import ensure_topic
+    from tx_platform.pipelines import TRANSACTIONS
+    from tx_platform.stack import LocalStack
+    from tx_platform.warehouse import connect
+
+    records, partitions = 40_000, 4
+    layout, base = _cluster_layout()
+    state, events = tmp_path / "stack", tmp_path / "events"
+    events.mkdir()
+    jars_dir = load_settings().jars_dir
+    stack = LocalStack(state, jars_dir, layout)
+    sink: SinkProcess | None = None
+    try:
+        stack.up()
+        env = stack.env()
+        settings = load_settings(
+            kafka_bootstrap=env["TXP_KAFKA_BOOTSTRAP"],
+            schema_registry_url=env["TXP_SCHEMA_REGISTRY_URL"],
+            postgres_dsn=env["TXP_POSTGRES_DSN"],
+            state_dir=state,
+            checkpoint_dir=tmp_path / "checkpoints",
+        )
+        spec = TRANSACTIONS.with_topic("tx_executor_kill")
+        ensure_topic(settings.kafka_bootstrap, spec.topic, partitions, 1)
+        produce_records(spec, settings, records, seed=21, bad_ratio=BAD_RATIO)
+        submit = (
+            f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir=file://{events} "
+            f"--conf spark.ui.port={base + 16} pyspark-shell"
+        )
+        sink = SinkProcess(
+            spec, settings, tmp_path / "sink.log", available_now=True,
+            env={**env, "TXP_MAX_OFFSETS_PER_TRIGGER": "8000", "PYSPARK_SUBMIT_ARGS": submit},
+        )  # fmt: skip
+        # a slice commit in flight: kill -9 the executor JVM whose Python worker holds that transaction
+        watcher = None
+        killed: dict[str, Any] = {}
+
+        def executor_committing() -> bool:
+            nonlocal watcher
+            if sink.proc.poll() is not None:
+                return True
+            try:
+                if watcher is None:
+                    watcher = connect(settings.dsn())
+                    watcher.autocommit = True
+                with watcher.cursor() as cur:
+                    cur.execute(_COMMIT_IN_FLIGHT.replace("SELECT pid,", "SELECT client_port,"))
+                    rows = cur.fetchall()
+            except Exception:  # noqa: BLE001 - the sink may not have created its tables yet
+                return False
+            for client_port, _state, query in rows:
+                owner = socket_owner(int(client_port), layout.postgres_port)
+                executor = ancestor_running(owner, "CoarseGrainedExecutorBackend") if owner else None
+                if executor is not None:
+                    argv = (Path(f"/proc/{executor}") / "cmdline").read_bytes().split(b"\0")
+                    killed.update(pid=executor, executor_id=argv[argv.index(b"--executor-id") + 1].decode(),
+                                  python_worker=owner, query=query)  # fmt: skip
+                    os.kill(executor, signal.SIGKILL)
+                    return True
+            return False
+
+        try:
+            assert wait_for(executor_committing, timeout=600, step=0.01)
+        finally:
+            if watcher is not None:
+                watcher.close()
+        assert killed, f"the sink finished before an executor was seen committing:\n{sink.tail()}"
+        assert sink.wait(timeout=900) == 0, sink.tail()
+        result = assert_exact(settings, spec, "executor killed on a 2-worker cluster")
+        assert result.records == records
+        log = event_log(events)
+        replayed = [b for b in batches(settings, spec) if b[5] > 0]
+    finally:
+        if sink is not None:
+            sink.cleanup()
+        stack.down()
+        LocalStack(state, jars_dir).down(purge=True)
+    # the event log: which executor (on which worker) ran which write task, and the task the kill failed
+    worker_of = {
+        e["Executor ID"]: int(e["Executor Info"]["Log Urls"]["stderr"].split(":")[2].split("/")[0])
+        for e in log
+        if e["Event"] == "SparkListenerExecutorAdded"
+    }
+    write_stages = {
+        e["Stage Info"]["Stage ID"]
+        for e in log
+        if e["Event"] == "SparkListenerStageCompleted" and "_query.py" in e["Stage Info"]["Stage Name"]
+    }
+    write_tasks = [e for e in log if e["Event"] == "SparkListenerTaskEnd" and e["Stage ID"] in write_stages]
+    failed = [
+        (t["Task Info"]["Executor ID"], t["Task End Reason"]["Reason"])
+        for t in write_tasks
+        if t["Task End Reason"]["Reason"] != "Success"
+    ]
+    per_worker: dict[int, dict[str, int]] = {}
+    for t in write_tasks:
+        if t["Task End Reason"]["Reason"] == "Success":
+            figures = per_worker.setdefault(worker_of[t["Task Info"]["Executor ID"]], {"tasks": 0, "records": 0})
+            figures["tasks"] += 1
+            figures["records"] += t["Task Metrics"]["Input Metrics"]["Records Read"]
+    print(f"killed executor {killed}; failed write tasks {failed}; executors by worker UI port {worker_of}; "  # noqa: T201
+          f"successful write tasks by worker UI port {per_worker}; fenced replays {replayed}")  # fmt: skip
+    assert any(executor == killed["executor_id"] and reason == "ExecutorLostFailure" for executor, reason in failed)
+    # rows were written by both workers' executors, and the successful tasks read every record once
+    assert set(per_worker) == {layout.spark_worker_ui_port, layout.spark_worker_ui_port + 1}
+    assert all(f["records"] > 0 for f in per_worker.values())
+    assert sum(f["records"] for f in per_worker.values()) == records

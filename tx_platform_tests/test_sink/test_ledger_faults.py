@@ -17,6 +17,7 @@ from tx_platform.errors import DataLossError, OffsetGapError, SinkAlreadyRunning
 from tx_platform.pipelines import PipelineSpec
 from tx_platform.warehouse import connect, forget_topic
 from tx_platform_tests.conftest import assert_eventually, produce_records
+from tx_platform_tests.test_faults._sink import assert_exact, audit
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -56,6 +57,7 @@ def test_a_checkpoint_ahead_of_postgres_stops_the_sink_instead_of_skipping(spark
     shutil.rmtree(spec.checkpoint(settings.checkpoint_root))  # what the error says to do
     assert _sink(spark, settings, spec).run_available_now().inserted == 150
     assert _rows(settings, spec) == 150
+    assert assert_exact(settings, spec, "checkpoint ahead of Postgres, then deleted").records == 150
 
 
 def test_a_recreated_topic_is_refused_not_read_as_a_replay(spark, settings, spec, create_topic) -> None:  # noqa: ANN001
@@ -73,6 +75,8 @@ def test_a_recreated_topic_is_refused_not_read_as_a_replay(spark, settings, spec
     _forget(settings, spec)
     shutil.rmtree(spec.checkpoint(settings.checkpoint_root))
     assert _sink(spark, settings, spec).run_available_now().inserted == 150
+    # the new topic's records, each once; nothing of the old topic is left to pass as one of them
+    assert assert_exact(settings, spec, "topic recreated, old rows forgotten").records == 150
 
 
 def test_a_second_sink_on_the_same_topic_fails_while_the_first_runs(spark, settings, spec, create_topic) -> None:  # noqa: ANN001
@@ -90,6 +94,7 @@ def test_a_second_sink_on_the_same_topic_fails_while_the_first_runs(spark, setti
         first.close()
     produce_records(spec, settings, 10, seed=32)
     assert _sink(spark, settings, spec).run_available_now().inserted == 10  # the lease is free again
+    assert assert_exact(settings, spec, "a second sink refused").records == 50
 
 
 def test_records_deleted_before_the_sink_read_them_stop_it_or_are_recorded(spark, settings, spec, create_topic) -> None:  # noqa: ANN001
@@ -114,3 +119,7 @@ def test_records_deleted_before_the_sink_read_them_stop_it_or_are_recorded(spark
     finally:
         conn.close()
     assert (report.records_read, report.rows, report.lost_in_gaps, report.unexplained) == (150, 150, 50, 0)
+    # the independent count reads the topic as it is now (offsets 150..199): the deleted records are gone
+    # from it, rows 0..99 lie below its log start, and 150..199 are stored once
+    result = audit(settings, spec, "retention gap recorded")
+    assert (result.records, result.lost, result.duplicated, result.unexplained) == (50, 0, 0, 0), result.as_dict()
