@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from psycopg2.extensions import connection as Connection
@@ -227,6 +229,7 @@ class PipelineSink:
         self._topic_id = topic_id(self.settings.kafka_bootstrap, self.spec.topic)
         with closing(connect(self._dsn)) as conn:
             self._prepare_ledger(conn)
+        set_aside_damaged_checkpoint(self.checkpoint)
         drop_uncommitted_batches(self.checkpoint)
         # catch up on DLQ publication a crash may have interrupted (no-op when up to date)
         with closing(connect(self._dsn)) as conn:
@@ -283,6 +286,55 @@ class PipelineSink:
         if self._lease is not None:
             self._lease.release()
             self._lease = None
+
+
+def checkpoint_damage(checkpoint: str) -> str | None:
+    """What is unreadable in a local checkpoint's logs (``metadata``, ``offsets/``, ``commits/``,
+    ``sources/``), or None when every file parses: a version line, then JSON (``-`` for a source
+    without offsets), as Spark writes them. Remote checkpoints are not inspected."""
+    if "://" in checkpoint and not checkpoint.startswith("file://"):
+        return None
+    root = Path(checkpoint.removeprefix("file://"))
+    if not root.is_dir():
+        return None
+    files = [root / "metadata"] if (root / "metadata").exists() else []
+    for log_dir in (root / "offsets", root / "commits", *(root / "sources").glob("*")):
+        if log_dir.is_dir():
+            files += [p for p in log_dir.iterdir() if p.name.isdigit()]
+    for path in sorted(files):
+        try:
+            text = path.read_bytes().decode("utf-8").lstrip("\x00")  # a source's initial offsets start with NUL
+            lines = text.splitlines()
+            if path.name != "metadata":
+                if not lines or not re.fullmatch(r"v\d+", lines[0]):
+                    return f"{path}: no version line"
+                lines = lines[1:]
+            for line in lines:
+                if line.strip() and line.strip() != "-":
+                    json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return f"{path}: {exc}"
+    return None
+
+
+def set_aside_damaged_checkpoint(checkpoint: str) -> Path | None:
+    """Move a checkpoint whose logs do not parse (a torn write, a damaged disk) aside, so the query
+    starts from the offsets committed in Postgres instead of failing on Spark's parser error.
+
+    Safe because Postgres, not the checkpoint, holds the sink's progress; the damaged directory is
+    kept beside it (``<checkpoint>.damaged-<UTC time>``) for inspection. Returns where it went.
+    """
+    damage = checkpoint_damage(checkpoint)
+    if damage is None:
+        return None
+    root = Path(checkpoint.removeprefix("file://"))
+    aside = root.with_name(f"{root.name}.damaged-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
+    root.rename(aside)
+    log.warning(
+        "[CHECKPOINT_DAMAGED] %s; the checkpoint was moved to %s and the sink resumes from the offsets "
+        "committed in PostgreSQL (delete the moved directory once inspected)", damage, aside,
+    )  # fmt: skip
+    return aside
 
 
 def drop_uncommitted_batches(checkpoint: str) -> list[int]:
