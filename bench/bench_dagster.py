@@ -78,7 +78,7 @@ def dagster_run(settings: Settings, spec: PipelineSpec, records: int, work: Path
         os.environ["TXP_POSTGRES_DSN"] = dsn
         try:
             run_settings = settings_for(dsn, checkpoint_dir=work / "ck_dagster")
-            job = build_definitions(run_settings, [spec]).get_job_def(sink_job_name(spec))
+            job = build_definitions(run_settings, [spec]).resolve_job_def(sink_job_name(spec))
             started = time.perf_counter()
             result = job.execute_in_process()
             elapsed = time.perf_counter() - started

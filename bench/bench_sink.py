@@ -64,6 +64,7 @@ from pyspark.sql.avro.functions import from_avro
 
 from spark_jobs.session import spark_config
 from spark_jobs.sink import PipelineSink
+from spark_jobs.sink import _writer as writer_module
 from spark_jobs.sink._writer import SliceResult, SliceWriter
 from tx_platform.config import PROJECT_ROOT, Settings, load_settings
 from tx_platform.pipelines import TRANSACTIONS
@@ -71,7 +72,7 @@ from tx_platform.stack import resolve_artifacts
 
 # the private cluster is started from the stack's own building blocks (no second Kafka or Postgres)
 from tx_platform.stack._spark import SparkMaster, SparkWorker
-from tx_platform.warehouse import PartitionRange, commit_batch, connect, ensure_schema, table_columns
+from tx_platform.warehouse import connect, ensure_schema, table_columns
 
 BENCH = "sink"
 CORES = 2
@@ -412,51 +413,38 @@ class TimingCursor(psycopg2.extensions.cursor):
 
 class ProfilingSliceWriter(SliceWriter):
     """The sink's write task with its time split: rows arriving (Kafka, decode, render, transfer to
-    Python), then the commit, each of its statements timed (``commit_batch`` itself unchanged)."""
+    Python), then the commit, each of its statements timed. The task's code is the sink's own: only
+    the connection it commits on is swapped for one that times its statements."""
 
     def __call__(self, rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
-        started = time.perf_counter()
-        good: list[str] = []
-        bad: list[str] = []
-        offsets: list[int] = []
-        partition = -1
-        for row in rows:
-            (good if row.ok else bad).append(row.line)
-            offsets.append(int(row.offset))
-            partition = int(row.partition)
-        arrived = time.perf_counter() - started
-        if not offsets:
-            return
-        rng = PartitionRange(min(offsets), max(offsets))
+        self._started = time.perf_counter()
+        for result in super().__call__(rows):
+            per_kind: dict[str, float] = defaultdict(float)
+            for kind, seconds in self._timings:
+                per_kind[kind] += seconds
+            per_kind["COMMIT, connect and Python"] = self._commit - sum(s for _, s in self._timings)
+            yield result | {"rows_arrive": self._arrived, "commit": self._commit, "statements": json.dumps(per_kind)}
+
+    def commit(self, *args: Any, **kwargs: Any) -> SliceResult:  # noqa: ANN401
+        self._arrived = time.perf_counter() - self._started
+        connections: list[TimingConnection] = []
+
+        def timed_connect(dsn: str, *_: Any, **__: Any) -> TimingConnection:  # noqa: ANN401
+            conn = psycopg2.connect(
+                dsn, connection_factory=TimingConnection, cursor_factory=TimingCursor, application_name="bench"
+            )
+            connections.append(conn)
+            return conn
+
+        original = writer_module.connect
+        writer_module.connect = timed_connect  # in this task's Python worker only
         begun = time.perf_counter()
-        conn = psycopg2.connect(
-            self.dsn, connection_factory=TimingConnection, cursor_factory=TimingCursor, application_name="bench"
-        )
         try:
-            result = commit_batch(
-                conn, self.spec, self.batch_id, good, bad, {partition: rng},
-                topic_id=self.topic_id, lease_epoch=self.lease_epoch, fence=self.fence,
-            )  # fmt: skip
-            timings = conn.timings
+            return super().commit(*args, **kwargs)
         finally:
-            conn.close()
-        commit = time.perf_counter() - begun
-        per_kind: dict[str, float] = defaultdict(float)
-        for kind, seconds in timings:
-            per_kind[kind] += seconds
-        per_kind["COMMIT, connect and Python"] = commit - sum(s for _, s in timings)
-        yield {
-            "partition": partition,
-            "first": rng.first,
-            "last": rng.last,
-            "records": result.records,
-            "inserted": result.inserted,
-            "quarantined": result.quarantined,
-            "skipped": result.skipped,
-            "rows_arrive": arrived,
-            "commit": commit,
-            "statements": json.dumps(per_kind),
-        }
+            self._commit = time.perf_counter() - begun
+            writer_module.connect = original
+            self._timings = [t for conn in connections for t in conn.timings]
 
 
 class ProfiledSink(PipelineSink):
