@@ -156,3 +156,17 @@ def test_every_scrape_job_uses_file_sd_with_a_compose_target_file(compose: dict)
         service = nodes[group["targets"][0].rsplit(":", 1)[0]]
         assert group["labels"]["node_id"] == service["environment"]["KAFKA_NODE_ID"]
         assert group["labels"]["role"] == service["environment"]["KAFKA_PROCESS_ROLES"]
+
+
+def test_spark_executors_run_the_projects_image_with_the_drivers_python(compose: dict) -> None:
+    """The sink's write tasks run Python on the executors: the stock Spark image has neither the package nor 3.11."""
+    services = compose["services"]
+    driver = services["dagster-daemon"]
+    for name in ("spark-master", "spark-worker-1", "spark-worker-2"):
+        service = services[name]
+        assert (service["image"], service["build"]) == (driver["image"], driver["build"]), name
+        assert service["command"][0] == "spark-class", name
+    for name in ("spark-worker-1", "spark-worker-2"):
+        assert services[name]["environment"]["PYSPARK_PYTHON"] == "python"
+    dockerfile = (INFRA / "compose" / "Dockerfile.dagster").read_text()
+    assert "FROM python:3.11-slim" in dockerfile
