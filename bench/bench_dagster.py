@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from _common import Figure, bench_schema, fresh_topic, out, produce_backlog, scalar, settings_for
+from dagster import DagsterInstance
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.avro.functions import from_avro
@@ -72,6 +73,7 @@ def _rows(dsn: str, spec: PipelineSpec) -> int:
 def dagster_run(settings: Settings, spec: PipelineSpec, records: int, work: Path) -> tuple[Figure, Figure]:
     """``transactions_sink_job`` in process: (the job, the sink step)."""
     saved = os.environ.get("TXP_POSTGRES_DSN")
+    instance = DagsterInstance.ephemeral()
     with bench_schema(settings, "dagster") as dsn:
         ensure_schema(dsn, [spec])
         # the DSN reaches the resources as a variable (secrets are never resource config)
@@ -80,7 +82,7 @@ def dagster_run(settings: Settings, spec: PipelineSpec, records: int, work: Path
             run_settings = settings_for(dsn, checkpoint_dir=work / "ck_dagster")
             job = build_definitions(run_settings, [spec]).resolve_job_def(sink_job_name(spec))
             started = time.perf_counter()
-            result = job.execute_in_process()
+            result = job.execute_in_process(instance=instance)
             elapsed = time.perf_counter() - started
         finally:
             if saved is None:
@@ -90,14 +92,12 @@ def dagster_run(settings: Settings, spec: PipelineSpec, records: int, work: Path
         assert result.success  # noqa: S101
         rows = _rows(dsn, spec)
         assert rows == records, (rows, records)  # noqa: S101
-    starts, ends = {}, {}
-    for event in result.all_events:
-        if event.event_type_value == "STEP_START":
-            starts[event.step_key] = event.timestamp
-        elif event.event_type_value == "STEP_SUCCESS":
-            ends[event.step_key] = event.timestamp
-    sink_step = next(k for k in ends if spec.query_name in k)
-    steps = {k: round(ends[k] - starts[k], 3) for k in ends if k in starts}
+    steps = {
+        stat.step_key: round(stat.end_time - stat.start_time, 3)
+        for stat in instance.get_run_step_stats(result.run_id)
+        if stat.start_time is not None and stat.end_time is not None
+    }
+    sink_step = next(k for k in steps if spec.query_name in k)
     label = f"Dagster: {job.name} (execute_in_process)"
     job_figure = Figure(BENCH, "dagster_job", label, rows, elapsed, {"steps": steps})
     step_figure = Figure(BENCH, "dagster_sink_step", "  of which the sink step", rows, steps[sink_step])

@@ -518,6 +518,9 @@ def _profile_lines(batches: list[dict[str, Any]], records: int, seconds: float) 
     ]  # fmt: skip
     for key in keys:
         lines.append(f"  {key:<44} {statistics.mean(b[key] for b in batches):7.3f} s")
+    rereads = sum(v for b in batches for k, v in b.items() if k.startswith("re-read"))
+    outside = seconds - rereads - sum(b["batch (without the re-reads)"] for b in batches)
+    lines.append(f"  {'outside the batches, whole run (start, stop)':<44} {outside:7.3f} s")
     tasks = [t for b in batches for t in b["tasks"]]
     per_task = statistics.mean(t["records"] for t in tasks)
     lines.append(f"  per write task ({len(tasks)} tasks, {per_task:,.0f} records each on average):")
