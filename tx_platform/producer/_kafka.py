@@ -134,6 +134,28 @@ class RecordProducer:
             self._unpolled = 0
             self._producer.poll(0)
 
+    def send_chunk(self, keys: list[bytes], values: list[bytes | None], kinds: list[str | None]) -> None:
+        """Queue prepared records (a chunk from the preparing process): :meth:`send_prepared` with less per record."""
+        produce, topic, poll = self._produce, self.topic, self._producer.poll
+        queued = 0
+        try:
+            for key, value, kind in zip(keys, values, kinds, strict=True):
+                headers: list[tuple[str, str | bytes | None]] | None = None
+                if kind is not None:
+                    headers = [(INJECTED_HEADER, kind.encode())]
+                try:
+                    if headers is None:
+                        produce(topic, value, key)
+                    else:
+                        produce(topic, value, key, headers=headers)
+                except BufferError:
+                    self._produce_when_room(key, value, headers)
+                queued += 1
+                if not queued % POLL_EVERY:
+                    poll(0)
+        finally:
+            self.report.sent += queued  # exact even when a produce() raised mid-chunk
+
     def _produce_when_room(self, key: bytes, value: bytes | None, headers: list[Any] | None) -> None:
         """The local queue is full: let librdkafka send and serve callbacks, then queue the record."""
         while True:
@@ -145,7 +167,7 @@ class RecordProducer:
             return
 
     def wait(self, seconds: float) -> None:
-        """Serve delivery callbacks for up to ``seconds`` (the rate limit's pause)."""
+        """Serve delivery callbacks for up to ``seconds`` (the rate limit's pause; returns early after serving one)."""
         self._unpolled = 0
         self._producer.poll(seconds)
 
@@ -173,23 +195,25 @@ def produce(
     record was not acknowledged.
     """
     started = time.monotonic()
+    in_child = prepare_in_child and rate <= 0 and can_prepare_in_child()
     with producer:
-        if prepare_in_child and rate <= 0 and can_prepare_in_child():
-            with closing(prepared_in_child(records, producer)) as prepared:  # stops the child on any error here
-                for n, (key, value, injected) in enumerate(prepared, start=1):
-                    producer.send_prepared(key, value, injected)
-                    if on_progress is not None and n % 1_000 == 0:
-                        on_progress(1_000)
+        if in_child:
+            with closing(prepared_in_child(records, producer)) as chunks:  # stops the child on any error here
+                for keys, values, kinds in chunks:
+                    producer.send_chunk(keys, values, kinds)
+                    if on_progress is not None:
+                        on_progress(len(keys))
         else:
             for n, record in enumerate(records, start=1):
                 producer.send(record)
                 if rate > 0:
                     ahead = n / rate - (time.monotonic() - started)
-                    if ahead > 0:
+                    while ahead > 0:  # poll() returns early when it served a callback
                         producer.wait(ahead)
+                        ahead = n / rate - (time.monotonic() - started)
                 if on_progress is not None and n % 1_000 == 0:
                     on_progress(1_000)
-        if on_progress is not None:
+        if on_progress is not None and not in_child:  # the chunks were all reported
             on_progress(producer.report.sent % 1_000)
     report = producer.report
     if report.failed:

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 #: Records per message through the pipe (about 300 KB of transactions).
 CHUNK = 2_048
-Prepared = tuple[bytes, bytes | None, str | None]
+#: keys, values and fault kinds (None: a good record) of consecutive records
+Chunk = tuple[list[bytes], list[bytes | None], list[str | None]]
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,17 @@ def _portable(exc: BaseException) -> BaseException | str:
     return exc
 
 
-def _prepare(conn: Connection, records: Iterable[Record], producer: RecordProducer) -> None:
+def _prepare(conn: Connection, parents_end: Connection, records: Iterable[Record], producer: RecordProducer) -> None:
     """The child's work: prepare every record, chunk by chunk, then report the producer's state."""
+    # forked with every descriptor of the parent: close the reading end, else the pipe keeps a
+    # reader after the parent died and a send blocks forever instead of failing with EPIPE
+    parents_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keys: list[bytes] = []
+    values: list[bytes | None] = []
+    kinds: list[str | None] = []
     try:
         prepare = producer.prepare
-        keys: list[bytes] = []
-        values: list[bytes | None] = []
-        kinds: list[str | None] = []
         for record in records:
             key, value, kind = prepare(record)
             keys.append(key)
@@ -90,6 +94,8 @@ def _prepare(conn: Connection, records: Iterable[Record], producer: RecordProduc
         return  # the parent is gone: nobody to prepare for
     except BaseException as exc:  # noqa: BLE001 - every failure is the parent's to raise
         try:
+            if keys:  # what was prepared before the error is sent, as the one-process loop would have
+                conn.send((keys, values, kinds))
             conn.send(_Failed(_portable(exc)))
         except OSError:
             return
@@ -97,15 +103,17 @@ def _prepare(conn: Connection, records: Iterable[Record], producer: RecordProduc
         conn.close()
 
 
-def prepared_in_child(records: Iterable[Record], producer: RecordProducer) -> Generator[Prepared, None, None]:
-    """``(key, value, fault kind)`` of each record, in order, prepared by a forked child process.
+def prepared_in_child(records: Iterable[Record], producer: RecordProducer) -> Generator[Chunk, None, None]:
+    """Chunks of ``(keys, values, fault kinds)`` of the records, in order, prepared by a forked child process.
 
     The caller must not iterate ``records`` itself. Raises the child's exception, or
     :class:`DeliveryError` when the child died without a word.
     """
     context = multiprocessing.get_context("fork")
     reader, writer = context.Pipe(duplex=False)
-    child = context.Process(target=_prepare, args=(writer, records, producer), name="txp-produce-prepare", daemon=True)
+    child = context.Process(
+        target=_prepare, args=(writer, reader, records, producer), name="txp-produce-prepare", daemon=True
+    )
     child.start()
     writer.close()  # the child holds the only writing end: EOF here when it exits
     try:
@@ -126,7 +134,7 @@ def prepared_in_child(records: Iterable[Record], producer: RecordProducer) -> Ge
                     raise item.error
                 msg = f"[PREPARE_FAILED] preparing records failed: {item.error}"
                 raise DeliveryError(msg)
-            yield from zip(*item, strict=True)
+            yield item
     finally:
         reader.close()  # a child still sending gets a broken pipe and exits
         child.join(5)
