@@ -135,13 +135,17 @@ def _histogram(dsn: str, topic: str) -> dict[float, int]:
         return {float(le): int(count) for le, count in cur.fetchall()}
 
 
+def _committed(dsn: str, topic: str) -> int:
+    """Offsets committed in Postgres, summed over the partitions."""
+    with closing(connect(dsn)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT coalesce(sum(next_offset), 0) FROM sink_offsets WHERE topic = %s", (topic,))
+        return int(cur.fetchone()[0])
+
+
 def _lag(settings: Settings, dsn: str, topic: str) -> tuple[int, int]:
     """(records in the topic, lag) now."""
     end = sum(high for _, high in watermarks(settings.kafka_bootstrap, topic).values())
-    with closing(connect(dsn)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT coalesce(sum(next_offset), 0) FROM sink_offsets WHERE topic = %s", (topic,))
-        committed = int(cur.fetchone()[0])
-    return end, end - committed
+    return end, end - _committed(dsn, topic)
 
 
 def _slope(points: list[tuple[float, int]]) -> float:
@@ -225,7 +229,7 @@ def run_rate(settings: Settings, dsn: str, rate: int, args: argparse.Namespace, 
         # the window opens once the sink has committed (its first batch starts Python workers and
         # compiles the query: tens of seconds on a busy machine), then ran for the warm-up
         deadline = time.monotonic() + 600
-        while _lag(settings, dsn, topic)[0] == _lag(settings, dsn, topic)[1]:
+        while _committed(dsn, topic) == 0:
             if time.monotonic() > deadline or sink.poll() is not None:
                 msg = f"the sink committed nothing within 600 s:\n{sink_log.read_text()[-3000:]}"
                 raise RuntimeError(msg)
