@@ -238,7 +238,7 @@ def test_the_sink_driver_killed_mid_batch_three_times_while_a_producer_writes_lo
     log = tmp_path / "sink.log"
     # small batches over a backlog: a batch is always in flight
     env = {"TXP_MAX_OFFSETS_PER_TRIGGER": "600"}
-    producer = BackgroundProducer(spec, settings, rate=300, seed=12).start()
+    producer = BackgroundProducer(spec, settings, rate=30, seed=12).start()
     kills = []
     sink: SinkProcess | None = None
     try:
@@ -256,10 +256,11 @@ def test_the_sink_driver_killed_mid_batch_three_times_while_a_producer_writes_lo
             processes = sink.kill9()
             batch_id, partitions = _newest_batch(settings, spec)
             kills.append({"batch": batch_id, "slices_committed": partitions, "processes_killed": processes})
-        sink = SinkProcess(spec, settings, log, env=env)
+        # the last start drains what is left in large batches
+        sink = SinkProcess(spec, settings, log, env={"TXP_MAX_OFFSETS_PER_TRIGGER": "50000"})
         sink.wait_running()
         delivered = backlog + producer.stop()
-        wait_caught_up(settings, spec, sink=sink)
+        wait_caught_up(settings, spec, timeout=600, sink=sink)
         assert sink.stop() == 0, sink.tail()
     finally:
         if sink is not None:
@@ -287,6 +288,7 @@ _COMMIT_IN_FLIGHT = """
 """
 
 
+@pytest.mark.heavy
 def test_postgres_killed_mid_commit_and_restarted_loses_and_doubles_nothing(  # noqa: ANN001
     settings: Settings, spec: PipelineSpec, create_topic, test_stack, tmp_path: Path
 ) -> None:
@@ -315,6 +317,8 @@ def test_postgres_killed_mid_commit_and_restarted_loses_and_doubles_nothing(  # 
                     return bool(in_flight)
 
                 assert wait_for(commit_in_flight, timeout=180, step=0.005), "no commit seen in flight"
+                cur.execute("SELECT count(*) FROM sink_batches WHERE topic = %s", (spec.topic,))
+                committed_at_kill = cur.fetchone()[0]
                 postmaster = postgres.process.pid()
                 assert postmaster is not None
                 os.kill(postmaster, signal.SIGQUIT)  # what pg_ctl stop -m immediate sends: no checkpoint, no goodbye
@@ -322,7 +326,6 @@ def test_postgres_killed_mid_commit_and_restarted_loses_and_doubles_nothing(  # 
             with contextlib.suppress(Exception):
                 watcher.close()
         assert_eventually(lambda: postgres.process.pid() is None, timeout=60, what="Postgres to stop")
-        committed_at_kill = slices_committed_or_none(settings, spec)
         # the sink fails (its write task or its driver loses the connection) or waits; either way, restart it
         exited = wait_for(lambda: sink.proc.poll() is not None, timeout=60, step=0.5)
         sink.cleanup()
@@ -342,14 +345,6 @@ def test_postgres_killed_mid_commit_and_restarted_loses_and_doubles_nothing(  # 
         sink.cleanup()
     result = assert_exact(settings, spec, "Postgres killed mid-commit")
     assert result.records == 12_000
-
-
-def slices_committed_or_none(settings: Settings, spec: PipelineSpec) -> int | None:
-    """Slice commits so far, None while Postgres is down."""
-    try:
-        return slices_committed(settings, spec)
-    except Exception:  # noqa: BLE001 - down is an answer
-        return None
 
 
 # --- row 2: kill -9 of an executor mid-task on a standalone cluster of two workers
@@ -402,7 +397,8 @@ def test_an_executor_killed_mid_task_on_a_two_worker_cluster_is_retried_and_writ
         ensure_topic(settings.kafka_bootstrap, spec.topic, partitions, 1)
         produce_records(spec, settings, records, seed=21, bad_ratio=BAD_RATIO)
         submit = (
-            f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir=file://{events} "
+            f"--conf spark.eventLog.enabled=true --conf spark.eventLog.compress=false "
+            f"--conf spark.eventLog.dir=file://{events} "
             f"--conf spark.ui.port={base + 16} pyspark-shell"
         )
         sink = SinkProcess(
@@ -447,7 +443,8 @@ def test_an_executor_killed_mid_task_on_a_two_worker_cluster_is_retried_and_writ
         result = assert_exact(settings, spec, "executor killed on a 2-worker cluster")
         assert result.records == records
         log = event_log(events)
-        replayed = [b for b in batches(settings, spec) if b[5] > 0]
+        batches_seen = batches(settings, spec)
+        replayed = [b for b in batches_seen if b[5] > 0]
     finally:
         if sink is not None:
             sink.cleanup()
@@ -459,11 +456,10 @@ def test_an_executor_killed_mid_task_on_a_two_worker_cluster_is_retried_and_writ
         for e in log
         if e["Event"] == "SparkListenerExecutorAdded"
     }
-    write_stages = {
-        e["Stage Info"]["Stage ID"]
-        for e in log
-        if e["Event"] == "SparkListenerStageCompleted" and "_query.py" in e["Stage Info"]["Stage Name"]
-    }
+    # every job of the sink's application is a batch's write (the collect of the slice results in
+    # foreachBatch), one stage each, one task per Kafka partition with records
+    write_stages = {e["Stage Info"]["Stage ID"] for e in log if e["Event"] == "SparkListenerStageCompleted"}
+    assert len(write_stages) == len({b[0] for b in batches_seen}), (write_stages, batches_seen)
     write_tasks = [e for e in log if e["Event"] == "SparkListenerTaskEnd" and e["Stage ID"] in write_stages]
     failed = [
         (t["Task Info"]["Executor ID"], t["Task End Reason"]["Reason"])
