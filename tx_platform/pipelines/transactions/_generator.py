@@ -163,20 +163,21 @@ class _DiurnalClock:
     """
 
     def __init__(self, start: datetime, span: timedelta, rng: random.Random) -> None:
-        self._start = start
+        self.start = start
         minutes = max(1, int(span.total_seconds() // 60))
         weights = [HOURLY_PROFILE[(start + timedelta(minutes=m)).hour] for m in range(minutes)]
-        self._cdf = list(itertools.accumulate(weights))
-        self._total = self._cdf[-1]
+        self.cdf = list(itertools.accumulate(weights))
+        self.total = self.cdf[-1]
         self._rng = rng
 
     def at(self, i: int, count: int) -> datetime:
-        target = (i + self._rng.random()) / count * self._total
-        minute = bisect.bisect_left(self._cdf, target)
-        below = self._cdf[minute - 1] if minute else 0.0
-        fraction = (target - below) / (self._cdf[minute] - below)
+        """The time of record ``i`` (``generate`` inlines this, keep the two alike)."""
+        target = (i + self._rng.random()) / count * self.total
+        minute = bisect.bisect_left(self.cdf, target)
+        below = self.cdf[minute - 1] if minute else 0.0
+        fraction = (target - below) / (self.cdf[minute] - below)
         offset_ms = int((minute + fraction) * 60_000)
-        return self._start + timedelta(0, 0, 0, offset_ms)  # positional (days, s, µs, ms): cheaper than keywords
+        return self.start + timedelta(0, 0, 0, offset_ms)  # positional (days, s, µs, ms): cheaper than keywords
 
 
 @dataclass(frozen=True)
@@ -238,37 +239,52 @@ def generate(
     # Everything about a merchant the record needs, looked up once per record instead of derived:
     # the loop below draws from ``rng`` in the same order as ever, so a seed's records are unchanged.
     sites = _sites(pools)
-    cards = pools.cards
+    cards = [(c.account_id, c.customer_id, c.card_id, c.home.country) for c in pools.cards]
     n_cards = len(cards)
     country_codes = tuple(pools.merchants_by_country)
+    atms, hubs = pools.atms_by_country, pools.transfer_hubs
+    merchants, cum_weights = pools.merchants_by_country, pools.merchant_cum_weights
     random_, choice, gauss, getrandbits = rng.random, rng.choice, rng.gauss, rng.getrandbits
-    at = clock.at
+    bisect_left, exp, quantize = bisect.bisect_left, math.exp, _HALF_UP.quantize
+    # the clock (``_DiurnalClock.at``), inlined: one call less per record
+    first, cdf, total = clock.start, clock.cdf, clock.total
     for i in range(count):
-        card = cards[int(random_() * n_cards)]
-        home = card.home.country
+        account_id, customer_id, card_id, home = cards[int(random_() * n_cards)]
         where = choice(country_codes) if random_() < _ABROAD_SHARE else home
         roll = random_()
         if roll < _ATM_SHARE:
-            merchant = choice(pools.atms_by_country[where])
+            merchant = choice(atms[where])
             channel, tx_type = "ATM", "WITHDRAWAL"
         elif roll < _ATM_SHARE + _TRANSFER_SHARE:
-            merchant = pools.transfer_hubs[home]
+            merchant = hubs[home]
             channel, tx_type = "TRANSFER", "TRANSFER"
         else:
-            candidates = pools.merchants_by_country[where]
-            cum = pools.merchant_cum_weights[where]
-            merchant = candidates[bisect.bisect_left(cum, random_() * cum[-1])]
+            cum = cum_weights[where]
+            merchant = merchants[where][bisect_left(cum, random_() * cum[-1])]
             channel = "ECOM" if random_() < merchant.category.ecom_share else "POS"
             tx_type = "REFUND" if random_() < _REFUND_SHARE else "PURCHASE"
         site = sites[merchant.merchant_id]
+        transaction_id = _uuid4_text(getrandbits(128))
+        # the amount (``_Pricing.amount``), inlined
+        pricing = site.pricing
+        usd = exp(gauss(pricing.mu, pricing.sigma))
+        if pricing.atm:
+            usd = max(20.0, round(usd / 20.0) * 20.0)
+        amount = max(quantize(Decimal(str(usd * pricing.usd_rate)), pricing.minor_unit), pricing.minor_unit)
+        if not pricing.cents:
+            amount = amount.quantize(_CENT)
+        target = (i + random_()) / count * total
+        minute = bisect_left(cdf, target)
+        below = cdf[minute - 1] if minute else 0.0
+        offset_ms = int((minute + (target - below) / (cdf[minute] - below)) * 60_000)
         yield {
-            "transaction_id": _uuid4_text(getrandbits(128)),
-            "account_id": card.account_id,
-            "customer_id": card.customer_id,
-            "card_id": card.card_id,
+            "transaction_id": transaction_id,
+            "account_id": account_id,
+            "customer_id": customer_id,
+            "card_id": card_id,
             "merchant_id": merchant.merchant_id,
             "merchant_category": site.mcc,
-            "amount": site.pricing.amount(gauss),
+            "amount": amount,
             "currency": site.currency,
             "channel": channel,
             "transaction_type": tx_type,
@@ -276,7 +292,7 @@ def generate(
             "city": site.city,
             "latitude": site.latitude,
             "longitude": site.longitude,
-            "event_time": at(i, count),
+            "event_time": first + timedelta(0, 0, 0, offset_ms),
         }
 
 
