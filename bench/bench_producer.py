@@ -17,9 +17,13 @@ topic named bench_producer_* with 3 partitions, all in the same run:
   producer's own ``send`` path, each beside our end-to-end figure, then the functions with the most
   cumulative time in a cProfile of one more full run.
 
+Wall-clock rates move with whatever else loads the machine, so ours and ProducerPerformance run in
+alternating rounds (ratio per round, median reported), and the CPU time each spends per record is
+reported too (``getrusage``: the producing processes, not the broker), which load moves far less.
+
 Prints a table, then one JSON line per figure. Usage:
 
-    .venv/bin/python bench/bench_producer.py [--records 100000] [--seed-records 5000] [--pp-records 300000]
+    .venv/bin/python bench/bench_producer.py [--records 200000] [--seed-records 5000] [--pp-records 200000]
         [--rounds 3] [--seed 1] [--top 8]
 """
 
@@ -31,6 +35,7 @@ import json
 import pstats
 import random
 import re
+import resource
 import shutil
 import subprocess
 import time
@@ -99,13 +104,24 @@ def ours(settings: Settings, count: int, seed: int, prepare_in_child: bool) -> F
     """
     spec = TRANSACTIONS.with_topic(_fresh_topic(settings))
     producer, _ = open_producer(spec, settings.kafka_bootstrap, settings.schema_registry_url, seed=seed)
-    started = time.perf_counter()
+    cpu, started = _cpu_seconds(), time.perf_counter()
     report = produce(spec.generate(count, seed, _start(), span=SPAN), producer, prepare_in_child=prepare_in_child)
     elapsed = time.perf_counter() - started
+    used = _cpu_seconds() - cpu  # this process with librdkafka's threads, and the preparing child
     assert report.delivered == count, report  # noqa: S101 - a benchmark of lost records measures nothing
+    extra: dict[str, object] = {
+        "processes": 2 if prepare_in_child else 1,
+        "cpu_us_per_record": round(used / count * 1e6, 2),
+    }
     if prepare_in_child:
-        return Figure("txp_produce", "txp produce (Avro, acks=all)", count, elapsed, {"processes": 2})
-    return Figure("txp_produce_one_process", "  the same in one process", count, elapsed, {"processes": 1})
+        return Figure("txp_produce", "txp produce (Avro, acks=all)", count, elapsed, extra)
+    return Figure("txp_produce_one_process", "  the same in one process", count, elapsed, extra)
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its waited-for children so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _seed_record(rng: random.Random) -> dict[str, object]:
@@ -157,10 +173,14 @@ def seed_design(settings: Settings, count: int, seed: int) -> tuple[Figure, floa
 _JAVA_EQUIVALENTS = ("compression.type", "linger.ms", "batch.size")
 
 
-def producer_performance(settings: Settings, records: int, record_size: int, ours_settings: bool) -> Figure:
+def producer_performance(
+    settings: Settings, records: int, record_size: int, ours_settings: bool, fixed_cpu: float = 0.0
+) -> Figure:
     """Kafka's ProducerPerformance on a fresh topic: acks=all, idempotent, unthrottled, ``record_size`` bytes.
 
     With ``ours_settings`` it also gets our compression, linger and batch size; without, Kafka's defaults.
+    ``fixed_cpu``: the CPU seconds of a run of a thousand records (JVM start and warm-up), taken off its
+    CPU time per record.
     """
     java = require_java()
     classpath = resolve_artifacts(settings.jars_dir).tools_classpath()
@@ -174,7 +194,9 @@ def producer_performance(settings: Settings, records: int, record_size: int, our
         "--num-records", str(records), "--record-size", str(record_size), "--throughput", "-1",
         "--producer-props", *(f"{k}={v}" for k, v in props.items()),
     ]  # fmt: skip
+    cpu = _cpu_seconds()
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)  # noqa: S603
+    used = _cpu_seconds() - cpu - fixed_cpu
     summaries = _PP_SUMMARY.findall(result.stdout)
     if result.returncode != 0 or not summaries:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
@@ -184,7 +206,10 @@ def producer_performance(settings: Settings, records: int, record_size: int, our
     assert int(sent) == records, (sent, records)  # noqa: S101
     which = "ours" if ours_settings else "kafka_defaults"
     label = f"Kafka ProducerPerformance ({'our batching' if ours_settings else 'Kafka defaults'})"
-    extra = {"record_size": record_size, "settings": which, "avg_latency_ms": float(latency), "props": props}
+    extra = {
+        "record_size": record_size, "settings": which, "avg_latency_ms": float(latency), "props": props,
+        "cpu_us_per_record": round(used / records * 1e6, 2), "cpu_seconds": round(used, 3),
+    }  # fmt: skip
     # its own rate: measured from its first send to its last acknowledgement (the JVM start is not in it)
     return Figure(f"producer_performance_{which}", label, records, records / float(per_second), extra)
 
@@ -265,9 +290,9 @@ def _median(figures: list[Figure]) -> Figure:
 def main() -> None:
     """Measure every method in one run and print each beside its baseline, then as JSON lines."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=100_000, help="records of our producer's runs")
+    parser.add_argument("--records", type=int, default=200_000, help="records of our producer's runs")
     parser.add_argument("--seed-records", type=int, default=5_000, help="records of the seed design's run")
-    parser.add_argument("--pp-records", type=int, default=300_000, help="records of each ProducerPerformance run")
+    parser.add_argument("--pp-records", type=int, default=200_000, help="records of each ProducerPerformance run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of ours beside ProducerPerformance (medians)")
     parser.add_argument("--seed", type=int, default=1, help="generator seed")
     parser.add_argument("--top", type=int, default=8, help="functions shown from the profile")
@@ -281,11 +306,13 @@ def main() -> None:
     avro_size = round(sum(len(v) for v in values) / len(values))
     # Rounds, each ours between the two runs of Kafka's tool: whatever else loads the machine meets
     # all of them alike; the ratio is taken within each round, and the median round is reported.
+    fixed = producer_performance(settings, 1_000, avro_size, ours_settings=False).extra["cpu_seconds"]
+    assert isinstance(fixed, float)  # noqa: S101
     rounds: list[tuple[Figure, Figure, Figure, Figure]] = []
     for _ in range(args.rounds):
-        pp_defaults = producer_performance(settings, args.pp_records, avro_size, ours_settings=False)
+        pp_defaults = producer_performance(settings, args.pp_records, avro_size, ours_settings=False, fixed_cpu=fixed)
         two = ours(settings, args.records, args.seed, prepare_in_child=True)
-        pp_ours = producer_performance(settings, args.pp_records, avro_size, ours_settings=True)
+        pp_ours = producer_performance(settings, args.pp_records, avro_size, ours_settings=True, fixed_cpu=fixed)
         one = ours(settings, args.records, args.seed, prepare_in_child=False)
         rounds.append((two, one, pp_defaults, pp_ours))
     shares = sorted(two.rate / max(a.rate, b.rate) for two, _one, a, b in rounds)
@@ -300,15 +327,27 @@ def main() -> None:
         f"producer: transactions pipeline, {PARTITIONS} partitions, one run, median of {args.rounds} rounds "
         f"(values: Avro {avro_size} B, seed JSON {json_size:.0f} B on average)"
     )
-    print(_row(main_run, f"{main_run.rate / baseline.rate:6.1f}x the seed design"))  # noqa: T201
-    print(_row(one_process, f"{one_process.rate / baseline.rate:6.1f}x the seed design"))  # noqa: T201
+    for run in (main_run, one_process):
+        cpu = f"({run.extra['cpu_us_per_record']:.1f} µs CPU/record)"
+        print(_row(run, f"{run.rate / baseline.rate:6.1f}x the seed design  {cpu}"))  # noqa: T201
     print(_row(baseline, "  1.0x"))  # noqa: T201
     for pp in (pp_defaults, pp_ours):
-        latency = f"({pp.extra['avg_latency_ms']:.0f} ms avg latency)"
+        latency = (
+            f"({pp.extra['cpu_us_per_record']:.1f} µs CPU/record, {pp.extra['avg_latency_ms']:.0f} ms avg latency)"
+        )
         print(_row(pp, f"{pp.rate / baseline.rate:6.1f}x the seed design  {latency}"))  # noqa: T201
     print(  # noqa: T201
         f"  txp produce / ProducerPerformance (the faster of the two in each round; acks=all, idempotent, "
         f"{avro_size} B records): {share:.2f} (rounds: {', '.join(f'{x:.2f}' for x in shares)})"
+    )
+    ours_cpu, pp_cpu = (
+        main_run.extra["cpu_us_per_record"],
+        [pp.extra["cpu_us_per_record"] for pp in (pp_defaults, pp_ours)],
+    )
+    print(  # noqa: T201
+        f"  CPU per record (the producing processes, the broker not counted; ProducerPerformance without its "
+        f"JVM start): txp produce {ours_cpu:.1f} µs, ProducerPerformance {pp_cpu[0]:.1f} µs (Kafka defaults), "
+        f"{pp_cpu[1]:.1f} µs (our batching)"
     )
     print("where the time goes (each stage alone, beside txp produce end to end):")  # noqa: T201
     stages = (gen, confluent, avro, deliver)
