@@ -159,9 +159,12 @@ class SinkProcess:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
         assert_eventually(lambda: not process_group(self.proc.pid), timeout=30, what="the sink's processes to die")
+        self._forget_target()
+        return len(members)
+
+    def _forget_target(self) -> None:
         # a killed driver leaves its Prometheus target behind (see spark_jobs/sink/main.py): not in a test's stack
         (self.settings.state_dir / "prometheus" / "targets" / f"spark-{self.proc.pid}.json").unlink(missing_ok=True)
-        return len(members)
 
     def stop(self, timeout: float = 120.0) -> int:
         """Graceful stop (SIGTERM); its exit code. Kills the group if it does not stop in time."""
@@ -189,6 +192,7 @@ class SinkProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+        self._forget_target()
 
 
 class BackgroundProducer:
