@@ -107,7 +107,7 @@ class Cluster:
 
     def restart(self) -> None:
         """Start every node that is down (the stack's own ``up``: it waits until all brokers answer)."""
-        self.stack.up(timeout=150)
+        self.stack.up(timeout=300)
 
     def partitions(self, topic: str, via: str | None = None) -> dict[int, tuple[int, tuple[int, ...]]]:
         """``{partition: (leader, isr)}`` as a broker reports it now (leader -1: none)."""
@@ -165,7 +165,7 @@ def start_cluster(checkpoints: Path) -> Cluster:
     FaultStack(STATE_DIR, jars).down(purge=True)
     stack = FaultStack(STATE_DIR, jars, LAYOUT)
     try:
-        stack.up(timeout=180)
+        stack.up(timeout=360)
     except Exception:
         for log in sorted(stack.logs_dir.glob("*.log")):
             print(f"==== {log}\n{log.read_text(errors='replace')[-3000:]}")  # noqa: T201 - shown on failure
@@ -286,7 +286,7 @@ class Sink:
     log: Path
     process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 240.0) -> None:
+    def start(self, timeout: float = 400.0) -> None:
         process = start_continuous_sink(self.spec, self.cluster.settings, self.log, **self.cluster.env)
         self.process = process
         assert_eventually(lambda: "sink running" in self.text() or process.poll() is not None, timeout, "sink running")
@@ -326,7 +326,7 @@ class Sink:
         finally:
             conn.close()
 
-    def wait_caught_up(self, timeout: float = 240.0) -> dict[int, int]:
+    def wait_caught_up(self, timeout: float = 400.0) -> dict[int, int]:
         """Wait until the sink committed every partition to its end and published every quarantined record."""
         ends = end_offsets(self.cluster.bootstrap, self.spec.topic)
 

@@ -10,12 +10,14 @@ process lived through it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 import uuid
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -25,6 +27,7 @@ import pytest
 
 from tx_platform.kafka_admin import end_offsets, ensure_topic
 from tx_platform.pipelines import TRANSACTIONS, PipelineSpec
+from tx_platform.warehouse import connect
 from tx_platform_tests.conftest import assert_eventually
 from tx_platform_tests.test_faults._kafka import (
     REPLICAS,
@@ -40,7 +43,7 @@ from tx_platform_tests.test_faults._kafka import (
 
 pytestmark = [pytest.mark.faults, pytest.mark.heavy]
 
-RATE = 2_000  # records/s: a moderate load the 2 cores keep up with beside 6 Kafka JVMs and Spark
+RATE = 1_500  # records/s: a moderate load the 2 cores keep up with beside 6 Kafka JVMs and Spark
 TXP = Path(os.environ.get("VIRTUAL_ENV") or Path(__file__).resolve().parents[2] / ".venv") / "bin" / "txp"
 
 
@@ -121,7 +124,7 @@ def test_partition_leader_killed_under_load(cluster: Cluster, sink: Sink) -> Non
             30,
             f"kafka-{leader} out of every ISR",
         )
-        assert_eventually(lambda: sink.committed_rows() > committed + 5 * RATE, 120, "the sink committing meanwhile")
+        assert_eventually(lambda: sink.committed_rows() > committed + 5 * RATE, 300, "the sink committing meanwhile")
         cluster.restart()
         cluster.wait_in_sync(_topics(spec))
         load.wait_delivered(3 * RATE)
@@ -150,7 +153,7 @@ def test_rolling_restart_of_every_broker(cluster: Cluster, sink: Sink) -> None:
             cluster.restart()
             cluster.wait_in_sync(_topics(spec))
             assert cluster.pid(broker.node_id) != before
-            assert_eventually(lambda c=committed: sink.committed_rows() > c, 120, "the sink committing meanwhile")
+            assert_eventually(lambda c=committed: sink.committed_rows() > c, 300, "the sink committing meanwhile")
             restarted.append(broker.node_id)
         assert restarted == [4, 5, 6]
         _finish(cluster, sink, load, f"a rolling restart of brokers {restarted}", sink.pid)
@@ -282,13 +285,39 @@ def test_two_of_three_brokers_down(cluster: Cluster, sink: Sink, tmp_path: Path)
         str(r[spec.natural_key]) for r in spec.generate(count, seed, start.replace(tzinfo=UTC), span=timedelta(hours=1))
     }
     short_ids = set(short.sent_ids)
-    counts = assert_delivered_exactly_once(cli_delivered + short.delivered, in_topic, cli_ids | short_ids)  # type: ignore[arg-type]
-    assert all(counts[i] == 1 for i in cli_ids)
-    failed_written = sum(counts[i] for i in short_ids) - short.report.delivered
+    strangers = [key for key in in_topic.values() if key not in cli_ids | short_ids]
+    assert not strangers, f"{len(strangers)} records in the topic that neither producer sent, e.g. {strangers[:5]}"
+    # txp produce (its 120 s timeout outlasted the outage): every record reported delivered, each exactly once
+    assert_delivered_exactly_once(cli_delivered, {c: k for c, k in in_topic.items() if k in cli_ids}, cli_ids)  # type: ignore[arg-type]
+    # the 8 s producer: what it reported delivered is in the topic...
+    assert all(c in in_topic and in_topic[c] in short_ids for c in short.delivered)
+    # ...but its message timeouts made librdkafka bump the idempotent producer's epoch, and records in flight
+    # then (persisted, not yet acknowledged) were sent again under new sequence numbers: written twice, most
+    # of them reported delivered (librdkafka issue #4953). The warehouse holds each once: the second copy is
+    # quarantined on its natural key, and nothing else is.
+    copies = Counter(key for key in in_topic.values() if key in short_ids)
+    extra = sum(n - 1 for n in copies.values())
+    twice = {key for key, n in copies.items() if n > 1}
+    reported = {in_topic[c] for c in short.delivered}
+    conn = connect(cluster.settings.dsn())
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT error_code, count(*) FROM quarantine WHERE kafka_topic = %s "
+                "AND kafka_offset >= (%s::jsonb ->> kafka_partition::text)::bigint GROUP BY error_code",
+                (spec.topic, json.dumps({str(p): o for p, o in since.items()})),
+            )
+            quarantined = dict(cur.fetchall())
+    finally:
+        conn.close()
+    assert quarantined == ({spec.duplicate_code: extra} if extra else {}), (quarantined, extra)
+    written_once = len(copies) - short.report.delivered
     print(  # noqa: T201
-        f"two of three brokers down {stalled}: txp produce delivered {len(cli_delivered)}; the 8 s producer's "
-        f"{short.report.failed} failed records: {failed_written} in the topic once (written before the timeout), "
-        f"{short.report.failed - failed_written} absent"
+        f"two of three brokers down {stalled}: txp produce delivered {len(cli_delivered)} of {count}, each once; "
+        f"the 8 s producer sent {short.report.sent}: {short.report.delivered} reported delivered, "
+        f"{short.report.failed} failed ({short.report.failed - max(written_once, 0)} absent from the topic); "
+        f"{len(twice)} of its records written twice ({len(twice & reported)} reported delivered), "
+        f"{extra} second copies quarantined as {spec.duplicate_code}"
     )
     audit(cluster, spec, f"brokers {down} down (min ISR 2)")
 
