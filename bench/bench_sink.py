@@ -23,7 +23,7 @@ times). Then a profile of where one sink batch's time goes, on a smaller backlog
 and + transfer of the rows to Python, then the write tasks with every statement of their commit
 timed. Prints tables, then one JSON line per figure. Usage:
 
-    .venv/bin/python bench/bench_sink.py [--records 1000000] [--partitions 4] [--profile-records 200000]
+    .venv/bin/python bench/bench_sink.py [--records 1000000] [--partitions 4] [--profile-records 100000]
 """
 
 from __future__ import annotations
@@ -552,7 +552,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000, help="backlog records")
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the backlog's topic")
     parser.add_argument("--seed", type=int, default=1, help="generator seed")
-    parser.add_argument("--profile-records", type=int, default=200_000, help="backlog of the profiled run (0: none)")
+    parser.add_argument("--profile-records", type=int, default=100_000, help="backlog of the profiled run (0: none)")
     parser.add_argument("--spark-port", type=int, default=47_077, help="first port tried for the private cluster")
     parser.add_argument("--skip", action="append", default=[], choices=["cluster", "jdbc", "copy"], help="repeatable")
     parser.add_argument("--verbose", action="store_true", help="the sink's own log lines (one per batch)")
