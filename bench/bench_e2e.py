@@ -281,11 +281,18 @@ def main() -> None:
     rates = [int(r) for r in args.rates.split(",")]
     settings = load_settings()
     results: list[RateResult] = []
+    failed: dict[int, str] = {}
     work = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
     try:
         with bench_schema(settings, "e2e") as dsn:
             for rate in rates:
-                result = run_rate(settings, dsn, rate, args, work)
+                try:
+                    result = run_rate(settings, dsn, rate, args, work)
+                except RuntimeError as exc:
+                    # the other rates still count; the failure is reported with them
+                    failed[rate] = str(exc).splitlines()[0]
+                    out(f"  FAILED: {rate:,}/s: {failed[rate]} (logs: --keep)")
+                    continue
                 results.append(result)
                 out(f"  done: {rate:,}/s: reached {result.reached:,.0f}/s, lag trend {result.lag_slope:+,.0f}/s")
     finally:
@@ -309,6 +316,10 @@ def main() -> None:
             f"{'yes' if r.flat else 'NO':>5} {r.quantile(0.5):>7.2f} {r.quantile(0.99):>7.2f} "
             f"{r.share_within(2.0):>7.2%}"
         )
+    for rate, why in failed.items():
+        out(f"  {rate:>9,}  FAILED: {why}")
+    if not results:
+        raise SystemExit(1)
     if any(not r.producer_reached for r in results):
         out("  * the producers did not reach the target rate (under 95% of it): that rate was not tested as asked")
     flat = [r.rate for r in results if r.flat and r.producer_reached]
@@ -321,6 +332,8 @@ def main() -> None:
     )
     for r in results:
         out(r.json())
+    for rate, why in failed.items():
+        out(json.dumps({"bench": BENCH, "method": f"continuous_sink_at_{rate}", "target_rate": rate, "failed": why}))
     summary = {"bench": BENCH, "method": "highest_flat_rate", "records_per_s": max(flat) if flat else 0}
     out(json.dumps(summary))
 

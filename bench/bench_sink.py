@@ -64,6 +64,7 @@ from pyspark.sql.avro.functions import from_avro
 
 from spark_jobs.session import spark_config
 from spark_jobs.sink import PipelineSink
+from spark_jobs.sink import _query as query_module
 from spark_jobs.sink import _writer as writer_module
 from spark_jobs.sink._writer import SliceResult, SliceWriter
 from tx_platform.config import PROJECT_ROOT, Settings, load_settings
@@ -413,20 +414,18 @@ class TimingCursor(psycopg2.extensions.cursor):
 
 class ProfilingSliceWriter(SliceWriter):
     """The sink's write task with its time split: rows arriving (Kafka, decode, render, transfer to
-    Python), then the commit, each of its statements timed. The task's code is the sink's own: only
-    the connection it commits on is swapped for one that times its statements."""
+    Python), then the commit, each of its statements timed. The task runs the sink's own code (rows
+    or Arrow batches, whichever the writer takes): only the connection it commits on is swapped for
+    one that times its statements, and the timings go to ``timings_file`` (local mode: one machine)."""
 
-    def __call__(self, rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
+    timings_file = ""
+
+    def __call__(self, rows: Any) -> Iterator[Any]:  # noqa: ANN401 - Rows or Arrow batches
         self._started = time.perf_counter()
-        for result in super().__call__(rows):
-            per_kind: dict[str, float] = defaultdict(float)
-            for kind, seconds in self._timings:
-                per_kind[kind] += seconds
-            per_kind["COMMIT, connect and Python"] = self._commit - sum(s for _, s in self._timings)
-            yield result | {"rows_arrive": self._arrived, "commit": self._commit, "statements": json.dumps(per_kind)}
+        yield from super().__call__(rows)
 
     def commit(self, *args: Any, **kwargs: Any) -> SliceResult:  # noqa: ANN401
-        self._arrived = time.perf_counter() - self._started
+        arrived = time.perf_counter() - self._started
         connections: list[TimingConnection] = []
 
         def timed_connect(dsn: str, *_: Any, **__: Any) -> TimingConnection:  # noqa: ANN401
@@ -440,20 +439,29 @@ class ProfilingSliceWriter(SliceWriter):
         writer_module.connect = timed_connect  # in this task's Python worker only
         begun = time.perf_counter()
         try:
-            return super().commit(*args, **kwargs)
+            result = super().commit(*args, **kwargs)
         finally:
-            self._commit = time.perf_counter() - begun
+            commit = time.perf_counter() - begun
             writer_module.connect = original
-            self._timings = [t for conn in connections for t in conn.timings]
+        timings = [t for conn in connections for t in conn.timings]
+        per_kind: dict[str, float] = defaultdict(float)
+        for kind, seconds in timings:
+            per_kind[kind] += seconds
+        per_kind["COMMIT, connect and Python"] = commit - sum(s for _, s in timings)
+        task = {"batch_id": self.batch_id, "records": result.records, "rows_arrive": arrived, "commit": commit}
+        with open(self.timings_file, "a") as out_file:  # noqa: PTH123 - one line per task, appended
+            out_file.write(json.dumps(task | {"statements": per_kind}) + "\n")
+        return result
 
 
 class ProfiledSink(PipelineSink):
     """The sink with each batch's stages timed (bench only: the extra reads make it slower)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+    def __init__(self, *args: Any, timings_file: Path, **kwargs: Any) -> None:  # noqa: ANN401
         super().__init__(*args, **kwargs)
         self.profile: list[dict[str, Any]] = []
         self._current: dict[str, Any] = {}
+        self.timings_file = timings_file
 
     def _schemas_for(self, batch: DataFrame) -> dict[int, str]:
         started = time.perf_counter()
@@ -470,18 +478,20 @@ class ProfiledSink(PipelineSink):
         rendered.write.format("noop").mode("overwrite").save()
         current["re-read: Kafka + decode + render (JVM)"] = time.perf_counter() - started
         started = time.perf_counter()
-        rendered.rdd.mapPartitions(lambda rows: [sum(1 for _ in rows)]).collect()
+        if hasattr(writer_module, "RESULT_DDL"):  # the writer takes Arrow batches (mapInArrow)
+            rendered.mapInArrow(lambda batches: _arrow_count(batches), "n BIGINT").collect()
+        else:
+            rendered.rdd.mapPartitions(lambda rows: [sum(1 for _ in rows)]).collect()
         current["re-read: + rows to Python"] = time.perf_counter() - started
-        lease = self._lease.epoch if self._lease is not None else None
-        writer = ProfilingSliceWriter(self.spec, self._dsn, batch_id, topic_id=self._topic_id, lease_epoch=lease)
+        ProfilingSliceWriter.timings_file = str(self.timings_file)
+        original = query_module.SliceWriter
+        query_module.SliceWriter = ProfilingSliceWriter  # the class the sink's _write instantiates
         started = time.perf_counter()
-        rows = rendered.rdd.mapPartitions(writer).collect()
-        current["write job (all tasks)"] = time.perf_counter() - started
-        current["tasks"] = rows
-        return [
-            SliceResult(**{k: v for k, v in row.items() if k not in ("rows_arrive", "commit", "statements")})
-            for row in rows
-        ]
+        try:
+            return super()._write(rendered, batch_id)
+        finally:
+            current["write job (all tasks)"] = time.perf_counter() - started
+            query_module.SliceWriter = original
 
     def _commit_batch(self, batch: DataFrame, batch_id: int) -> None:
         self._current = {}
@@ -494,6 +504,12 @@ class ProfiledSink(PipelineSink):
         self.profile.append(current)
 
 
+def _arrow_count(batches: Iterable[Any]) -> Iterator[Any]:
+    import pyarrow as pa  # noqa: PLC0415 - in the Python worker
+
+    yield pa.RecordBatch.from_pylist([{"n": sum(b.num_rows for b in batches)}])
+
+
 def profile_sink(spark: SparkSession, settings: Settings, records: int, partitions: int, work: Path) -> list[str]:
     """Run the profiled sink over a backlog of its own; the report's lines."""
     topic = fresh_topic(settings, "bench_sink_profile", partitions)
@@ -501,9 +517,13 @@ def profile_sink(spark: SparkSession, settings: Settings, records: int, partitio
     produce_backlog(settings, spec, records, seed=7)
     with bench_schema(settings, "profile") as dsn:
         ensure_schema(dsn, [spec])
-        sink = ProfiledSink(spark, spec, settings_for(dsn, checkpoint_dir=work / "ck_profile"))
+        timings = work / "profile_tasks.jsonl"
+        sink = ProfiledSink(spark, spec, settings_for(dsn, checkpoint_dir=work / "ck_profile"), timings_file=timings)
         stats = sink.run_available_now()
         assert stats.inserted == records, stats  # noqa: S101
+    tasks = [json.loads(line) for line in timings.read_text().splitlines()]
+    for batch in sink.profile:
+        batch["tasks"] = [t for t in tasks if t["batch_id"] == batch["batch_id"]]
     return _profile_lines(sink.profile, records, stats.seconds)
 
 
@@ -530,7 +550,7 @@ def _profile_lines(batches: list[dict[str, Any]], records: int, seconds: float) 
     lines.append(f"    {'commit_batch (one transaction)':<58} {commit:7.3f} s")
     kinds: dict[str, float] = defaultdict(float)
     for task in tasks:
-        for kind, value in json.loads(task["statements"]).items():
+        for kind, value in task["statements"].items():
             kinds[kind] += value / len(tasks)
     for kind, value in sorted(kinds.items(), key=lambda kv: -kv[1]):
         lines.append(f"      {kind:<56} {value:7.3f} s  {value / commit:5.1%}")
