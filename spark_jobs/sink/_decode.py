@@ -228,13 +228,27 @@ def decode(records: DataFrame, spec: PipelineSpec, writer_schemas: Mapping[int, 
     ``error_code`` is null for records that satisfy every rule.
     """
     decoded = records.withColumn("r", _avro_struct(writer_schemas, spec.contract))
+    rules = _rules(spec, sorted(writer_schemas))
+    # each condition is evaluated once per record: one chain finds the first violated rule's number,
+    # then its code is looked up and only its reason is built
+    first: Column = F.lit(None).cast("int")
+    for number, (condition, _code, _why) in reversed(list(enumerate(rules, start=1))):
+        # built inside-out so that the first rule of the list is checked first
+        first = F.when(F.coalesce(condition, F.lit(False)), F.lit(number)).otherwise(first)
+    violated = F.col("_violated")
+    # a CASE on the number, not element_at(array(codes), number): Spark 4.1 answers element_at with a
+    # NULL index by the array's last element
     code: Column = F.lit(None).cast("string")
     reason: Column = F.lit(None).cast("string")
-    for condition, error_code, why in reversed(_rules(spec, sorted(writer_schemas))):
-        # built inside-out so that the first rule of the list is checked first
-        code = F.when(F.coalesce(condition, F.lit(False)), F.lit(error_code)).otherwise(code)
-        reason = F.when(F.coalesce(condition, F.lit(False)), why).otherwise(reason)
-    return decoded.withColumn("error_code", code).withColumn("reason", reason)
+    for number, (_condition, error_code, why) in enumerate(rules, start=1):
+        code = F.when(violated == F.lit(number), F.lit(error_code)).otherwise(code)
+        reason = F.when(violated == F.lit(number), why).otherwise(reason)
+    return (
+        decoded.withColumn("_violated", first)
+        .withColumn("error_code", code)
+        .withColumn("reason", reason)
+        .drop("_violated")
+    )
 
 
 def _column_sources(spec: PipelineSpec) -> dict[str, Column]:

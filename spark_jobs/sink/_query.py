@@ -36,7 +36,7 @@ from spark_jobs.sink._decode import decode, render, wire_schema_id
 from spark_jobs.sink._dlq import DeadLetterPublisher
 from spark_jobs.sink._progress import SinkProgressReporter
 from spark_jobs.sink._registry import WriterSchemas
-from spark_jobs.sink._writer import REFUSED_GAP, SliceResult, SliceWriter, unfenced_for_tests
+from spark_jobs.sink._writer import REFUSED_GAP, RESULT_DDL, SliceResult, SliceWriter, unfenced_for_tests
 from tx_platform.config import Settings
 from tx_platform.errors import SinkError, TxPlatformError
 from tx_platform.kafka_admin import partition_count, topic_id, watermarks
@@ -155,7 +155,7 @@ class PipelineSink:
         writer = SliceWriter(
             self.spec, self._dsn, batch_id, topic_id=self._topic_id, lease_epoch=lease, fence=not unfenced_for_tests()
         )
-        return [SliceResult(**row) for row in rendered.rdd.mapPartitions(writer).collect()]
+        return [SliceResult(**row.asDict()) for row in rendered.mapInArrow(writer, RESULT_DDL).collect()]
 
     def _raise_refusal(self, batch_id: int, results: list[SliceResult]) -> None:
         """A slice the ledger refused: raise the typed error the driver's own check names."""

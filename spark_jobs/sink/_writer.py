@@ -14,12 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import closing
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import suppress
 from dataclasses import asdict, dataclass
-from typing import Any
 
+import psycopg2
+import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg2 import errors as pg_errors
+from psycopg2.extensions import connection as Connection
 
 from tx_platform.errors import OffsetGapError, SinkFencedError, TopicRecreatedError
 from tx_platform.pipelines import PipelineSpec
@@ -64,8 +67,57 @@ class SliceResult:
         return PartitionRange(self.first, self.last)
 
 
+#: The Spark schema of what a write task returns (``mapInArrow``'s output), field for field.
+RESULT_DDL = (
+    "partition INT, first BIGINT, last BIGINT, records BIGINT, inserted BIGINT, quarantined BIGINT, "
+    "skipped BIGINT, warehouse_rejected BIGINT, read_seconds DOUBLE, seconds DOUBLE, refused STRING, message STRING"
+)
+RESULT_SCHEMA = pa.schema(
+    [
+        ("partition", pa.int32()),
+        *[(n, pa.int64()) for n in ("first", "last", "records", "inserted", "quarantined", "skipped")],
+        ("warehouse_rejected", pa.int64()),
+        ("read_seconds", pa.float64()),
+        ("seconds", pa.float64()),
+        ("refused", pa.string()),
+        ("message", pa.string()),
+    ]
+)
+
+
+class ArrowRawBytes(Mapping[tuple[int, int], tuple[bytes | None, bytes | None]]):
+    """Raw key and value bytes of a slice's accepted records, read from its Arrow columns on demand.
+
+    Only a duplicate or a record Postgres refuses needs them, so no per-record object is made
+    until the first lookup (and then one index of offsets)."""
+
+    def __init__(self, partition: int, accepted: pa.Table) -> None:
+        self._partition = partition
+        self._table = accepted
+        self._index: dict[int, int] | None = None
+
+    def _row_of(self, offset: int) -> int:
+        if self._index is None:
+            self._index = {o: i for i, o in enumerate(self._table.column("offset").to_pylist())}
+        return self._index[offset]
+
+    def __getitem__(self, coordinate: tuple[int, int]) -> tuple[bytes | None, bytes | None]:
+        partition, offset = coordinate
+        if partition != self._partition:
+            raise KeyError(coordinate)
+        row = self._row_of(offset)
+        return self._table.column("key")[row].as_py(), self._table.column("value")[row].as_py()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self._partition, o) for o in self._table.column("offset").to_pylist())
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+
 class SliceWriter:
-    """The function a write task runs over its rows ``(ok, partition, offset, line)``.
+    """The function a write task runs over its rows ``(ok, partition, offset, line, key, value)``,
+    as Arrow batches (``DataFrame.mapInArrow``): columns, not one Python object per row.
 
     Pickled to the executors with everything it needs (the spec, the DSN, the lease epoch and
     topic id the driver checked): executors import the warehouse, never the driver's modules.
@@ -88,37 +140,30 @@ class SliceWriter:
         self.lease_epoch = lease_epoch
         self.fence = fence
 
-    def __call__(self, rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
+    def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """``mapInArrow``'s function: the task's rows in, its one-row result out (none for no rows)."""
         started = time.monotonic()
-        good: list[str] = []
-        bad: list[str] = []
-        raw: dict[tuple[int, int], tuple[bytes | None, bytes | None]] = {}
-        partitions: set[int] = set()
-        first = last = -1
-        for row in rows:
-            offset = int(row.offset)
-            if row.ok:
-                good.append(row.line)
-                raw[(int(row.partition), offset)] = (_bytes(row.key), _bytes(row.value))
-            else:
-                bad.append(row.line)
-            if not partitions:
-                first = last = offset
-            else:
-                first, last = min(first, offset), max(last, offset)
-            partitions.add(int(row.partition))
-        if not partitions:
+        received = [b for b in batches if b.num_rows]
+        if not received:
             return  # an empty offset range: nothing to commit
+        table = pa.Table.from_batches(received)
+        partitions = sorted(pc.unique(table.column("partition")).to_pylist())
         if len(partitions) > 1:
             msg = (
                 f"[SINK_SLICE_SPANS_PARTITIONS] a write task of batch {self.batch_id} holds Kafka partitions "
-                f"{sorted(partitions)}; each task must hold one (is the Kafka source's minPartitions set?)"
+                f"{partitions}; each task must hold one (is the Kafka source's minPartitions set?)"
             )
             raise RuntimeError(msg)
         (partition,) = partitions
+        bounds = pc.min_max(table.column("offset")).as_py()
+        ok = table.column("ok")
+        accepted = table.filter(ok)
+        good = accepted.column("line").to_pylist()
+        bad = table.filter(pc.invert(ok)).column("line").to_pylist()
+        raw = ArrowRawBytes(partition, accepted)
         read = time.monotonic() - started
-        result = self.commit(partition, PartitionRange(first, last), good, bad, raw)
-        yield asdict(result) | {"read_seconds": round(read, 3)}
+        result = self.commit(partition, PartitionRange(bounds["min"], bounds["max"]), good, bad, raw)
+        yield pa.RecordBatch.from_pylist([asdict(result) | {"read_seconds": round(read, 3)}], schema=RESULT_SCHEMA)
 
     def commit(
         self, partition: int, rng: PartitionRange, good: list[str], bad: list[str], raw: RawBytes | None = None
@@ -128,15 +173,25 @@ class SliceWriter:
         started = time.monotonic()
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
-                with closing(connect(self.dsn)) as conn:
-                    with conn.cursor() as cur:
-                        # staging tables are temporary: keep a slice's staging in memory (only settable
-                        # before the session's first temporary table, hence a connection per slice)
-                        cur.execute("SET temp_buffers = %s", (TEMP_BUFFERS,))
+                conn = worker_connection(self.dsn)
+                try:
                     result = commit_batch(
                         conn, self.spec, self.batch_id, good, bad, {partition: rng},
                         topic_id=self.topic_id, lease_epoch=self.lease_epoch, fence=self.fence, raw=raw,
                     )  # fmt: skip
+                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                    if isinstance(exc, pg_errors.TransactionRollbackError):
+                        raise  # a deadlock or a serialization conflict: the connection is fine
+                    # the connection broke (Postgres restarted since this worker's last slice, or died
+                    # now): a new one next time. An error at COMMIT may hide a commit that happened:
+                    # the fence makes the retry (ours or Spark's) write nothing twice either way
+                    drop_worker_connection(self.dsn)
+                    if attempt == COMMIT_ATTEMPTS:
+                        raise
+                    log.warning("batch %d, partition %d: the connection to PostgreSQL broke; retrying (%d)",
+                                self.batch_id, partition, attempt)  # fmt: skip
+                    time.sleep(0.5 * attempt)
+                    continue
                 break
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
                 if attempt == COMMIT_ATTEMPTS:
@@ -163,6 +218,34 @@ class SliceWriter:
         )
 
 
+#: One connection per Python worker and DSN: Spark reuses its Python workers from task to task
+#: (``spark.python.worker.reuse``), so a slice's commit skips the connection set-up.
+_CONNECTIONS: dict[str, Connection] = {}
+
+
+def worker_connection(dsn: str) -> Connection:
+    """This Python worker's connection to ``dsn``, opened on first use (each slice commits its own
+    transaction on it; ``commit_batch`` leaves it idle)."""
+    conn = _CONNECTIONS.get(dsn)
+    if conn is None or conn.closed:
+        conn = connect(dsn)
+        with conn.cursor() as cur:
+            # staging tables are temporary: keep a slice's staging in memory (settable only before the
+            # session's first temporary table, so once per connection)
+            cur.execute("SET temp_buffers = %s", (TEMP_BUFFERS,))
+        conn.commit()
+        _CONNECTIONS[dsn] = conn
+    return conn
+
+
+def drop_worker_connection(dsn: str) -> None:
+    """Close and forget this worker's connection to ``dsn`` (after an error that may have broken it)."""
+    conn = _CONNECTIONS.pop(dsn, None)
+    if conn is not None:
+        with suppress(psycopg2.Error):
+            conn.close()
+
+
 #: Set to 1 by the fault tests' negative control only: commits skip the fence, so a replay doubles.
 UNFENCED_ENV = "TXP_TEST_UNFENCED_COMMITS"
 
@@ -173,8 +256,3 @@ def unfenced_for_tests() -> bool:
         return False
     log.error("%s=1: commits are NOT fenced; a replayed slice is written twice (fault tests only)", UNFENCED_ENV)
     return True
-
-
-def _bytes(value: bytes | bytearray | None) -> bytes | None:
-    """Spark hands binary columns to Python as ``bytearray``."""
-    return None if value is None else bytes(value)

@@ -383,18 +383,21 @@ def _advance(
 #: refused and duplicates are gone from ``stage_tx`` by now.
 #: A time in the future (clock skew, event time up to MAX_FUTURE_SECONDS ahead) counts as 0 s, which
 #: keeps ``_sum`` monotonic, as Prometheus expects of a histogram. ``{time}``: the spec's.
+#: The bucket: ``width_bucket`` over the negated bounds counts the bounds at or above the observation
+#: (c >= 1, the last bound being +Inf), so the smallest of them is bound number n - c + 1.
 _LATENCY_SQL = """
 INSERT INTO sink_latency AS l (topic, kind, le, count, sum)
-SELECT %(topic)s, o.kind, b.le, count(*), sum(o.seconds)
+SELECT %(topic)s, o.kind,
+       (%(bounds)s::float8[])[%(n)s - width_bucket(-o.seconds, %(negated)s::float8[]) + 1] AS le,
+       count(*), sum(o.seconds)
 FROM (
     SELECT k.kind, greatest(0, extract(epoch FROM %(at)s - k.t))::float8 AS seconds
     FROM stage_tx s
     CROSS JOIN LATERAL (VALUES ('event_time', s.{time}), ('kafka_timestamp', s.kafka_timestamp)) AS k (kind, t)
     WHERE k.t IS NOT NULL
 ) o
-CROSS JOIN LATERAL (SELECT min(u) AS le FROM unnest(%(bounds)s::float8[]) AS u WHERE u >= o.seconds) b
-GROUP BY o.kind, b.le
-ORDER BY o.kind, b.le
+GROUP BY 2, 3
+ORDER BY 2, 3
 ON CONFLICT (topic, kind, le) DO UPDATE SET count = l.count + EXCLUDED.count, sum = l.sum + EXCLUDED.sum
 """
 
@@ -410,7 +413,9 @@ def _accumulate_latency(
     topic = spec.topic
     if inserted:
         sql = _LATENCY_SQL.format(time=spec.time_column)
-        cur.execute(sql, {"topic": topic, "at": committed_at, "bounds": list(LATENCY_BUCKETS)})
+        bounds = list(LATENCY_BUCKETS)
+        negated = sorted(-b for b in bounds)
+        cur.execute(sql, {"topic": topic, "at": committed_at, "bounds": bounds, "negated": negated, "n": len(bounds)})
     cur.execute(
         "INSERT INTO sink_latency AS l (topic, kind, le, count, sum) VALUES (%s, 'commit', %s, 1, %s) "
         "ON CONFLICT (topic, kind, le) DO UPDATE SET count = l.count + 1, sum = l.sum + EXCLUDED.sum",

@@ -8,14 +8,14 @@ sink (one ``sink_batches`` row per partition slice, every record accounted for b
 from __future__ import annotations
 
 import threading
-from collections import namedtuple
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from spark_jobs.sink import PipelineSink
-from spark_jobs.sink._writer import SliceWriter
+from spark_jobs.sink._writer import ArrowRawBytes, SliceWriter
 from tx_platform.checks import audit_pipeline
 from tx_platform.config import Settings
 from tx_platform.pipelines import PipelineSpec
@@ -23,18 +23,31 @@ from tx_platform.warehouse import BatchResult, PartitionRange, commit_batch, com
 from tx_platform_tests.conftest import fetch_all, produce_records
 from tx_platform_tests.test_warehouse.test_commit_batch import ROW, _bad, _line, _tx
 
-Row = namedtuple("Row", "ok partition offset line key value")
-
 
 @pytest.mark.unit
 def test_a_write_task_holding_two_kafka_partitions_is_refused(spec: PipelineSpec) -> None:
     writer = SliceWriter(spec, "postgresql://unused", 7, topic_id=None, lease_epoch=None)
-    rows = [Row(True, 0, 10, "a", b"k", b"v"), Row(True, 1, 10, "b", b"k", b"v")]
-    with pytest.raises(
-        RuntimeError, match=r"\[SINK_SLICE_SPANS_PARTITIONS\] .* batch 7 holds Kafka partitions \[0, 1\]"
-    ):
-        list(writer(iter(rows)))
-    assert list(writer(iter([]))) == []  # an empty offset range commits nothing and connects nowhere
+    rows = pa.RecordBatch.from_pylist(
+        [
+            {"ok": True, "partition": 0, "offset": 10, "line": "a", "key": b"k", "value": b"v"},
+            {"ok": True, "partition": 1, "offset": 10, "line": "b", "key": b"k", "value": b"v"},
+        ]
+    )
+    refused = r"\[SINK_SLICE_SPANS_PARTITIONS\] .* batch 7 holds Kafka partitions \[0, 1\]"
+    with pytest.raises(RuntimeError, match=refused):
+        list(writer(iter([rows])))
+    # an empty offset range commits nothing and connects nowhere
+    assert list(writer(iter([]))) == list(writer(iter([rows.slice(0, 0)]))) == []
+
+
+@pytest.mark.unit
+def test_raw_bytes_are_read_from_the_slices_arrow_columns_on_demand() -> None:
+    accepted = pa.table({"offset": [5, 7, 9], "key": [b"k5", None, b"k9"], "value": [b"v5", b"v7", None]})
+    raw = ArrowRawBytes(2, accepted)
+    assert (raw[(2, 7)], raw.get((2, 9)), raw.get((2, 6)), raw.get((1, 5))) == (
+        (None, b"v7"), (b"k9", None), None, None,
+    )  # fmt: skip
+    assert (len(raw), list(raw)) == (3, [(2, 5), (2, 7), (2, 9)])
 
 
 def _slice(spec: PipelineSpec, unique: str, partition: int, first: int, count: int) -> tuple[list[str], list[str]]:
