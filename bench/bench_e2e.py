@@ -101,8 +101,9 @@ class RateResult:
                 "lag_slope_per_s": round(self.lag_slope, 1),
                 "lag_flat": self.flat,
                 "latency_records": self.records,
-                "latency_p50_s": round(self.quantile(0.5), 3),
-                "latency_p99_s": round(self.quantile(0.99), 3),
+                # null, not NaN (which JSON does not have), when no record was committed in the window
+                "latency_p50_s": round(self.quantile(0.5), 3) if self.records else None,
+                "latency_p99_s": round(self.quantile(0.99), 3) if self.records else None,
                 "latency_share_within_2s": round(self.share_within(2.0), 4),
             }
         )
