@@ -52,6 +52,8 @@ BENCH = "e2e"
 SAMPLE_SECONDS = 2.0
 #: what one producer process is asked for at most (its unthrottled rate is about twice that)
 RATE_PER_PRODUCER = 25_000
+#: seconds the sink may take to commit its first batch before the run is called failed
+FIRST_COMMIT_TIMEOUT = 600
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,9 @@ def run_rate(settings: Settings, dsn: str, rate: int, args: argparse.Namespace, 
     try:
         _wait_for(sink_log, "sink running", sink, timeout=300)
         count = max(1, args.producers or math.ceil(rate / RATE_PER_PRODUCER))
-        seconds = args.warmup + args.minutes * 60 + 30  # runs past the window: the window never sees them stop
+        # enough to run past the window whatever the wait for the first commit (stopped after the window):
+        # the window must never see the producers run out
+        seconds = FIRST_COMMIT_TIMEOUT + args.warmup + args.minutes * 60 + 60
         txp = str(Path(sys.executable).parent / "txp")
         for n in range(count):
             share = rate / count
@@ -229,7 +233,7 @@ def run_rate(settings: Settings, dsn: str, rate: int, args: argparse.Namespace, 
             )
         # the window opens once the sink has committed (its first batch starts Python workers and
         # compiles the query: tens of seconds on a busy machine), then ran for the warm-up
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + FIRST_COMMIT_TIMEOUT
         while _committed(dsn, topic) == 0:
             if time.monotonic() > deadline or sink.poll() is not None:
                 msg = f"the sink committed nothing within 600 s:\n{sink_log.read_text()[-3000:]}"
