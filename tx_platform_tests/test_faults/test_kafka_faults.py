@@ -226,11 +226,7 @@ def test_two_of_three_brokers_down(cluster: Cluster, sink: Sink, tmp_path: Path)
     count, seed = 90_000, _seed("two-down-cli")
     start = (datetime.now(UTC) - timedelta(hours=3)).replace(microsecond=0, tzinfo=None)
     log = tmp_path / "delivered.log"
-    command = [
-        str(TXP), "produce", "--pipeline", spec.name, "--topic", spec.topic, "--count", str(count),
-        "--rate", str(RATE), "--seed", str(seed), "--start", start.isoformat(), "--span-hours", "1",
-        "--delivered-log", str(log),
-    ]  # fmt: skip
+    command = _produce_command(spec, count, seed, start, log)
     out = tmp_path / "produce.out"
     with out.open("w") as output:
         cli = subprocess.Popen(command, env={**os.environ, **cluster.env}, stdout=output, stderr=subprocess.STDOUT)  # noqa: S603
@@ -323,6 +319,15 @@ def test_two_of_three_brokers_down(cluster: Cluster, sink: Sink, tmp_path: Path)
     audit(cluster, spec, f"brokers {down} down (min ISR 2)")
 
 
+def _produce_command(spec: PipelineSpec, count: int, seed: int, start: datetime, log: Path) -> list[str]:
+    """`txp produce` at the tests' rate from ``start`` (naive UTC), logging every acknowledged record to ``log``."""
+    return [
+        str(TXP), "produce", "--pipeline", spec.name, "--topic", spec.topic, "--count", str(count),
+        "--rate", str(RATE), "--seed", str(seed), "--start", start.isoformat(), "--span-hours", "1",
+        "--delivered-log", str(log),
+    ]  # fmt: skip
+
+
 def test_producer_killed_mid_run(cluster: Cluster, sink: Sink, tmp_path: Path) -> None:
     """kill -9 of `txp produce`: what it had reported delivered (its --delivered-log) is in the topic once."""
     spec = sink.spec
@@ -331,11 +336,7 @@ def test_producer_killed_mid_run(cluster: Cluster, sink: Sink, tmp_path: Path) -
     count, seed = 200_000, _seed("producer-killed")
     start = (datetime.now(UTC) - timedelta(hours=3)).replace(microsecond=0, tzinfo=None)
     log = tmp_path / "delivered.log"
-    command = [
-        str(TXP), "produce", "--pipeline", spec.name, "--topic", spec.topic, "--count", str(count),
-        "--rate", str(RATE), "--seed", str(seed), "--start", start.isoformat(), "--span-hours", "1",
-        "--delivered-log", str(log),
-    ]  # fmt: skip
+    command = _produce_command(spec, count, seed, start, log)
     with (tmp_path / "produce.out").open("w") as output:
         cli = subprocess.Popen(command, env={**os.environ, **cluster.env}, stdout=output, stderr=subprocess.STDOUT)  # noqa: S603
     try:
