@@ -107,7 +107,12 @@ SINK_QUARANTINED_TOTAL = Metric(
 SINK_DEAD_LETTERED_TOTAL = Metric(
     "txp_sink_dead_lettered_total", "Quarantined records Kafka acknowledged on the dead-letter topic.", "counter", _P
 )
-SINK_BATCHES_TOTAL = Metric("txp_sink_batches_total", "Micro-batches the sink committed.", "counter", _P)
+SINK_BATCHES_TOTAL = Metric(
+    "txp_sink_batches_total",
+    "Commits of the sink: one per micro-batch and Kafka partition with records in it (a write task's slice).",
+    "counter",
+    _P,
+)
 SINK_LAST_COMMIT_TIMESTAMP = Metric(
     "txp_sink_last_commit_timestamp_seconds",
     "Unix time (seconds) of the sink's last committed micro-batch.",
