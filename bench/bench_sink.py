@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -69,7 +68,7 @@ from spark_jobs.sink import _writer as writer_module
 from spark_jobs.sink._writer import SliceResult, SliceWriter
 from tx_platform.config import PROJECT_ROOT, Settings, load_settings
 from tx_platform.pipelines import TRANSACTIONS
-from tx_platform.stack import resolve_artifacts
+from tx_platform.stack import free_port_block, resolve_artifacts
 
 # the private cluster is started from the stack's own building blocks (no second Kafka or Postgres)
 from tx_platform.stack._spark import SparkMaster, SparkWorker
@@ -243,23 +242,6 @@ def tutorial_jdbc(spark: SparkSession, settings: Settings, topic: str, records: 
 # ---------------------------------------------------------------- the sink on a 2-worker standalone cluster
 
 
-def _free_ports(base: int, count: int) -> int:
-    """``base`` if ``count`` ports from it are free, else the next free block above it."""
-    for start in range(base, 65_000 - count, count + 1):
-        free = True
-        for port in range(start, start + count):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    free = False
-                    break
-        if free:
-            return start
-    msg = "no free block of ports for the Spark cluster"
-    raise RuntimeError(msg)
-
-
 def _executor_figures(events: Path, workers: list[SparkWorker], app_id: str) -> dict[str, dict[str, int]]:
     """Per worker: its executor's tasks and the Kafka records they read (from the event log)."""
     tasks: Counter[str] = Counter()
@@ -286,7 +268,7 @@ def _executor_figures(events: Path, workers: list[SparkWorker], app_id: str) -> 
 
 def sink_cluster(settings: Settings, topic: str, records: int, work: Path, port_base: int) -> Figure:
     """``spark_jobs/sink/main.py --available-now`` against a private master with 2 workers (1 core each)."""
-    base = _free_ports(port_base, 4)
+    base = free_port_block(4, first=port_base, step=5, last=65_000 - 4)
     spark_root = work / "spark"
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ PUBLIC = {
         "sync_constraints", "table_columns", "table_ddl", "transaction",
     },
     "tx_platform.stack": {
-        "Artifacts", "LocalStack", "ManagedProcess", "ServiceStatus", "StackLayout", "port_in_use",
+        "Artifacts", "LocalStack", "ManagedProcess", "ServiceStatus", "StackLayout", "free_port_block", "port_in_use",
         "pyspark_version", "require_java", "resolve_artifacts", "tail",
     },
     "tx_platform.checks": {

@@ -2,7 +2,7 @@
 
 from tx_platform.stack._artifacts import Artifacts, pyspark_version, require_java, resolve_artifacts
 from tx_platform.stack._launcher import LocalStack, ServiceStatus, StackLayout
-from tx_platform.stack._process import ManagedProcess, port_in_use, tail
+from tx_platform.stack._process import ManagedProcess, free_port_block, port_in_use, tail
 
 __all__ = [
     "Artifacts",
@@ -10,6 +10,7 @@ __all__ = [
     "ManagedProcess",
     "ServiceStatus",
     "StackLayout",
+    "free_port_block",
     "port_in_use",
     "pyspark_version",
     "require_java",

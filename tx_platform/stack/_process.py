@@ -30,6 +30,25 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def free_port_block(size: int, first: int = 31_000, step: int = 97, last: int = 60_000) -> int:
+    """The first port of ``size`` consecutive ports on 127.0.0.1 that can all be bound now, trying
+    blocks from ``first`` every ``step`` ports up to ``last`` (for private stacks beside others)."""
+    for base in range(first, last, step):
+        if all(_bindable(port) for port in range(base, base + size)):
+            return base
+    msg = f"no block of {size} free ports between {first} and {last}"
+    raise RuntimeError(msg)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")

@@ -355,10 +355,9 @@ _CLUSTER_PORTS = (
 
 
 def _cluster_layout():  # noqa: ANN202 - StackLayout
-    from tx_platform.stack import StackLayout
-    from tx_platform_tests.test_stack.test_spark_cluster import _free_block
+    from tx_platform.stack import StackLayout, free_port_block
 
-    base = int(os.environ.get("TXP_TEST_FAULTS_PORT_BASE", "0")) or _free_block(16)
+    base = int(os.environ.get("TXP_TEST_FAULTS_PORT_BASE", "0")) or free_port_block(16)
     ports: dict[str, Any] = {name: base + i for i, name in enumerate(_CLUSTER_PORTS)}
     return StackLayout(spark_workers=2, **ports), base
 

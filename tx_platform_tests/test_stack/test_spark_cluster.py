@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from tx_platform.config import PROJECT_ROOT, load_settings
 from tx_platform.kafka_admin import ensure_topic
 from tx_platform.pipelines import TRANSACTIONS
-from tx_platform.stack import LocalStack, StackLayout
+from tx_platform.stack import LocalStack, StackLayout, free_port_block
 from tx_platform_tests.conftest import fetch_one, listening_sockets, produce_records, socket_inodes, spark_jars
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -30,25 +29,8 @@ PARTITIONS = 4
 LOOPBACK = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
 
 
-def _free_block(size: int) -> int:
-    """First port of ``size`` consecutive ports nobody listens on (the stack's ports and the worker UIs)."""
-    for base in range(31_000, 60_000, 97):
-        taken = False
-        for port in range(base, base + size):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    taken = True
-                    break
-        if not taken:
-            return base
-    msg = "no free block of ports"
-    raise RuntimeError(msg)
-
-
 def _layout() -> StackLayout:
-    base = _free_block(16)
+    base = free_port_block(16)
     names = (
         "kafka_port", "controller_port", "postgres_port", "registry_port", "prometheus_port", "alertmanager_port",
         "pushgateway_port", "postgres_exporter_port", "metrics_port", "jmx_port", "spark_master_port",
