@@ -460,10 +460,7 @@ class ProfiledSink(PipelineSink):
         rendered.write.format("noop").mode("overwrite").save()
         current["re-read: Kafka + decode + render (JVM)"] = time.perf_counter() - started
         started = time.perf_counter()
-        if hasattr(writer_module, "RESULT_DDL"):  # the writer takes Arrow batches (mapInArrow)
-            rendered.mapInArrow(lambda batches: _arrow_count(batches), "n BIGINT").collect()
-        else:
-            rendered.rdd.mapPartitions(lambda rows: [sum(1 for _ in rows)]).collect()
+        rendered.mapInArrow(lambda batches: _arrow_count(batches), "n BIGINT").collect()  # as the writer gets them
         current["re-read: + rows to Python"] = time.perf_counter() - started
         ProfilingSliceWriter.timings_file = str(self.timings_file)
         original = query_module.SliceWriter

@@ -30,13 +30,14 @@ from psycopg2.extensions import connection as Connection
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.streaming import StreamingQuery
 
 from spark_jobs.sink._decode import decode, render, wire_schema_id
 from spark_jobs.sink._dlq import DeadLetterPublisher
 from spark_jobs.sink._progress import SinkProgressReporter
 from spark_jobs.sink._registry import WriterSchemas
-from spark_jobs.sink._writer import REFUSED_GAP, RESULT_DDL, SliceResult, SliceWriter, unfenced_for_tests
+from spark_jobs.sink._writer import REFUSED_GAP, RESULT_SCHEMA, SliceResult, SliceWriter, unfenced_for_tests
 from tx_platform.config import Settings
 from tx_platform.errors import SinkError, TxPlatformError
 from tx_platform.kafka_admin import partition_count, topic_id, watermarks
@@ -155,7 +156,8 @@ class PipelineSink:
         writer = SliceWriter(
             self.spec, self._dsn, batch_id, topic_id=self._topic_id, lease_epoch=lease, fence=not unfenced_for_tests()
         )
-        return [SliceResult(**row.asDict()) for row in rendered.mapInArrow(writer, RESULT_DDL).collect()]
+        results = rendered.mapInArrow(writer, from_arrow_schema(RESULT_SCHEMA)).collect()
+        return [SliceResult(**row.asDict()) for row in results]
 
     def _raise_refusal(self, batch_id: int, results: list[SliceResult]) -> None:
         """A slice the ledger refused: raise the typed error the driver's own check names."""

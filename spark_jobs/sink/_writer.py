@@ -67,11 +67,7 @@ class SliceResult:
         return PartitionRange(self.first, self.last)
 
 
-#: The Spark schema of what a write task returns (``mapInArrow``'s output), field for field.
-RESULT_DDL = (
-    "partition INT, first BIGINT, last BIGINT, records BIGINT, inserted BIGINT, quarantined BIGINT, "
-    "skipped BIGINT, warehouse_rejected BIGINT, read_seconds DOUBLE, seconds DOUBLE, refused STRING, message STRING"
-)
+#: What a write task returns (``mapInArrow``'s output), field for field of :class:`SliceResult`.
 RESULT_SCHEMA = pa.schema(
     [
         ("partition", pa.int32()),
