@@ -19,9 +19,9 @@ from tx_platform_tests.test_stack.test_jmx import scrape_agent, values
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LAYOUT = StackLayout(
-    kafka_port=39092, controller_port=39093, postgres_port=35433, registry_port=38081, brokers=3, controllers=3,
-    prometheus_port=39090, alertmanager_port=39095, pushgateway_port=39091, postgres_exporter_port=39187,
-    metrics_port=39188, jmx_port=39404,
+    kafka_port=26092, controller_port=26093, postgres_port=26433, registry_port=26081, brokers=3, controllers=3,
+    prometheus_port=26090, alertmanager_port=26095, pushgateway_port=26091, postgres_exporter_port=26187,
+    metrics_port=26188, jmx_port=26404,
 )  # fmt: skip
 
 

@@ -30,9 +30,13 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def free_port_block(size: int, first: int = 31_000, step: int = 97, last: int = 60_000) -> int:
+def free_port_block(size: int, first: int = 27_000, step: int = 97, last: int = 32_700) -> int:
     """The first port of ``size`` consecutive ports on 127.0.0.1 that can all be bound now, trying
-    blocks from ``first`` every ``step`` ports up to ``last`` (for private stacks beside others)."""
+    blocks from ``first`` every ``step`` ports up to ``last`` (for private stacks beside others).
+
+    The default range stays below Linux's ephemeral ports (32768-60999): a port that is free now
+    in that range can be taken a moment later by any outgoing connection's local end, which is
+    how a fixed test port there once failed with a BindException."""
     for base in range(first, last, step):
         if all(_bindable(port) for port in range(base, base + size)):
             return base

@@ -39,14 +39,14 @@ from tx_platform.warehouse import committed_offsets, connect
 from tx_platform_tests.conftest import assert_eventually, start_continuous_sink
 from tx_platform_tests.test_stack.test_jmx import scrape_agent, values
 
-#: This suite's port block is 42000-42199; the Kafka nodes sit 10 ports apart inside it (see FaultStack).
+#: This suite's port block is 24000-24199; the Kafka nodes sit 10 ports apart inside it (see FaultStack).
 LAYOUT = StackLayout(
-    kafka_port=42000, controller_port=42001, postgres_port=42030, registry_port=42031, brokers=3, controllers=3,
-    prometheus_port=42032, alertmanager_port=42033, pushgateway_port=42034, postgres_exporter_port=42035,
-    metrics_port=42036, jmx_port=42040, spark_master_port=42051, spark_master_ui_port=42052,
-    spark_worker_ui_port=42053,
+    kafka_port=24000, controller_port=24001, postgres_port=24030, registry_port=24031, brokers=3, controllers=3,
+    prometheus_port=24032, alertmanager_port=24033, pushgateway_port=24034, postgres_exporter_port=24035,
+    metrics_port=24036, jmx_port=24040, spark_master_port=24051, spark_master_ui_port=24052,
+    spark_worker_ui_port=24053,
 )  # fmt: skip
-SPARK_UI_PORT = 42050  # the continuous sink's driver UI (local mode)
+SPARK_UI_PORT = 24050  # the continuous sink's driver UI (local mode)
 STATE_DIR = Path("/tmp/txp-B-faults")  # noqa: S108 - the suite's private state dir
 REPLICAS = 3
 

@@ -1,6 +1,6 @@
 """The fault matrix's Kafka rows on a 3+3 topology (RF 3, min ISR 2), under load, each ended by the audit.
 
-One private stack (3 KRaft controllers + 3 brokers, ports 42000-42199) and one continuous sink
+One private stack (3 KRaft controllers + 3 brokers, ports 24000-24199) and one continuous sink
 serve the whole module: each test produces its own records into the same topic while the sink
 runs, injects its fault, waits until the sink has caught up (lag 0, every quarantined record
 published to the DLQ) and audits the whole topic. Each test also checks that the fault really
