@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka.admin import AdminClient
@@ -95,13 +94,14 @@ def _tables_of(ddl: str) -> list[str]:
 
 
 def demo_tables(specs: Mapping[str, PipelineSpec] | None = None) -> list[str]:
-    """Every table the pipelines write: the shared ones (schema.sql), each pipeline's own and derived ones."""
+    """Every table the pipelines write: the shared ones, each pipeline's own and derived ones (their migrations)."""
+    from tx_platform.warehouse import pipeline_migrations, shared_migrations
+
     specs = PIPELINES if specs is None else specs
-    tables = _tables_of(resources.files("tx_platform.warehouse").joinpath("schema.sql").read_text("utf-8"))
+    tables = [t for m in shared_migrations() for t in _tables_of(m.sql)]
     for spec in specs.values():
         tables.append(spec.table)
-        if spec.derived_ddl is not None:
-            tables += _tables_of(spec.derived_ddl.read_text("utf-8"))
+        tables += [t for m in pipeline_migrations(spec) for t in _tables_of(m.sql)]
     return list(dict.fromkeys(tables))
 
 

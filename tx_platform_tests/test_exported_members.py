@@ -32,6 +32,10 @@ PUBLIC = {
         "copy_isolating", "describe_dsn", "ensure_schema", "forget_topic", "plan_start", "prepare_ledger",
         "read_ledger", "rule_constraints", "sql_check", "staged_columns",
         "sync_constraints", "table_columns", "table_ddl", "transaction",
+        "DAYS_AHEAD", "DAYS_BEHIND", "PIPELINE_TABLE_DIRECTIVE", "SHARED_SCOPE", "AppliedMigration", "Migration",
+        "MigrationChangedError", "MigrationError", "SchemaNotMigratedError", "default_partition", "ensure_partitions",
+        "known_migrations", "maintain_partitions", "migrate", "migration_status", "partition_name",
+        "pipeline_migrations", "shared_migrations", "verify_migrated",
     },
     "tx_platform.stack": {
         "Artifacts", "LocalStack", "ManagedProcess", "ServiceStatus", "StackLayout", "free_port_block", "port_in_use",

@@ -50,9 +50,9 @@ from tx_platform.warehouse import (
     check_lease,
     committed_offsets,
     connect,
-    ensure_schema,
     prepare_ledger,
     read_ledger,
+    verify_migrated,
 )
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ class PipelineSink:
 
     def start(self, available_now: bool = True, processing_time: str = "5 seconds") -> StreamingQuery:
         """Start the query; AvailableNow processes what is there and stops, else runs continuously."""
-        ensure_schema(self._dsn, [self.spec])
+        verify_migrated(self._dsn, [self.spec])  # no DDL at run time: txp db migrate made the tables
         self._lease = acquire_lease(connect(self._dsn), self.spec.topic)
         try:
             if self._progress is not None:  # started again without close(): one listener at a time

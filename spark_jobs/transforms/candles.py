@@ -69,7 +69,7 @@ from tx_platform.config import Settings
 from tx_platform.errors import ConfigError, SinkError, TxPlatformError
 from tx_platform.kafka_admin import partition_count
 from tx_platform.pipelines import PipelineSpec
-from tx_platform.warehouse import connect, ensure_schema
+from tx_platform.warehouse import connect, verify_migrated
 
 log = logging.getLogger(__name__)
 
@@ -513,7 +513,7 @@ class CandleStream:
 
     def start(self, available_now: bool = True, processing_time: str = "10 seconds") -> StreamingQuery:
         """Start the query; AvailableNow processes what is there and stops, else it runs continuously."""
-        ensure_schema(self._dsn, [self.spec])
+        verify_migrated(self._dsn, [self.spec])  # no DDL at run time: txp db migrate made the tables
         partition_count(self.settings.kafka_bootstrap, self.spec.topic)  # a missing topic fails here, by name
         self._lock = _QueryLock(self._dsn, f"{self.query_name}/{self.spec.topic}")
         try:

@@ -417,6 +417,55 @@ def audit(pipeline: str, topic: str | None) -> None:
         sys.exit(1)
 
 
+@cli.group()
+def db() -> None:
+    """The warehouse's schema: versioned migrations."""
+
+
+def _owner_dsn(dsn: str | None) -> str:
+    """``--dsn``/TXP_OWNER_DSN, else the local stack's owner login (stack.env), else TXP_POSTGRES_DSN."""
+    if dsn:
+        return dsn
+    settings = load_settings()
+    env_file = settings.state_dir / "stack.env"
+    if env_file.exists():
+        for line in env_file.read_text().splitlines():
+            if line.startswith("TXP_OWNER_DSN="):
+                return line.partition("=")[2]
+    return settings.dsn()
+
+
+@db.command("migrate")
+@click.option(
+    "--dsn",
+    default=None,
+    envvar="TXP_OWNER_DSN",
+    show_envvar=True,
+    help="Warehouse DSN of the role that owns the schema [default: the local stack's owner].",
+)
+@click.option("--status", is_flag=True, help="Show what is applied and what is pending; apply nothing.")
+def db_migrate(dsn: str | None, status: bool) -> None:
+    """Apply the warehouse's pending migrations: shared tables, then each pipeline's, in version order.
+
+    Each file runs once, in its own transaction, and is recorded in schema_migrations with its checksum
+    (an applied file edited since stops the run with [MIGRATION_CHANGED]). Then each pipeline's table
+    gets the CHECKs of its rules and its daily partitions ahead. `txp stack up` runs it too.
+    """
+    from tx_platform.warehouse import migrate, migration_status
+
+    target = _owner_dsn(dsn)
+    if status:
+        applied, pending = migration_status(target)
+        for row in applied:
+            click.echo(f"applied  {row.scope}/{row.version:04d}_{row.name}  {row.applied_at:%Y-%m-%d %H:%M:%S%z}")
+        for migration in pending:
+            click.echo(f"pending  {migration.label}")
+        click.echo(f"{len(applied)} applied, {len(pending)} pending")
+        return
+    done = migrate(target, log=click.echo)
+    click.echo(f"{len(done)} migration(s) applied" if done else "nothing to apply: the warehouse is up to date")
+
+
 def _text(value: str | bytes | None) -> str:
     if isinstance(value, bytes):
         return value.decode(errors="replace")

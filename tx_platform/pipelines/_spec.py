@@ -92,8 +92,10 @@ class PipelineSpec:
     #: ``(spec, conn) -> prometheus_client metric families`` the metrics exporter adds at each scrape
     #: (e.g. market figures read from derived tables), or a reference; None when there are none.
     derived_metrics: str | Callable[..., Any] | None = None
-    #: Extra DDL (derived tables), applied after the pipeline's table; None when there is none.
-    derived_ddl: Traversable | Path | None = None
+    #: Folder of the pipeline's versioned migrations (``NNNN_<name>.sql``: its own table, derived tables,
+    #: views), applied by ``txp db migrate`` after the shared ones; None when it has none (then its table
+    #: is not managed by migrations). Its baseline renders the table from the contract and rules.
+    migrations: Traversable | Path | None = None
     #: Dead-letter topic; default ``<topic>.dlq``.
     dlq_topic: str = ""
     #: Asset-key name of the pipeline's slice of the shared ``quarantine`` table; default ``<name>_quarantine``.

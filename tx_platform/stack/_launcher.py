@@ -45,7 +45,7 @@ from tx_platform.stack._postgres import (
 from tx_platform.stack._process import ManagedProcess
 from tx_platform.stack._registry import RegistryService
 from tx_platform.stack._spark import SparkMaster, SparkWorker, worker_processes
-from tx_platform.warehouse import ensure_schema
+from tx_platform.warehouse import migrate
 
 _LAYOUT_FILE = "stack.json"
 _SECRETS_FILE = "secrets.json"
@@ -402,7 +402,7 @@ class LocalStack:
             )
         registry.process.wait_ready(registry.ready, timeout, f"schema registry API on {registry.url}")
         # every shipped pipeline's tables, so analysts, the exporter and Dagster find them before any sink ran
-        ensure_schema(self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB), PIPELINES.values())
+        migrate(self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB), PIPELINES.values())
         self._wait_spark(timeout)
         self._start_monitoring(timeout)
         self.dagster_home.mkdir(parents=True, exist_ok=True)

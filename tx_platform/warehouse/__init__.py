@@ -1,4 +1,4 @@
-"""The PostgreSQL warehouse: schema, connections, the sink's exactly-once commit and its ledger."""
+"""The PostgreSQL warehouse: versioned migrations, daily partitions, connections, the sink's exactly-once commit."""
 
 from tx_platform.warehouse._db import (
     connect,
@@ -28,6 +28,29 @@ from tx_platform.warehouse._ledger import (
     prepare_ledger,
     read_ledger,
 )
+from tx_platform.warehouse._migrate import (
+    PIPELINE_TABLE_DIRECTIVE,
+    SHARED_SCOPE,
+    AppliedMigration,
+    Migration,
+    MigrationChangedError,
+    MigrationError,
+    SchemaNotMigratedError,
+    known_migrations,
+    migrate,
+    migration_status,
+    pipeline_migrations,
+    shared_migrations,
+    verify_migrated,
+)
+from tx_platform.warehouse._partitions import (
+    DAYS_AHEAD,
+    DAYS_BEHIND,
+    default_partition,
+    ensure_partitions,
+    maintain_partitions,
+    partition_name,
+)
 from tx_platform.warehouse._sink_writer import (
     QUARANTINE_COLUMNS,
     BatchResult,
@@ -39,6 +62,25 @@ from tx_platform.warehouse._sink_writer import (
 )
 
 __all__ = [
+    "DAYS_AHEAD",
+    "DAYS_BEHIND",
+    "PIPELINE_TABLE_DIRECTIVE",
+    "SHARED_SCOPE",
+    "AppliedMigration",
+    "Migration",
+    "MigrationChangedError",
+    "MigrationError",
+    "SchemaNotMigratedError",
+    "default_partition",
+    "ensure_partitions",
+    "known_migrations",
+    "maintain_partitions",
+    "migrate",
+    "migration_status",
+    "partition_name",
+    "pipeline_migrations",
+    "shared_migrations",
+    "verify_migrated",
     "MAX_CHECK_VALUES",
     "QUARANTINE_COLUMNS",
     "SOURCE_COLUMNS",

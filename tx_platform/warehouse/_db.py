@@ -1,4 +1,4 @@
-"""Connections to the warehouse: bounded retries with jitter, then a domain error; the schema."""
+"""Connections to the warehouse: bounded retries with jitter, then a domain error."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import random
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from importlib import resources
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -14,7 +13,6 @@ from psycopg2.extensions import connection as Connection
 
 from tx_platform.errors import ServiceUnavailableError
 from tx_platform.pipelines import PipelineSpec
-from tx_platform.warehouse._ddl import sync_constraints, table_ddl
 
 
 def describe_dsn(dsn: str) -> str:
@@ -58,18 +56,11 @@ def transaction(dsn: str) -> Iterator[Connection]:
 
 
 def ensure_schema(dsn: str, specs: Iterable[PipelineSpec] = ()) -> None:
-    """Create the shared tables, and each pipeline's table and derived tables, if missing (idempotent).
+    """Apply the pending migrations of the shared tables and of ``specs`` (:func:`migrate`); idempotent.
 
-    A pipeline's table that exists already gets its rule CHECKs brought up to date (``sync_constraints``).
+    Kept for callers from before versioned migrations; a warehouse already migrated runs no DDL here
+    (nothing pending, the CHECKs and partitions already as wanted), so any role with access may call it.
     """
-    shared = resources.files("tx_platform.warehouse").joinpath("schema.sql").read_text("utf-8")
-    with transaction(dsn) as conn, conn.cursor() as cur:
-        # serialise concurrent first runs (sink and assets may start together)
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext('tx_platform.ensure_schema'))")
-        cur.execute(shared)
-        for spec in specs:
-            cur.execute(table_ddl(spec))
-            # an existing table gets the CHECKs of the spec's rules as they are now
-            sync_constraints(cur, spec)
-            if spec.derived_ddl is not None:
-                cur.execute(spec.derived_ddl.read_text("utf-8"))
+    from tx_platform.warehouse._migrate import migrate
+
+    migrate(dsn, list(specs))

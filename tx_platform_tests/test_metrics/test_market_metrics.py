@@ -1,6 +1,6 @@
 """The crypto market metrics against a real Postgres: hand-inserted rows, exact figures.
 
-Each test builds the pipeline's table (``table_ddl``) and its derived tables (``derived.sql``) in a
+Each test builds the pipeline's table (``table_ddl``) and its derived tables (its migrations) in a
 scratch schema of its own and reads them through ``search_path``, so the figures are exactly those
 of the rows inserted here. Rows of another topic are inserted beside them and must not count.
 """
@@ -19,7 +19,7 @@ from tx_platform.config import Settings
 from tx_platform.pipelines import CRYPTO_TRADES, TRANSACTIONS
 from tx_platform.pipelines.crypto_trades._market import EXCHANGES, SYMBOLS
 from tx_platform.pipelines.crypto_trades._metrics import MARKET_METRICS, market_metrics
-from tx_platform.warehouse import table_ddl
+from tx_platform.warehouse import pipeline_migrations, table_ddl
 from tx_platform_tests.test_metrics._scrape import Samples, parse, series
 
 pytestmark = pytest.mark.integration
@@ -63,8 +63,8 @@ def _create(conn: psycopg2.extensions.connection, *, derived: bool) -> None:
     with conn.cursor() as cur:
         cur.execute(table_ddl(CRYPTO_TRADES))
         if derived:
-            assert CRYPTO_TRADES.derived_ddl is not None
-            cur.execute(CRYPTO_TRADES.derived_ddl.read_text())
+            for migration in pipeline_migrations(CRYPTO_TRADES):
+                cur.execute(migration.rendered())
 
 
 #: (id, symbol, exchange, side, price, quantity, event time, topic)

@@ -36,6 +36,7 @@ from tx_platform.kafka_admin import end_offsets
 from tx_platform.pipelines import PIPELINES, PipelineSpec
 from tx_platform.producer import faults_for, open_producer, produce
 from tx_platform.resources import PostgresResource
+from tx_platform.warehouse import migrate
 from tx_platform_tests.conftest import fetch_one
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -107,8 +108,10 @@ def readings(unique: str, tmp_path: Path) -> PipelineSpec:
     contract = tmp_path / "reading.avsc"
     contract.write_text(json.dumps(READING_SCHEMA))
     table = f"readings_{unique}"
-    ddl = tmp_path / "derived.sql"
-    ddl.write_text(
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "0001_baseline.sql").write_text(
+        "-- @pipeline_table\n"
         f"CREATE TABLE IF NOT EXISTS {table}_hourly (device_id text, metric text, hour timestamptz, "
         "readings bigint NOT NULL, mean double precision, PRIMARY KEY (device_id, metric, hour));\n"
     )
@@ -128,13 +131,14 @@ def readings(unique: str, tmp_path: Path) -> PipelineSpec:
         ),
         generator=generate_readings,
         derived_assets=hourly_assets,
-        derived_ddl=ddl,
+        migrations=migrations,
     )
 
 
 def test_a_pipeline_declared_in_a_test_flows_end_to_end(spark, readings: PipelineSpec, settings: Settings) -> None:  # noqa: ANN001
     assert readings.name not in PIPELINES  # 5. not even registered: the factories take the spec as it is
     dsn = settings.dsn()
+    migrate(dsn, [readings])  # its table and derived table: the sink runs no DDL
     instance = DagsterInstance.ephemeral()
     resources = build_resources(settings)
     pipeline = pipeline_definitions(readings)

@@ -34,7 +34,7 @@ CRYPTO_TRADES = PipelineSpec(
     ),  # fmt: skip
     generator="tx_platform.pipelines.crypto_trades._simulator:simulate",
     derived_assets="tx_platform.pipelines.crypto_trades._assets:derived_assets",
-    derived_ddl=_HERE / "derived.sql",
+    migrations=_HERE / "migrations",
     derived_metrics="tx_platform.pipelines.crypto_trades._metrics:market_metrics",
     description="Crypto trades: Kafka key symbol, upserted on trade_id; OHLCV candles, VWAP, spread, whales.",
 )

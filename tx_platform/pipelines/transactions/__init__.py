@@ -44,7 +44,7 @@ TRANSACTIONS = PipelineSpec(
     ),  # fmt: skip
     generator="tx_platform.pipelines.transactions._generator:generate",
     derived_assets="tx_platform.pipelines.transactions._assets:derived_assets",
-    derived_ddl=_HERE / "derived.sql",
+    migrations=_HERE / "migrations",
     quarantine_asset="quarantine",
     description="Card transactions: Kafka key account_id, upserted on transaction_id.",
 )

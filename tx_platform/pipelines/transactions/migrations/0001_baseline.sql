@@ -1,4 +1,9 @@
--- Derived tables of the `transactions` pipeline. Applied idempotently by `ensure_schema`.
+-- Baseline: the pipeline's own table, rendered from its spec where the directive below stands
+-- (columns from the contract, CHECKs from the rules: written once, in the spec), then the derived
+-- tables the previous code's derived.sql made. Every statement is idempotent: a warehouse made by
+-- the previous code is recognised and recorded, not rebuilt.
+
+-- @pipeline_table
 
 -- Daily activity per merchant and currency (amounts are never summed across currencies).
 CREATE TABLE IF NOT EXISTS daily_merchant_summary (

@@ -1,5 +1,10 @@
--- Derived tables of the `crypto_trades` pipeline. Applied idempotently by `ensure_schema`, after the
--- generated `crypto_trades` table.
+-- Baseline: the pipeline's own table, rendered from its spec where the directive below stands
+-- (columns from the contract, CHECKs from the rules: written once, in the spec), then the derived
+-- tables the previous code's derived.sql made. Every statement is idempotent: a warehouse made by
+-- the previous code is recognised and recorded, not rebuilt.
+
+-- @pipeline_table
+
 --
 -- Every derived row carries `source_topic`, the Kafka topic its trades came from (default: the
 -- pipeline's own `crypto.trades`), and it is part of every per-minute key: the same pipeline on

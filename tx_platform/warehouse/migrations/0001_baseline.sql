@@ -1,8 +1,7 @@
--- Tables every pipeline shares (quarantine, the offset ledger, the sink's audit and latency),
--- written by the pipeline role. Applied idempotently by `ensure_schema`, before each pipeline's
--- own table (generated from its spec, see _ddl.py) and its derived tables (its derived.sql).
+-- Baseline: the shared tables as the previous code's schema.sql made them (every statement is
+-- idempotent, so a warehouse it created is recognised and recorded, not rebuilt).
 
--- Records the sink rejected, with the raw bytes and why. One row per Kafka record, like above.
+-- Records the sink rejected, with the raw bytes and why. One row per Kafka record.
 CREATE TABLE IF NOT EXISTS quarantine (
     kafka_topic      text        NOT NULL,
     kafka_partition  integer     NOT NULL,
