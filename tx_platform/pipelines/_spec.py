@@ -7,7 +7,7 @@ import importlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,10 @@ class PipelineSpec:
     #: views), applied by ``txp db migrate`` after the shared ones; None when it has none (then its table
     #: is not managed by migrations). Its baseline renders the table from the contract and rules.
     migrations: Traversable | Path | None = None
+    #: How late (Kafka timestamp minus event time) a record may arrive and still count as on time: the
+    #: streaming watermark's delay, and the threshold of the warehouse's ``late`` flag (rendered into the
+    #: table by ``txp db migrate``, which rebuilds the flag when this changes).
+    allowed_lateness: timedelta = timedelta(minutes=10)
     #: Dead-letter topic; default ``<topic>.dlq``.
     dlq_topic: str = ""
     #: Asset-key name of the pipeline's slice of the shared ``quarantine`` table; default ``<name>_quarantine``.
@@ -115,6 +119,9 @@ class PipelineSpec:
             if not _TOPIC.fullmatch(value) or value in {".", ".."}:
                 msg = f"pipeline {self.name!r}: {what} {value!r} is not a legal Kafka topic name"
                 raise ConfigError(msg)
+        if self.allowed_lateness < timedelta(0):
+            msg = f"pipeline {self.name!r}: allowed_lateness must not be negative"
+            raise ConfigError(msg)
         if self.topic == self.dlq_topic:
             msg = f"pipeline {self.name!r}: the dead-letter topic must differ from the topic"
             raise ConfigError(msg)

@@ -9,6 +9,7 @@ as ``WAREHOUSE_REJECTED`` (never expected).
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -144,3 +145,42 @@ def table_ddl(spec: PipelineSpec) -> str:
         f"CREATE TABLE IF NOT EXISTS {spec.table} (\n    {body}\n);\n"
         f"CREATE INDEX IF NOT EXISTS {spec.table}_{spec.time_column}_idx ON {spec.table} ({spec.time_column});\n"
     )
+
+
+#: Name of the flag of records that arrived later than the pipeline's allowed lateness.
+LATE_COLUMN = "late"
+
+
+def late_column_ddl(spec: PipelineSpec) -> str:
+    """``ALTER TABLE`` adding the ``late`` flag: Kafka's timestamp minus the event time beyond the spec's
+    ``allowed_lateness`` (NULL when the Kafka timestamp is unknown)."""
+    seconds = int(spec.allowed_lateness.total_seconds())
+    return (
+        f"ALTER TABLE {spec.table} ADD COLUMN {LATE_COLUMN} boolean GENERATED ALWAYS AS "
+        f"(kafka_timestamp - {spec.time_column} > interval '{seconds} seconds') STORED;\n"
+    )
+
+
+def sync_late_flag(cur: Any, spec: PipelineSpec) -> bool:  # noqa: ANN401 - a cursor
+    """Rebuild the ``late`` flag when its threshold is not the spec's ``allowed_lateness``; True when rebuilt.
+
+    A generated column's expression cannot be altered (PostgreSQL 15): the column is dropped and added
+    again, which rewrites the table; rare (a configuration change), and done by the owner in ``migrate``.
+    Nothing happens when the table has no such column.
+    """
+    cur.execute(
+        "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a "
+        "JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND a.attgenerated = 's'",
+        (spec.table, LATE_COLUMN),
+    )
+    row = cur.fetchone()
+    if row is None:
+        return False
+    match = re.search(r"'([^']*)'::interval", row[0])
+    cur.execute("SELECT %s::interval = %s", (match.group(1) if match else "-1 second", spec.allowed_lateness))
+    if cur.fetchone()[0]:
+        return False
+    cur.execute(f"ALTER TABLE {spec.table} DROP COLUMN {LATE_COLUMN}")
+    cur.execute(late_column_ddl(spec))
+    return True

@@ -10,7 +10,9 @@ A pipeline's table is generated from its spec (columns from the contract, CHECKs
 ``_ddl.py``): its baseline migration holds the directive ``-- @pipeline_table``, rendered at apply time
 by :func:`table_ddl`; the checksum covers the file as written. The rules are written once, in the
 spec, and not copied into files: every :func:`migrate` brings the table's CHECKs to the spec's rules
-with :func:`sync_constraints`. A column change to the contract needs a migration file (``ALTER TABLE``).
+with :func:`sync_constraints`, and the ``late`` flag (directive ``-- @late_column``) to the spec's
+``allowed_lateness`` with :func:`sync_late_flag`. A column change to the contract needs a migration
+file (``ALTER TABLE``).
 
 Run time runs no DDL: the sink and the Spark jobs call :func:`verify_migrated`, which only reads.
 """
@@ -29,12 +31,14 @@ from typing import Any
 
 from tx_platform.errors import TxPlatformError
 from tx_platform.pipelines import PipelineSpec
-from tx_platform.warehouse._ddl import sync_constraints, table_ddl
+from tx_platform.warehouse._ddl import late_column_ddl, sync_constraints, sync_late_flag, table_ddl
 
 #: Scope of the shared tables' migrations (a pipeline's scope is its name).
 SHARED_SCOPE = "warehouse"
 #: The line of a pipeline's migration replaced by the pipeline's generated table.
 PIPELINE_TABLE_DIRECTIVE = "-- @pipeline_table"
+#: The line replaced by the ``late`` flag's column, with the spec's allowed lateness.
+LATE_COLUMN_DIRECTIVE = "-- @late_column"
 
 _FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 _LOCK = "tx_platform.migrate"
@@ -87,9 +91,10 @@ class Migration:
 
     def rendered(self) -> str:
         """The SQL to execute: the file, with the pipeline's generated table in place of the directive."""
-        if self.spec is None or PIPELINE_TABLE_DIRECTIVE not in self.sql:
+        if self.spec is None:
             return self.sql
-        return self.sql.replace(PIPELINE_TABLE_DIRECTIVE, table_ddl(self.spec))
+        text = self.sql.replace(PIPELINE_TABLE_DIRECTIVE, table_ddl(self.spec))
+        return text.replace(LATE_COLUMN_DIRECTIVE, late_column_ddl(self.spec))
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,8 @@ def migrate(
                     cur.execute("BEGIN")
                     try:
                         added, dropped = sync_constraints(cur, spec)
+                        if sync_late_flag(cur, spec) and log is not None:
+                            log(f"{spec.table}: late flag rebuilt for allowed lateness {spec.allowed_lateness}")
                         maintain_partitions(cur, spec)
                     except Exception:
                         cur.execute("ROLLBACK")

@@ -13,7 +13,8 @@ commit in parallel; each transaction holds the ledger rows of its partitions (``
    by bisection under savepoints and quarantined as ``WAREHOUSE_REJECTED`` with Postgres' message,
    so no record can make the batch fail for ever;
 3. staged records at offsets the sink has already committed are dropped (a replay writes nothing);
-4. new rows are inserted, ``ON CONFLICT (<natural key>) DO NOTHING``;
+4. new rows are inserted, ``ON CONFLICT (<primary key>) DO NOTHING`` (the natural key, with the event
+   time when the table is partitioned by day), with Kafka's timestamp when the table stores it;
 5. a record whose natural key already exists is quarantined as ``DUPLICATE_<KEY>``
    with its raw key and value bytes, so that every Kafka record still ends in exactly one place;
 6. rejected records go to ``quarantine``; the offsets move forward through the **fence**: an
@@ -62,7 +63,8 @@ QUARANTINE_COLUMNS = (
 
 #: Raw bytes of an accepted record, in the staged lines of the ``raw=True`` layout.
 RAW_COLUMNS = ("raw_key", "raw_value")
-#: Kafka's timestamp of an accepted record, staged for the latency histogram only (not stored).
+#: Kafka's timestamp of an accepted record, staged for the latency histogram, and stored when the
+#: pipeline's table has the column (``transactions``: its ``late`` flag is computed from it).
 TIMESTAMP_COLUMN = "kafka_timestamp"
 
 #: Raw key and value bytes of accepted records by (partition, offset), handed to ``commit_batch``
@@ -229,12 +231,13 @@ def commit_batch(
         check_batch(topic, ranges, ledger, topic_id)
         # staging carries the target's CHECK and NOT NULL constraints: a refused value fails here,
         # line by line, not in the INSERT below, where it would take the whole batch with it
+        conflict, stores_timestamp = _target_shape(cur, spec)
         cur.execute(
             f"CREATE TEMP TABLE stage_tx (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DROP"
         )
         cur.execute(
-            "ALTER TABLE stage_tx ADD COLUMN raw_key bytea, ADD COLUMN raw_value bytea, "
-            f"ADD COLUMN {TIMESTAMP_COLUMN} timestamptz"
+            "ALTER TABLE stage_tx ADD COLUMN raw_key bytea, ADD COLUMN raw_value bytea"
+            + ("" if stores_timestamp else f", ADD COLUMN {TIMESTAMP_COLUMN} timestamptz")
         )
         cur.execute("CREATE TEMP TABLE stage_q (LIKE quarantine INCLUDING DEFAULTS) ON COMMIT DROP")
         staged = _staged_columns_of(spec, row_lines, raw)
@@ -259,13 +262,13 @@ def commit_batch(
                 "WHERE o.topic = s.kafka_topic AND o.partition = s.kafka_partition AND s.kafka_offset < o.next_offset"
             )
             skipped += cur.rowcount
-        cols = ", ".join(columns)
+        cols = ", ".join((*columns, TIMESTAMP_COLUMN) if stores_timestamp else columns)
         cur.execute(
             f"""
             WITH inserted AS (
                 INSERT INTO {table} ({cols})
                 SELECT {cols} FROM stage_tx ORDER BY {key}, kafka_partition, kafka_offset
-                ON CONFLICT ({key}) DO NOTHING
+                ON CONFLICT ({", ".join(conflict)}) DO NOTHING
                 RETURNING kafka_partition, kafka_offset
             ), duplicates AS (
                 INSERT INTO quarantine ({", ".join(QUARANTINE_COLUMNS)})
@@ -309,6 +312,26 @@ def commit_batch(
     return BatchResult(
         records=records, inserted=inserted, quarantined=quarantined, skipped=skipped, warehouse_rejected=len(refused)
     )
+
+
+def _target_shape(cur: Any, spec: PipelineSpec) -> tuple[tuple[str, ...], bool]:  # noqa: ANN401 - a cursor
+    """(the primary key's columns, whether the table stores Kafka's timestamp) of the pipeline's table.
+
+    The conflict target is the primary key: the natural key, plus the event time on a table partitioned by
+    it (a partitioned table's unique constraints must hold the partition key). A replayed record has the
+    same event time, so it still conflicts. Read from the catalog, so the sink follows the migrations.
+    """
+    cur.execute(
+        "SELECT (SELECT array_agg(a.attname::text ORDER BY k.n) FROM pg_index i "
+        "        CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k (attnum, n) "
+        "        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "        WHERE i.indrelid = to_regclass(%s) AND i.indisprimary), "
+        "       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
+        "               AND NOT attisdropped)",
+        (spec.table, spec.table, TIMESTAMP_COLUMN),
+    )
+    key, stores_timestamp = cur.fetchone()
+    return tuple(key or (spec.natural_key,)), bool(stores_timestamp)
 
 
 def _settle_duplicates(

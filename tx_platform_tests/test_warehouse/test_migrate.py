@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import psycopg2
 import pytest
 from psycopg2 import sql
-from psycopg2.extensions import make_dsn
 
 from tx_platform.config import Settings
 from tx_platform.pipelines import CRYPTO_TRADES, PIPELINES, TRANSACTIONS
@@ -28,36 +25,11 @@ from tx_platform.warehouse import (
     table_columns,
     verify_migrated,
 )
+from tx_platform_tests.test_warehouse.conftest import rows as _rows
 
 pytestmark = pytest.mark.integration
 
 PREVIOUS_SCHEMA = Path(__file__).with_name("previous_schema.sql")
-
-
-@pytest.fixture
-def scratch_dsn(settings: Settings, unique: str) -> Iterator[str]:
-    """A DSN whose tables go to an empty schema of this test's own (dropped after)."""
-    schema = f"scratch_{unique}"
-    conn = psycopg2.connect(settings.dsn())
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        yield make_dsn(settings.dsn(), options=f"-c search_path={schema}")
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-        conn.close()
-
-
-def _rows(dsn: str, query: str) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(query)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
 
 
 def test_migrate_applies_every_file_once_in_order_and_a_second_run_applies_nothing(scratch_dsn: str) -> None:
@@ -173,3 +145,27 @@ def test_a_warehouse_made_by_the_previous_code_is_upgraded_with_every_row_kept(s
         ("transactions", 1, 10),
     ]
     assert migrate(scratch_dsn, list(PIPELINES.values())) == []
+
+
+def test_the_sink_and_the_candle_job_stop_on_an_unmigrated_warehouse_and_run_no_ddl(
+    spark,  # noqa: ANN001 - SparkSession
+    settings: Settings,
+    scratch_dsn: str,
+    unique: str,
+) -> None:
+    from pydantic import SecretStr
+
+    from spark_jobs.sink import PipelineSink
+    from spark_jobs.transforms.candles import CandleStream
+
+    unmigrated = settings.model_copy(update={"postgres_dsn": SecretStr(scratch_dsn)})
+    for job in (
+        PipelineSink(spark, TRANSACTIONS.with_topic(f"tx_{unique}"), unmigrated),
+        CandleStream(spark, CRYPTO_TRADES.with_topic(f"crypto_{unique}"), unmigrated),
+    ):
+        with pytest.raises(SchemaNotMigratedError, match=r"^\[SCHEMA_NOT_MIGRATED\] run txp db migrate"):
+            job.start()
+    # they created nothing: the scratch schema is as empty as it was
+    assert _rows(scratch_dsn, "SELECT count(*) FROM pg_class WHERE relnamespace = current_schema()::regnamespace") == [
+        (0,)
+    ]
