@@ -36,6 +36,7 @@ PUBLIC = {
         "MigrationChangedError", "MigrationError", "SchemaNotMigratedError", "default_partition", "ensure_partitions",
         "known_migrations", "maintain_partitions", "migrate", "migration_status", "partition_name",
         "pipeline_migrations", "shared_migrations", "verify_migrated",
+        "CustomerRow", "DimensionLoad", "MerchantRow", "load_dimensions", "pool_rows",
     },
     "tx_platform.stack": {
         "Artifacts", "LocalStack", "ManagedProcess", "ServiceStatus", "StackLayout", "free_port_block", "port_in_use",

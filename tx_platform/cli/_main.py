@@ -466,6 +466,26 @@ def db_migrate(dsn: str | None, status: bool) -> None:
     click.echo(f"{len(done)} migration(s) applied" if done else "nothing to apply: the warehouse is up to date")
 
 
+@db.command("load-dimensions")
+@click.option("--seed", "-s", default=42, show_default=True, help="Seed of the producer's pools (txp produce --seed).")
+def db_load_dimensions(seed: int) -> None:
+    """Write the dimensions merchants (type 1), customers (type 2 on the address) and cards from the
+    producer's entity pools for SEED: the same entities `txp produce --seed SEED` samples. Idempotent; a
+    customer whose address changed gets a new current version, the old one closed."""
+    from tx_platform.warehouse import connect, load_dimensions, pool_rows
+
+    merchants, customers, cards = pool_rows(seed)
+    conn = connect(load_settings().dsn())
+    try:
+        done = load_dimensions(conn, merchants, customers, cards)
+    finally:
+        conn.close()
+    click.echo(
+        f"merchants written {done.merchants_written}, customers added {done.customers_added}, "
+        f"closed {done.customers_closed}, renamed {done.customers_renamed}, cards added {done.cards_added}"
+    )
+
+
 def _text(value: str | bytes | None) -> str:
     if isinstance(value, bytes):
         return value.decode(errors="replace")
@@ -516,6 +536,28 @@ class _RateColumn(ProgressColumn):
     help="Share of records replaced by labelled bad ones (every kind in turn), to show the DLQ path.",
 )
 @click.option(
+    "--fraud-ratio",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 0.05),
+    help="transactions: fraud incidents injected per record (the four scenarios in turn); ground truth in a "
+    "txp-fraud-scenario header and the fraud_ground_truth table (TXP_POSTGRES_DSN).",
+)
+@click.option(
+    "--late-ratio",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="transactions: share of records emitted late and out of order (up to --max-lateness behind the stream).",
+)
+@click.option(
+    "--max-lateness",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Longest delay of a late record, in minutes.",
+)
+@click.option(
     "--delivered-log",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -532,6 +574,9 @@ def produce(
     topic: str | None,
     registry: str | None,
     bad_ratio: float,
+    fraud_ratio: float,
+    late_ratio: float,
+    max_lateness: float,
     delivered_log: Path | None,
 ) -> None:
     """Produce a pipeline's seeded synthetic records into Kafka (Avro, Confluent wire format).
@@ -556,7 +601,13 @@ def produce(
         seed=seed,
     )
     err.print(f"schema: subject {registration.subject} version {registration.version} (id {registration.schema_id})")
-    records = spec.generate(count, seed, first, span=span)
+    scenarios: dict[str, Any] = {}
+    if fraud_ratio or late_ratio:
+        from tx_platform.pipelines.transactions._fraud import scenario_options
+
+        # the incidents' plan (their records' headers) and the generator's options
+        scenarios = scenario_options(spec, producer, count, seed, first, span, fraud_ratio, late_ratio, max_lateness)
+    records = spec.generate(count, seed, first, span=span, **scenarios)
     columns = (
         TextColumn("[bold]producing"), BarColumn(), MofNCompleteColumn(),
         _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -581,6 +632,10 @@ def produce(
         f"delivered {report.delivered} of {report.sent}, failed {report.failed}, "
         f"injected bad {injected} → topic {producer.topic}"
     )
+    if fraud_ratio:
+        from tx_platform.pipelines.transactions._fraud import record_ground_truth
+
+        out.print(record_ground_truth(settings.dsn(), producer.topic, count, seed, first, span, scenarios))
 
 
 @contextmanager
@@ -638,6 +693,36 @@ def metrics_serve(port: int | None, state_dir: Path | None) -> None:
     if port is None:
         port = LocalStack(state_dir or settings.state_dir, settings.jars_dir).layout.metrics_port
     serve(settings, port)
+
+
+# -- fraud -------------------------------------------------------------------------------------
+@cli.group()
+def fraud() -> None:
+    """Streaming fraud detection: its report against the injected ground truth."""
+
+
+@fraud.command("report")
+@_topic_option("Only incidents and alerts of this topic")
+@click.option("--seed", type=int, default=None, help="Only incidents produced with this seed.")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    default=None,
+    help="Only incidents produced and alerts detected at or after this UTC time.",
+)
+def fraud_report_command(topic: str | None, seed: int | None, since: datetime | None) -> None:
+    """Per-scenario injected/detected, recall and precision as JSON; exit 1 unless recall = 100% and precision >= 99%."""
+    from tx_platform.pipelines.transactions._fraud import fraud_report
+    from tx_platform.warehouse import connect
+
+    conn = connect(load_settings().dsn())
+    try:
+        report = fraud_report(conn, topic=topic, seed=seed, since=since.replace(tzinfo=UTC) if since else None)
+    finally:
+        conn.close()
+    click.echo(json.dumps(report, indent=2))
+    if not report["passed"]:
+        sys.exit(1)
 
 
 # -- sink --------------------------------------------------------------------------------------

@@ -15,6 +15,13 @@ from tx_platform.warehouse._ddl import (
     table_columns,
     table_ddl,
 )
+from tx_platform.warehouse._dimensions import (
+    CustomerRow,
+    DimensionLoad,
+    MerchantRow,
+    load_dimensions,
+    pool_rows,
+)
 from tx_platform.warehouse._ledger import (
     Gap,
     LedgerEntry,
@@ -62,6 +69,11 @@ from tx_platform.warehouse._sink_writer import (
 )
 
 __all__ = [
+    "CustomerRow",
+    "DimensionLoad",
+    "MerchantRow",
+    "load_dimensions",
+    "pool_rows",
     "DAYS_AHEAD",
     "DAYS_BEHIND",
     "PIPELINE_TABLE_DIRECTIVE",
