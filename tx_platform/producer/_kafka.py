@@ -9,7 +9,7 @@ callbacks are served every ``POLL_EVERY`` records or while a rate limit waits, n
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -27,6 +27,8 @@ from tx_platform.producer._parallel import can_prepare_in_child, prepared_in_chi
 
 #: Records sent between two serves of delivery callbacks (poll(0)) when not rate limited.
 POLL_EVERY = 512
+#: Kafka headers of one record.
+Headers = list[tuple[str, str | bytes | None]]
 #: librdkafka settings on top of PRODUCER_DEFAULTS (guarantees unchanged: idempotent, acks=all). A
 #: longer linger fills bigger lz4 batches: fewer requests for the broker on the same 2 cores.
 THROUGHPUT_CONFIG: dict[str, object] = {"linger.ms": 50}
@@ -85,6 +87,8 @@ class RecordProducer:
         self.report = DeliveryReport()
         self._key = spec.kafka_key
         self._unpolled = 0
+        #: extra headers of particular records, by their natural key (e.g. injected fraud's ground truth)
+        self.record_headers: Mapping[str, Headers] = {}
         config = {
             "bootstrap.servers": bootstrap,
             **PRODUCER_DEFAULTS,
@@ -99,8 +103,11 @@ class RecordProducer:
         """Fail fast, before producing anything, when Kafka or the topic is not there."""
         partition_count(self._bootstrap, self.topic, timeout)
 
-    def prepare(self, record: Record) -> tuple[bytes, bytes | None, str | None]:
-        """``(key, value, injected fault kind or None)`` of one record; adds a good record's decimals to the totals."""
+    def prepare(self, record: Record) -> tuple[bytes, bytes | None, Headers | None]:
+        """``(key, value, headers or None)`` of one record; adds a good record's decimals to the totals.
+
+        Headers: the injected fault's kind (:data:`INJECTED_HEADER`) and any of :attr:`record_headers`.
+        """
         key: bytes
         value: bytes | None
         injected: str | None
@@ -113,17 +120,19 @@ class RecordProducer:
             totals = self.good_totals
             for name in self._decimals:
                 totals[name] += record[name]
-        return key, value, injected
+        headers: Headers | None = None if injected is None else [(INJECTED_HEADER, injected.encode())]
+        if self.record_headers:
+            extra = self.record_headers.get(str(record.get(self.spec.natural_key)))
+            if extra:
+                headers = [*(headers or []), *extra]
+        return key, value, headers
 
     def send(self, record: Record) -> None:
         """Queue one record keyed by the spec's key field (or a bad variant of it); serve callbacks now and then."""
         self.send_prepared(*self.prepare(record))
 
-    def send_prepared(self, key: bytes, value: bytes | None, injected: str | None = None) -> None:
+    def send_prepared(self, key: bytes, value: bytes | None, headers: Headers | None = None) -> None:
         """Queue a record :meth:`prepare` made (here or in the preparing process)."""
-        headers: list[tuple[str, str | bytes | None]] | None = None
-        if injected is not None:
-            headers = [(INJECTED_HEADER, injected.encode())]
         try:
             self._produce(self.topic, value, key, headers=headers)
         except BufferError:
@@ -134,15 +143,12 @@ class RecordProducer:
             self._unpolled = 0
             self._producer.poll(0)
 
-    def send_chunk(self, keys: list[bytes], values: list[bytes | None], kinds: list[str | None]) -> None:
+    def send_chunk(self, keys: list[bytes], values: list[bytes | None], kinds: list[Headers | None]) -> None:
         """Queue prepared records (a chunk from the preparing process): :meth:`send_prepared` with less per record."""
         produce, topic, poll = self._produce, self.topic, self._producer.poll
         queued = 0
         try:
-            for key, value, kind in zip(keys, values, kinds, strict=True):
-                headers: list[tuple[str, str | bytes | None]] | None = None
-                if kind is not None:
-                    headers = [(INJECTED_HEADER, kind.encode())]
+            for key, value, headers in zip(keys, values, kinds, strict=True):
                 try:
                     if headers is None:
                         produce(topic, value, key)

@@ -3,7 +3,7 @@
 One Python thread cannot generate, encode and deliver 100k records/s: each stage costs a few
 microseconds per record. Two processes overlap them on two cores: the child iterates the records
 (the seeded generator) and runs :meth:`RecordProducer.prepare` (fault injection, Avro, the good
-records' decimal totals), sending ``(keys, values, fault kinds)`` in chunks through a pipe; the
+records' decimal totals), sending ``(keys, values, headers)`` in chunks through a pipe; the
 parent only produces them, in the same order, with the same callbacks and the same final flush.
 The child never touches the Kafka client it inherits (forked with librdkafka's threads running,
 it must not): it returns the totals and the fault injector's state at the end, so the producer
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 #: Records per message through the pipe (about 300 KB of transactions).
 CHUNK = 2_048
-#: keys, values and fault kinds (None: a good record) of consecutive records
-Chunk = tuple[list[bytes], list[bytes | None], list[str | None]]
+#: keys, values and headers (None: none) of consecutive records
+Chunk = tuple[list[bytes], list[bytes | None], list[list[tuple[str, str | bytes | None]] | None]]
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _prepare(conn: Connection, parents_end: Connection, records: Iterable[Record
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     keys: list[bytes] = []
     values: list[bytes | None] = []
-    kinds: list[str | None] = []
+    kinds: list[list[tuple[str, str | bytes | None]] | None] = []
     try:
         prepare = producer.prepare
         for record in records:
@@ -104,7 +104,7 @@ def _prepare(conn: Connection, parents_end: Connection, records: Iterable[Record
 
 
 def prepared_in_child(records: Iterable[Record], producer: RecordProducer) -> Generator[Chunk, None, None]:
-    """Chunks of ``(keys, values, fault kinds)`` of the records, in order, prepared by a forked child process.
+    """Chunks of ``(keys, values, headers)`` of the records, in order, prepared by a forked child process.
 
     The caller must not iterate ``records`` itself. Raises the child's exception, or
     :class:`DeliveryError` when the child died without a word.

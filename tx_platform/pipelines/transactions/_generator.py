@@ -8,6 +8,7 @@ same seed produce the same records, UUIDs included.
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 import math
 import random
@@ -39,6 +40,8 @@ _ABROAD_SHARE = 0.05
 _CENT = Decimal("0.01")
 #: Context.quantize rounds like Decimal.quantize(..., rounding=ROUND_HALF_UP) at a third of the cost.
 _HALF_UP = Context(rounding=ROUND_HALF_UP)
+#: Default longest delay of a late record (``generate(late_ratio=...)``).
+DEFAULT_MAX_LATENESS = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -219,11 +222,90 @@ def generate(
     start: datetime,
     span: timedelta = timedelta(hours=24),
     pools: Pools | None = None,
+    fraud_ratio: float = 0.0,
+    late_ratio: float = 0.0,
+    max_lateness: timedelta = DEFAULT_MAX_LATENESS,
+    coherent_travel: bool | None = None,
 ) -> Iterator[Record]:
     """Yield ``count`` transaction records spread over ``[start, start + span)``.
 
-    The same ``(count, seed, start, span)`` always yields the same records.
+    The same arguments always yield the same records; with ``fraud_ratio`` and ``late_ratio`` 0
+    (and ``coherent_travel`` not set) they are the records this generator has always made.
+
+    ``fraud_ratio``: incidents of the four fraud scenarios injected, ``round(count * fraud_ratio)``
+    of them (at least 1), in turn (see :func:`~tx_platform.pipelines.transactions._fraud.plan_incidents`);
+    ``count`` stays the total. ``late_ratio``: share of background records emitted late, out of
+    order: each held back until the stream's event time is up to ``max_lateness`` past its own
+    (uniformly drawn; injected incidents are never delayed, their ground truth is about detection).
+    ``coherent_travel`` (default: on when ``fraud_ratio`` > 0): a card is present only in its home
+    country; abroad it buys online (ECOM) and withdraws at home ATMs. Background card-present
+    transactions then never hop countries, so the impossible-travel rule only sees injected incidents.
     """
+    coherent = fraud_ratio > 0 if coherent_travel is None else coherent_travel
+    if fraud_ratio == 0 and late_ratio == 0 and not coherent:
+        return _background(count, seed, start, span, pools, coherent=False)
+    return _with_scenarios(count, seed, start, span, pools, fraud_ratio, late_ratio, max_lateness, coherent)
+
+
+def _with_scenarios(
+    count: int,
+    seed: int,
+    start: datetime,
+    span: timedelta,
+    pools: Pools | None,
+    fraud_ratio: float,
+    late_ratio: float,
+    max_lateness: timedelta,
+    coherent: bool,
+) -> Iterator[Record]:
+    """Background records with the incidents merged in by event time, then some of them held back (late)."""
+    from tx_platform.pipelines.transactions._fraud import plan_incidents
+
+    if not 0 <= late_ratio <= 1:
+        msg = f"late_ratio must be in [0, 1], not {late_ratio}"
+        raise ConfigError(msg)
+    if max_lateness < timedelta(0):
+        msg = "max_lateness must be >= 0"
+        raise ConfigError(msg)
+    if start.tzinfo is None:
+        msg = "start must be timezone-aware (UTC)"
+        raise ConfigError(msg)
+    pools = pools or build_pools(seed)
+    incidents = plan_incidents(count, seed, start, span, fraud_ratio, pools)
+    injected = sorted((r for i in incidents for r in i.records), key=lambda r: r["event_time"])
+    if len(injected) > count:
+        msg = f"{len(incidents)} incidents need {len(injected)} records, more than the {count} asked for"
+        raise ConfigError(msg)
+    background = _background(count - len(injected), seed, start, span, pools, coherent=coherent)
+    merged = heapq.merge(background, injected, key=lambda r: r["event_time"])
+    if late_ratio == 0:
+        yield from merged
+        return
+    fraud_ids = {r["transaction_id"] for r in injected}
+    rng = random.Random(f"late-{seed}")  # noqa: S311 - reproducible synthetic data, not secrets
+    held: list[tuple[datetime, int, Record]] = []  # (release at, order, record)
+    lateness_ms = max_lateness.total_seconds() * 1000
+    for n, record in enumerate(merged):
+        at = record["event_time"]
+        while held and held[0][0] <= at:
+            yield heapq.heappop(held)[2]
+        if record["transaction_id"] not in fraud_ids and rng.random() < late_ratio:
+            heapq.heappush(held, (at + timedelta(milliseconds=rng.random() * lateness_ms), n, record))
+            continue
+        yield record
+    while held:
+        yield heapq.heappop(held)[2]
+
+
+def _background(
+    count: int,
+    seed: int,
+    start: datetime,
+    span: timedelta,
+    pools: Pools | None,
+    coherent: bool,
+) -> Iterator[Record]:
+    """The background records (see :func:`generate`); ``coherent``: card-present only at home."""
     if count < 0:
         msg = "count must be >= 0"
         raise ConfigError(msg)
@@ -253,7 +335,7 @@ def generate(
         where = choice(country_codes) if random_() < _ABROAD_SHARE else home
         roll = random_()
         if roll < _ATM_SHARE:
-            merchant = choice(atms[where])
+            merchant = choice(atms[home if coherent else where])
             channel, tx_type = "ATM", "WITHDRAWAL"
         elif roll < _ATM_SHARE + _TRANSFER_SHARE:
             merchant = hubs[home]
@@ -261,7 +343,8 @@ def generate(
         else:
             cum = cum_weights[where]
             merchant = merchants[where][bisect_left(cum, random_() * cum[-1])]
-            channel = "ECOM" if random_() < merchant.category.ecom_share else "POS"
+            # the draw first, always: a coherent stream differs from the other by the channel alone here
+            channel = "ECOM" if random_() < merchant.category.ecom_share or (coherent and where != home) else "POS"
             tx_type = "REFUND" if random_() < _REFUND_SHARE else "PURCHASE"
         site = sites[merchant.merchant_id]
         transaction_id = _uuid4_text(getrandbits(128))
