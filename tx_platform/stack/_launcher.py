@@ -35,6 +35,7 @@ from tx_platform.stack._postgres import (
     DAGSTER_DB,
     DAGSTER_ROLE,
     MONITOR_ROLE,
+    OWNER_ROLE,
     PIPELINE_ROLE,
     REGISTRY_DB,
     REGISTRY_ROLE,
@@ -62,8 +63,14 @@ storage:
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
-  config:
+concurrency:
+  runs:
     max_concurrent_runs: 2
+  # one sink run per pipeline at a time, whoever launches it: each pool (the sinks' `sink_<pipeline>`) has one
+  # slot; `op` granularity so that runs executed in-process (`dagster asset materialize`) wait for it too
+  pools:
+    default_limit: 1
+    granularity: op
 telemetry:
   enabled: false
 """
@@ -142,7 +149,7 @@ class LocalStack:
         return requested or StackLayout()
 
     def _load_secrets(self) -> dict[str, str]:
-        roles = (SUPERUSER, PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE, REGISTRY_ROLE, MONITOR_ROLE)
+        roles = (SUPERUSER, OWNER_ROLE, PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE, REGISTRY_ROLE, MONITOR_ROLE)
         stored: dict[str, str] = {}
         path = self.state_dir / _SECRETS_FILE
         if path.exists():
@@ -364,6 +371,8 @@ class LocalStack:
             "TXP_SCHEMA_REGISTRY_URL": self.registry.url,
             "TXP_POSTGRES_DSN": self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB),
             "TXP_ANALYST_DSN": self.postgres.dsn(ANALYST_ROLE, WAREHOUSE_DB),
+            # the schema's owner: `txp db migrate` runs as it (the pipeline role creates nothing)
+            "TXP_OWNER_DSN": self.postgres.dsn(OWNER_ROLE, WAREHOUSE_DB),
             "TXP_SPARK_MASTER": self.spark_master.url if self.layout.spark_workers else "local[*]",
             "TXP_PROMETHEUS_URL": f"http://127.0.0.1:{self.layout.prometheus_port}",
             "TXP_ALERTMANAGER_URL": f"http://127.0.0.1:{self.layout.alertmanager_port}",
@@ -402,7 +411,7 @@ class LocalStack:
             )
         registry.process.wait_ready(registry.ready, timeout, f"schema registry API on {registry.url}")
         # every shipped pipeline's tables, so analysts, the exporter and Dagster find them before any sink ran
-        migrate(self.postgres.dsn(PIPELINE_ROLE, WAREHOUSE_DB), PIPELINES.values())
+        migrate(self.postgres.dsn(OWNER_ROLE, WAREHOUSE_DB), PIPELINES.values())
         self._wait_spark(timeout)
         self._start_monitoring(timeout)
         self.dagster_home.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,9 @@ from tx_platform.errors import StackError
 from tx_platform.stack._process import ManagedProcess, port_in_use
 
 #: Roles and databases of the local stack. Passwords are generated per state directory.
+#: Owns the warehouse's schema and tables: ``txp db migrate`` (and ``txp stack up``) run as it.
+OWNER_ROLE = "txp_owner"
+#: Writes the pipelines' rows (SELECT, INSERT, UPDATE, DELETE, TRUNCATE); creates nothing in the schema.
 PIPELINE_ROLE = "txp_pipeline"
 ANALYST_ROLE = "txp_analyst"
 DAGSTER_ROLE = "txp_dagster"
@@ -245,14 +248,16 @@ class PostgresService:
         return True
 
     def _bootstrap(self) -> None:
-        """Roles: pipeline (owns the warehouse), analyst (read-only), dagster and registry (own databases).
+        """Roles: owner (owns the warehouse's schema; migrations run as it), pipeline (writes rows, no DDL),
+        analyst (read-only), dagster and registry (own databases).
 
-        The monitor role reads server statistics for postgres_exporter through pg_monitor.
+        The monitor role reads server statistics for postgres_exporter through pg_monitor. Idempotent, and
+        it upgrades a warehouse whose tables the pipeline role owned (before the owner role existed).
         """
         conn = psycopg2.connect(self.dsn(SUPERUSER, "postgres"))
         conn.autocommit = True
         with conn.cursor() as cur:
-            for role in (PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE, REGISTRY_ROLE, MONITOR_ROLE):
+            for role in (OWNER_ROLE, PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE, REGISTRY_ROLE, MONITOR_ROLE):
                 cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
                 verb = "ALTER" if cur.fetchone() else "CREATE"
                 cur.execute(
@@ -262,7 +267,7 @@ class PostgresService:
                 )
             cur.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(MONITOR_ROLE)))
             for database, owner in (
-                (WAREHOUSE_DB, PIPELINE_ROLE),
+                (WAREHOUSE_DB, OWNER_ROLE),
                 (DAGSTER_DB, DAGSTER_ROLE),
                 (REGISTRY_DB, REGISTRY_ROLE),
             ):
@@ -271,10 +276,20 @@ class PostgresService:
                     cur.execute(
                         sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(owner))
                     )
+                cur.execute(
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(owner))
+                )
                 cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)))
                 cur.execute(
                     sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(sql.Identifier(database), sql.Identifier(owner))
                 )
+            # the pipeline: its sessions' temporary staging tables; CREATE on the database lets it make a schema
+            # of its own (the tests' scratch schemas), never objects in the warehouse's schema
+            cur.execute(
+                sql.SQL("GRANT CONNECT, TEMPORARY, CREATE ON DATABASE {} TO {}").format(
+                    sql.Identifier(WAREHOUSE_DB), sql.Identifier(PIPELINE_ROLE)
+                )
+            )
             cur.execute(
                 sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
                     sql.Identifier(WAREHOUSE_DB), sql.Identifier(ANALYST_ROLE)
@@ -283,17 +298,39 @@ class PostgresService:
         conn.close()
         conn = psycopg2.connect(self.dsn(SUPERUSER, WAREHOUSE_DB))
         conn.autocommit = True
+        owner, pipeline, analyst = (sql.Identifier(r) for r in (OWNER_ROLE, PIPELINE_ROLE, ANALYST_ROLE))
         with conn.cursor() as cur:
-            # only the pipeline creates objects; the analyst reads what the pipeline creates
+            # only the owner creates objects in the schema; the pipeline writes rows, the analyst reads
             cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-            cur.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(PIPELINE_ROLE)))
-            cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(ANALYST_ROLE)))
+            cur.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(owner))
+            cur.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(pipeline))
+            # a warehouse from before the owner role: its tables and views move to the owner
             cur.execute(
-                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(
-                    sql.Identifier(PIPELINE_ROLE), sql.Identifier(ANALYST_ROLE)
+                "SELECT c.relkind, c.relname FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "
+                "AND c.relowner = %s::regrole AND c.relkind IN ('r', 'p', 'v', 'm') ORDER BY c.oid",
+                (PIPELINE_ROLE,),
+            )
+            for kind, name in cur.fetchall():
+                what = sql.SQL("VIEW" if kind == "v" else "MATERIALIZED VIEW" if kind == "m" else "TABLE")
+                cur.execute(sql.SQL("ALTER {} {} OWNER TO {}").format(what, sql.Identifier(name), owner))
+            cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}, {}").format(pipeline, analyst))
+            for grant in (
+                "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON {what} TO {pipeline}",
+                "GRANT USAGE, SELECT, UPDATE ON {seqs} TO {pipeline}",
+                "GRANT SELECT ON {what} TO {analyst}",
+            ):
+                for scope, prefix in (
+                    ("ALL {} IN SCHEMA public", ""),
+                    ("{}", "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public "),
+                ):
+                    statement = prefix + grant.replace("{what}", scope.format("TABLES")).replace(
+                        "{seqs}", scope.format("SEQUENCES")
+                    )
+                    cur.execute(sql.SQL(statement).format(owner=owner, pipeline=pipeline, analyst=analyst))
+            # the migrations' record is the owner's alone (the grants above gave the pipeline rows of it)
+            cur.execute("SELECT to_regclass('public.schema_migrations') IS NOT NULL")
+            if cur.fetchone()[0]:
+                cur.execute(
+                    sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON schema_migrations FROM {}").format(pipeline)
                 )
-            )
-            cur.execute(
-                sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(ANALYST_ROLE))
-            )
         conn.close()

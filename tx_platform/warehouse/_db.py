@@ -56,11 +56,14 @@ def transaction(dsn: str) -> Iterator[Connection]:
 
 
 def ensure_schema(dsn: str, specs: Iterable[PipelineSpec] = ()) -> None:
-    """Apply the pending migrations of the shared tables and of ``specs`` (:func:`migrate`); idempotent.
+    """Apply the pending migrations of the shared tables and of ``specs`` (:func:`migrate`), if any.
 
-    Kept for callers from before versioned migrations; a warehouse already migrated runs no DDL here
-    (nothing pending, the CHECKs and partitions already as wanted), so any role with access may call it.
+    Kept for callers from before versioned migrations. A warehouse already migrated runs nothing here
+    (not even the CHECKs' and partitions' upkeep, which is ``migrate``'s), so the pipeline role, which
+    may create nothing, can call it; with migrations pending, it needs the owner's DSN.
     """
-    from tx_platform.warehouse._migrate import migrate
+    from tx_platform.warehouse._migrate import migrate, migration_status
 
-    migrate(dsn, list(specs))
+    chosen = list(specs)
+    if migration_status(dsn, chosen)[1]:
+        migrate(dsn, chosen)

@@ -52,7 +52,20 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     checksum   text        NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (scope, version)
-)
+);
+-- the record is the owner's alone: default privileges may have given another role (the pipeline) its rows
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT a.grantee::regrole::text AS grantee
+             FROM pg_class c, aclexplode(c.relacl) a
+             WHERE c.oid = 'schema_migrations'::regclass AND a.grantee NOT IN (0, c.relowner)
+               AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') LOOP
+        EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON schema_migrations FROM %s', r.grantee);
+    END LOOP;
+END
+$$;
 """
 
 

@@ -18,7 +18,7 @@ import psycopg2
 import pytest
 
 from tx_platform.stack import LocalStack, StackLayout
-from tx_platform.stack._postgres import PIPELINE_ROLE, WAREHOUSE_DB
+from tx_platform.stack._postgres import OWNER_ROLE, WAREHOUSE_DB
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -61,11 +61,12 @@ def _start_and_query(stack: LocalStack) -> None:
     pg.start(timeout=60)
     (row,) = [r for r in stack.status() if r.name == "postgres"]
     assert row.running, "status must find the running server"
-    with psycopg2.connect(pg.dsn(PIPELINE_ROLE, WAREHOUSE_DB)) as conn, conn.cursor() as cur:
+    # the warehouse's owner creates tables (the pipeline role only writes rows)
+    with psycopg2.connect(pg.dsn(OWNER_ROLE, WAREHOUSE_DB)) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS private_dir_probe (x int)")
         cur.execute("INSERT INTO private_dir_probe VALUES (1)")
         cur.execute("SELECT current_user, count(*) FROM private_dir_probe")
-        assert cur.fetchone() == (PIPELINE_ROLE, 1)
+        assert cur.fetchone() == (OWNER_ROLE, 1)
     conn.close()
 
 
