@@ -11,6 +11,8 @@ Topic names become key names with :func:`~tx_platform.pipelines.asset_name` (``c
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol, cast
 
 from dagster import (
     AssetChecksDefinition,
@@ -19,21 +21,25 @@ from dagster import (
     AssetsDefinition,
     AssetSelection,
     AssetSpec,
+    Backoff,
     Definitions,
+    FreshnessPolicy,
     JobDefinition,
     MaterializeResult,
     MetadataValue,
+    RetryPolicy,
     ScheduleDefinition,
     SensorDefinition,
     SourceAsset,
+    TableColumn,
+    TableColumnConstraints,
+    TableSchema,
     asset,
+    build_schedule_from_partitioned_job,
     define_asset_job,
     multi_asset,
+    with_source_code_references,
 )
-
-# not exported by dagster, but what define_asset_job and build_schedule_from_partitioned_job return
-from dagster._core.definitions.partitions.partitioned_schedule import UnresolvedPartitionedAssetScheduleDefinition
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster_pyspark import LazyPySparkResource
 from psycopg2 import sql
 
@@ -43,10 +49,31 @@ from tx_platform.errors import ConfigError
 from tx_platform.pipelines import PipelineSpec, asset_name, resolve_ref
 from tx_platform.resources import KafkaResource, PostgresResource, SettingsResource, compute_lag
 
-#: A job as the Definitions take it: ``define_asset_job``'s (resolved later) or a ``@job``.
-Job = JobDefinition | UnresolvedAssetJobDefinition
+
+class AssetJob(Protocol):
+    """What ``define_asset_job`` returns (resolved by the Definitions later), as far as this module uses it."""
+
+    @property
+    def name(self) -> str:
+        """The job's name."""
+        ...
+
+    @property
+    def selection(self) -> AssetSelection:
+        """The assets (and checks) it runs."""
+        ...
+
+
+# dagster exports neither class: they are taken from what its public constructors return, never imported from
+# its private modules (which move between releases)
+_UNRESOLVED_JOB: type = type(define_asset_job("_txp_probe", selection=AssetSelection.assets()))
+_UNRESOLVED_SCHEDULE: type = type(build_schedule_from_partitioned_job(define_asset_job("_txp_probe")))
+
+#: A job as the Definitions take it: a ``@job``'s ``JobDefinition`` or ``define_asset_job``'s (resolved later,
+#: an :class:`AssetJob`); typed loosely because dagster does not export the latter's class.
+Job = Any
 #: A schedule as the Definitions take it (``build_schedule_from_partitioned_job``'s is resolved later).
-Schedule = ScheduleDefinition | UnresolvedPartitionedAssetScheduleDefinition
+Schedule = Any
 #: What a pipeline's ``derived_assets(spec)`` may return, as a sequence (or a whole ``Definitions``).
 DerivedDefinition = AssetsDefinition | AssetSpec | SourceAsset | Job | Schedule | SensorDefinition
 
@@ -101,12 +128,12 @@ class PipelineDefinitions:
         return pipeline_keys(self.spec)
 
     @property
-    def sink_job(self) -> UnresolvedAssetJobDefinition:
+    def sink_job(self) -> AssetJob:
         """``<name>_sink_job``: the sink's tables and every unpartitioned derived asset, with their checks."""
         name = sink_job_name(self.spec)
         job = next(j for j in self.jobs if j.name == name)
-        assert isinstance(job, UnresolvedAssetJobDefinition)  # noqa: S101 - built by _sink_job
-        return job
+        assert isinstance(job, _UNRESOLVED_JOB)  # noqa: S101 - built by _sink_job
+        return cast("AssetJob", job)
 
     @property
     def materializable(self) -> list[AssetsDefinition]:
@@ -185,9 +212,9 @@ def _sorted(spec: PipelineSpec, items: Iterable[object]) -> PipelineDefinitions:
             assets.append(item)
         elif isinstance(item, AssetSpec | SourceAsset):
             assets.append(item)
-        elif isinstance(item, JobDefinition | UnresolvedAssetJobDefinition):
+        elif isinstance(item, JobDefinition | _UNRESOLVED_JOB):
             jobs.append(item)
-        elif isinstance(item, ScheduleDefinition | UnresolvedPartitionedAssetScheduleDefinition):
+        elif isinstance(item, ScheduleDefinition | _UNRESOLVED_SCHEDULE):
             schedules.append(item)
         elif isinstance(item, SensorDefinition):
             sensors.append(item)
@@ -211,19 +238,66 @@ def derived_definitions(spec: PipelineSpec) -> PipelineDefinitions:
     return _sorted(spec, [returned] if isinstance(returned, Definitions) else returned)
 
 
-def _topic_asset(spec: PipelineSpec, key: AssetKey, topic: str, dead_letter: bool) -> AssetsDefinition:
+#: Who answers for the pipelines' assets (shown in the UI).
+OWNERS = ["team:data-platform"]
+#: ``warehouse/<table>`` is late when no sink run materialized it for this long (warn) or this long (fail).
+TABLE_FRESHNESS = FreshnessPolicy.time_window(fail_window=timedelta(hours=6), warn_window=timedelta(hours=1))
+#: Creating a topic is idempotent: a broker that was briefly unreachable costs a retry, not the run.
+TOPIC_RETRY_POLICY = RetryPolicy(max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL)
+
+
+def sink_pool(spec: PipelineSpec) -> str:
+    """``sink_<name>``: the Dagster concurrency pool of the pipeline's sink (limit 1 in the stack's instance)."""
+    return f"sink_{spec.name}"
+
+
+def table_column_schema(spec: PipelineSpec) -> TableSchema:
+    """The pipeline table's columns: the contract's fields (types, nullability, the natural key), then the
+    source columns every row carries (its Kafka coordinates and ingestion time)."""
+    columns = [
+        TableColumn(
+            f.name,
+            f.postgres_type,
+            description=f"enum: {', '.join(f.enum_symbols)}" if f.enum_symbols else None,
+            constraints=TableColumnConstraints(nullable=f.nullable, unique=f.name == spec.natural_key),
+        )
+        for f in spec.contract.fields
+    ]
+    columns += [
+        TableColumn("kafka_topic", "text", "Topic the row was read from.", TableColumnConstraints(nullable=False)),
+        TableColumn("kafka_partition", "integer", "Its partition.", TableColumnConstraints(nullable=False)),
+        TableColumn("kafka_offset", "bigint", "Its offset.", TableColumnConstraints(nullable=False)),
+        TableColumn(
+            "ingested_at", "timestamptz", "When the sink committed it.", TableColumnConstraints(nullable=False)
+        ),
+    ]
+    return TableSchema(columns=columns)
+
+
+def _tags(spec: PipelineSpec, layer: str) -> dict[str, str]:
+    return {"txp/pipeline": spec.name, "txp/layer": layer}
+
+
+def _topic_asset(
+    spec: PipelineSpec, key: AssetKey, topic: str, dead_letter: bool, deps: Sequence[AssetKey] = ()
+) -> AssetsDefinition:
     config = {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)} if dead_letter else None
     what = (
-        f"Dead-letter topic of `{spec.topic}`: records the sink rejected (the quarantine table holds the same, "
-        "with reasons)."
+        f"Dead-letter topic of `{spec.topic}`: records the sink rejected, sent by the sink after it commits them "
+        "to the quarantine table (which holds the same, with reasons)."
         if dead_letter
         else f"Kafka topic of the `{spec.name}` pipeline (key = {spec.kafka_key}, values: {spec.subject})."
     )
 
     @asset(
         key=key,
+        deps=list(deps),
         group_name=spec.name,
         kinds={"kafka"},
+        owners=OWNERS,
+        tags=_tags(spec, "dead_letter" if dead_letter else "source"),
+        metadata={"topic": topic},
+        retry_policy=TOPIC_RETRY_POLICY,
         description=f"{what} Materializing creates it if missing and records its partitions and end offsets.",
     )
     def _topic(kafka: KafkaResource, settings: SettingsResource) -> MaterializeResult:
@@ -247,7 +321,7 @@ def _sink_asset(spec: PipelineSpec, keys: PipelineKeys) -> AssetsDefinition:
     # said on both tables: the sink is one Spark query whatever the selection
     both = (
         f" The sink writes `{spec.table}` and `quarantine` together (each Kafka record goes to exactly one of "
-        "them), so selecting either table or both runs it once."
+        f"them), so selecting either table or both runs it once; one sink run at a time (pool `{sink_pool(spec)}`)."
     )
 
     @multi_asset(
@@ -258,6 +332,14 @@ def _sink_asset(spec: PipelineSpec, keys: PipelineKeys) -> AssetsDefinition:
                 deps=[keys.topic],
                 group_name=spec.name,
                 kinds={"spark", "postgres"},
+                owners=OWNERS,
+                tags=_tags(spec, "warehouse"),
+                freshness_policy=TABLE_FRESHNESS,
+                metadata={
+                    "dagster/column_schema": table_column_schema(spec),
+                    "dagster/table_name": f"txp.public.{spec.table}",
+                    "natural_key": spec.natural_key,
+                },
                 description=f"Postgres `{spec.table}`: every valid record of `{spec.topic}` once, upserted on "
                 f"{spec.natural_key} by the Spark sink (AvailableNow: each materialization processes everything "
                 "new, then stops)." + both,
@@ -267,12 +349,18 @@ def _sink_asset(spec: PipelineSpec, keys: PipelineKeys) -> AssetsDefinition:
                 deps=[keys.topic],
                 group_name=spec.name,
                 kinds={"postgres"},
+                owners=OWNERS,
+                tags=_tags(spec, "warehouse"),
+                metadata={"dagster/table_name": "txp.public.quarantine"},
                 description=f"The rows of Postgres `quarantine` from `{spec.topic}`: records the sink rejected, "
                 "with raw bytes, error code and reason (also sent to the dead-letter topic)." + both,
             ),
         ],
         can_subset=True,
         op_tags={"txp/sink": spec.name},
+        # whoever launches it (the lag sensor, the UI, the CLI, a backfill), one sink run per pipeline at a time:
+        # two would race on the same checkpoint
+        pool=sink_pool(spec),
     )
     def _sink(
         context: AssetExecutionContext,
@@ -325,7 +413,7 @@ def _sink_asset(spec: PipelineSpec, keys: PipelineKeys) -> AssetsDefinition:
 
 def _sink_job(
     spec: PipelineSpec, keys: PipelineKeys, derived: Sequence[AssetsDefinition | AssetSpec | SourceAsset]
-) -> UnresolvedAssetJobDefinition:
+) -> AssetJob:
     followers = sorted(
         (k for a in derived if isinstance(a, AssetsDefinition) and a.partitions_def is None for k in a.keys),
         key=lambda k: k.to_user_string(),
@@ -388,12 +476,15 @@ def build_pipeline_assets(spec: PipelineSpec) -> PipelineDefinitions:
         raise ConfigError(msg)
     own = (
         _topic_asset(spec, keys.topic, spec.topic, dead_letter=False),
-        _topic_asset(spec, keys.dlq, spec.dlq_topic, dead_letter=True),
+        # the sink writes the DLQ (after committing the quarantine rows): downstream of both its tables
+        _topic_asset(spec, keys.dlq, spec.dlq_topic, dead_letter=True, deps=keys.sink),
         _sink_asset(spec, keys),
     )
+    # links from the UI to each asset's code
+    assets = with_source_code_references([*own, *derived.assets])
     return PipelineDefinitions(
         spec,
-        assets=(*own, *derived.assets),
+        assets=tuple(a for a in assets if isinstance(a, AssetsDefinition | AssetSpec | SourceAsset)),
         asset_checks=(*build_sink_checks(spec), *derived.asset_checks),
         jobs=(_sink_job(spec, keys, derived.assets), *derived.jobs),
         schedules=derived.schedules,

@@ -1,4 +1,5 @@
-"""Dagster definitions of tx_platform (`dagster dev -m tx_platform.definitions`): every shipped pipeline.
+"""Dagster definitions of tx_platform (`dagster dev -m tx_platform.definitions`): every shipped pipeline, and the
+run-failure sensor over all of them.
 
 This module is an edge: it reads the environment once. Unset TXP_* variables fall back to the
 running local stack (``<state_dir>/stack.env``) and then to local defaults, so the same code
@@ -18,7 +19,7 @@ from tx_platform.assets import PipelineDefinitions, build_pipeline_assets
 from tx_platform.config import Settings, load_settings
 from tx_platform.pipelines import PIPELINES, PipelineSpec
 from tx_platform.resources import KafkaResource, PostgresResource, SettingsResource
-from tx_platform.sensors import build_lag_sensor
+from tx_platform.sensors import build_lag_sensor, build_run_failure_sensor
 from tx_platform.stack import resolve_artifacts
 
 
@@ -47,8 +48,11 @@ def build_resources(settings: Settings) -> dict[str, object]:
 def build_definitions(settings: Settings, pipelines: Iterable[PipelineSpec] | None = None) -> Definitions:
     """The definitions of ``pipelines`` (default: every shipped one), each its own group, wired to ``settings``."""
     specs = PIPELINES.values() if pipelines is None else pipelines
-    parts = [pipeline_definitions(spec).to_definitions() for spec in specs]
-    return Definitions.merge(*parts, Definitions(resources=build_resources(settings)))
+    built = [pipeline_definitions(spec) for spec in specs]
+    return Definitions.merge(
+        *(p.to_definitions() for p in built),
+        Definitions(sensors=[build_run_failure_sensor(built)], resources=build_resources(settings)),
+    )
 
 
 defs = build_definitions(load_settings())

@@ -1,15 +1,23 @@
-"""Sensors: run a pipeline's sink job when its Kafka lag reaches a threshold, retry failed runs with backoff."""
+"""Sensors: run a pipeline's sink job when its Kafka lag reaches a threshold, retry failed runs with backoff;
+log every failed run and count it on the Pushgateway.
+
+Public Dagster API only (``@sensor(target=...)``, ``@run_failure_sensor``): nothing from ``dagster._``.
+"""
 
 import json
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any
 
 from dagster import (
+    AssetKey,
     AssetObservation,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
+    RunFailureSensorContext,
     RunRecord,
     RunRequest,
     RunsFilter,
@@ -17,10 +25,14 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    run_failure_sensor,
     sensor,
 )
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.exposition import push_to_gateway
 
-from tx_platform.assets import pipeline_keys
+from tx_platform.assets import PipelineDefinitions, pipeline_keys
 from tx_platform.errors import TopicNotFoundError
 from tx_platform.pipelines import PipelineSpec
 from tx_platform.resources import KafkaResource, Lag, PostgresResource, SettingsResource, compute_lag
@@ -30,15 +42,6 @@ _FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatu
 _FAILED = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 #: Failures looked at to count a streak; the backoff reaches its cap long before, so more changes nothing.
 _MAX_COUNTED_FAILURES = 100
-
-
-class NamedJob(Protocol):
-    """What the sensor needs of its job: the name (a ``@job`` or what ``define_asset_job`` returns)."""
-
-    @property
-    def name(self) -> str:
-        """The job's name, as the Definitions know it."""
-        ...
 
 
 def retry_delay_seconds(failures: int, base_seconds: float, max_seconds: float) -> float:
@@ -103,7 +106,7 @@ def _ahead_message(spec: PipelineSpec, lag: Lag) -> str:
     )
 
 
-def build_lag_sensor(spec: PipelineSpec, sink_job: NamedJob, minimum_interval_seconds: int = 30) -> SensorDefinition:
+def build_lag_sensor(spec: PipelineSpec, sink_job: Any, minimum_interval_seconds: int = 30) -> SensorDefinition:  # noqa: ANN401 - a @job or what define_asset_job returns
     """A sensor ``<name>_lag_sensor`` that requests ``sink_job`` when the pipeline's lag >= TXP_LAG_THRESHOLD.
 
     Lag = end offsets of ``spec.topic`` - offsets the sink committed to Postgres. Each evaluation
@@ -114,10 +117,9 @@ def build_lag_sensor(spec: PipelineSpec, sink_job: NamedJob, minimum_interval_se
     """
     topic_key = pipeline_keys(spec).topic
 
-    # by name, so any job object works; the Definitions resolve it (sink_job is in their jobs)
     @sensor(
         name=f"{spec.name}_lag_sensor",
-        job_name=sink_job.name,
+        target=sink_job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Runs {sink_job.name} when the lag of `{spec.topic}` (end offsets - offsets committed to "
@@ -181,3 +183,89 @@ def build_lag_sensor(spec: PipelineSpec, sink_job: NamedJob, minimum_interval_se
         return SensorResult(run_requests=[RunRequest(run_key=run_key, tags=tags)], asset_events=events, cursor=cursor)
 
     return lag_sensor
+
+
+#: The failed-runs counter, pushed to the Pushgateway under grouping key ``{job=<Dagster job>, pipeline}``.
+FAILED_RUNS_METRIC = "txp_dagster_failed_runs_total"
+#: Runs whose pipeline no tag or asset tells.
+UNKNOWN_PIPELINE = "unknown"
+#: Failed runs of one job counted at most (the counter is recomputed from the instance at each failure).
+_MAX_COUNTED_RUNS = 10_000
+
+
+def pipeline_of_run(run: DagsterRun, pipelines_by_key: Mapping[AssetKey, str]) -> str:
+    """The pipeline a run belongs to: its ``txp/pipeline`` or ``txp/sink`` tag, else the pipeline of the first of
+    its selected assets (runs of ``dagster asset materialize`` carry no tags of ours)."""
+    tagged = run.tags.get("txp/pipeline") or run.tags.get("txp/sink")
+    if tagged:
+        return tagged
+    keys = sorted(run.asset_selection or (), key=lambda k: k.to_user_string())
+    return next((pipelines_by_key[k] for k in keys if k in pipelines_by_key), UNKNOWN_PIPELINE)
+
+
+def failed_runs_total(
+    instance: DagsterInstance, job_name: str, pipeline: str, pipelines_by_key: Mapping[AssetKey, str]
+) -> int:
+    """Failed runs of ``job_name`` for ``pipeline`` the instance holds: the counter's value, recomputed.
+
+    Counting from the instance (not adding one per failure in memory) keeps the total right across
+    sensor restarts and daemon crashes, and a restarted Pushgateway gets it back at the next failure.
+    """
+    runs = instance.get_runs(
+        filters=RunsFilter(job_name=job_name, statuses=[DagsterRunStatus.FAILURE]), limit=_MAX_COUNTED_RUNS
+    )
+    return sum(1 for run in runs if pipeline_of_run(run, pipelines_by_key) == pipeline)
+
+
+def push_failed_runs(gateway_url: str, job_name: str, pipeline: str, total: int, timeout: float = 5.0) -> None:
+    """PUT ``txp_dagster_failed_runs_total`` = ``total`` to the group ``{job=job_name, pipeline}``.
+
+    The group's labels become the sample's labels on the gateway:
+    ``txp_dagster_failed_runs_total{job="<job>",pipeline="<pipeline>"}``.
+    """
+
+    class _Collector:
+        def collect(self) -> Iterator[CounterMetricFamily]:
+            family = CounterMetricFamily(
+                FAILED_RUNS_METRIC.removesuffix("_total"), "Dagster runs that ended in failure, per pipeline and job."
+            )
+            family.add_metric([], total)
+            yield family
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector())  # type: ignore[arg-type]
+    push_to_gateway(gateway_url, job=job_name, grouping_key={"pipeline": pipeline}, registry=registry, timeout=timeout)
+
+
+def build_run_failure_sensor(pipelines: Iterable[PipelineDefinitions]) -> SensorDefinition:
+    """``txp_run_failure_sensor`` (RUNNING by default): logs each failed run of the code location and pushes
+    ``txp_dagster_failed_runs_total{pipeline,job}`` to the Pushgateway (``TXP_PUSHGATEWAY_URL``).
+
+    A gateway that is down costs one warning in the sensor's log, never the sensor.
+    """
+    pipelines_by_key = {
+        key: p.spec.name for p in pipelines for key in (*p.keys.sink, p.keys.topic, p.keys.dlq, *p.derived_keys)
+    }
+
+    @run_failure_sensor(
+        name="txp_run_failure_sensor",
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description=f"Logs every failed run and pushes {FAILED_RUNS_METRIC}{{pipeline,job}} (failed runs the "
+        "instance holds, per pipeline and job) to the Pushgateway.",
+    )
+    def txp_run_failure_sensor(context: RunFailureSensorContext, settings: SettingsResource) -> None:
+        run = context.dagster_run
+        pipeline = pipeline_of_run(run, pipelines_by_key)
+        reason = context.failure_event.message or "(no message)"
+        context.log.error(f"run {run.run_id} of {run.job_name} ({pipeline}) failed: {reason}")
+        total = failed_runs_total(context.instance, run.job_name, pipeline, pipelines_by_key)
+        url = settings.settings.pushgateway_url
+        try:
+            push_failed_runs(url, run.job_name, pipeline, total)
+        except OSError as exc:
+            context.log.warning(f"could not push {FAILED_RUNS_METRIC} to {url}: {exc}")
+        else:
+            context.log.info(f"{FAILED_RUNS_METRIC}{{job={run.job_name!r},pipeline={pipeline!r}}} = {total}")
+
+    return txp_run_failure_sensor

@@ -31,6 +31,9 @@ GROUPS = {
         "warehouse/transactions",
         "warehouse/quarantine",
         "warehouse/daily_merchant_summary",
+        "warehouse/daily_category_volume",
+        "warehouse/customer_daily_spend",
+        "warehouse/hourly_volume",
     },
     "crypto_trades": {
         "kafka/crypto_trades",
@@ -68,11 +71,14 @@ def test_definitions_hold_every_pipeline_as_its_own_group() -> None:
     assert groups == GROUPS
 
     repository = defs.get_repository_def()
-    sensors = {s.name: s.job_name for s in repository.sensor_defs}
+    others = {"txp_run_failure_sensor", "transactions_automation_sensor"}
+    sensors = {s.name: s.job_name for s in repository.sensor_defs if s.name not in others}
     assert sensors == {
         "transactions_lag_sensor": "transactions_sink_job",
         "crypto_trades_lag_sensor": "crypto_trades_sink_job",
     }
+    # no default automation sensor (STOPPED by default): the pipeline's own covers every automated asset
+    assert {s.name for s in repository.sensor_defs} - set(sensors) == others
     # each sink job runs the sink's two tables and every unpartitioned derived asset of its pipeline
     sink_jobs = {
         name: {k.to_user_string() for k in defs.resolve_job_def(name).asset_layer.selected_asset_keys}
@@ -82,17 +88,22 @@ def test_definitions_hold_every_pipeline_as_its_own_group() -> None:
         "transactions_sink_job": {"warehouse/transactions", "warehouse/quarantine"},
         "crypto_trades_sink_job": GROUPS["crypto_trades"] - {"kafka/crypto_trades", "kafka/crypto_trades_dlq"},
     }
-    assert defs.resolve_job_def("daily_merchant_summary_job").asset_layer.selected_asset_keys == {
-        AssetKey(["warehouse", "daily_merchant_summary"])
+    assert {
+        k.to_user_string() for k in defs.resolve_job_def("transactions_daily_job").asset_layer.selected_asset_keys
+    } == {
+        "warehouse/daily_merchant_summary",
+        "warehouse/daily_category_volume",
+        "warehouse/customer_daily_spend",
+        "warehouse/hourly_volume",
     }
     assert {s.name: s.job_name for s in repository.schedule_defs} == {
-        "daily_merchant_summary_job_schedule": "daily_merchant_summary_job"
+        "transactions_daily_schedule": "transactions_daily_job"
     }
     assert {j.name for j in repository.get_all_jobs()} == {
         "__ASSET_JOB",  # the implicit job `dagster asset materialize --select` builds its runs from
         "transactions_sink_job",
         "crypto_trades_sink_job",
-        "daily_merchant_summary_job",
+        "transactions_daily_job",
     }
     assert set(defs.resources or {}) == {"kafka", "postgres", "pyspark", "settings"}
 
@@ -105,14 +116,17 @@ def test_each_sink_table_has_its_pipelines_checks() -> None:
         ("warehouse/transactions", "no_unexplained_loss"),
         ("warehouse/transactions", "transactions_match_contract"),
         ("warehouse/quarantine", "dlq_matches_quarantine"),
-        ("warehouse/daily_merchant_summary", "matches_schema"),
-        ("warehouse/daily_merchant_summary", "reconciles_with_transactions"),
+        *(
+            (f"warehouse/{table}", check)
+            for table in ("daily_merchant_summary", "daily_category_volume", "customer_daily_spend", "hourly_volume")
+            for check in ("matches_schema", "reconciles_with_transactions")
+        ),
         ("warehouse/crypto_trades", "no_unexplained_loss"),
         ("warehouse/crypto_trades", "crypto_trades_match_contract"),
         ("warehouse/crypto_trades_quarantine", "dlq_matches_quarantine"),
     } <= checks
     transactions = {c for c in checks if c[0] in GROUPS["transactions"]}
-    assert len(transactions) == 5  # nothing else on the transactions pipeline's assets
+    assert len(transactions) == 11  # nothing else on the transactions pipeline's assets
 
 
 def test_the_settings_resource_carries_what_the_environment_would_not() -> None:
@@ -141,6 +155,9 @@ def test_a_pipeline_on_another_topic_gets_keys_of_its_own() -> None:
         "kafka__tx_0123abcd_dlq",
         "transactions_sink",
         "warehouse__daily_merchant_summary",
+        "warehouse__daily_category_volume",
+        "warehouse__customer_daily_spend",
+        "warehouse__hourly_volume",
         "warehouse__transactions_no_unexplained_loss",
         "warehouse__transactions_transactions_match_contract",
         "warehouse__quarantine_dlq_matches_quarantine",
@@ -184,7 +201,7 @@ def test_unpartitioned_derived_assets_follow_the_sink_and_partitioned_ones_do_no
         AssetKey(["warehouse", "minute_stats"]),
     }
     assert [j.name for j in built.jobs] == ["demo_pipe_sink_job", "day_stats_job"]
-    assert built.partitioned_assets() == [day_stats]
+    assert [a.key for a in built.partitioned_assets()] == [day_stats.key]
     assert minute_stats_positive in built.asset_checks
     # a Definitions object is taken apart the same way
     as_definitions = build_pipeline_assets(_with_derived(Definitions(assets=[minute_stats], jobs=[job])))
