@@ -711,7 +711,7 @@ def fraud() -> None:
     help="Only incidents produced and alerts detected at or after this UTC time.",
 )
 def fraud_report_command(topic: str | None, seed: int | None, since: datetime | None) -> None:
-    """Per-scenario injected/detected, recall and precision as JSON; exit 1 unless recall = 100% and precision >= 99%."""
+    """Per-scenario injected/detected, recall and precision (JSON); exit 1 unless recall = 100%, precision >= 99%."""
     from tx_platform.pipelines.transactions._fraud import fraud_report
     from tx_platform.warehouse import connect
 
