@@ -166,7 +166,8 @@ def sync_late_flag(cur: Any, spec: PipelineSpec) -> bool:  # noqa: ANN401 - a cu
 
     A generated column's expression cannot be altered (PostgreSQL 15): the column is dropped and added
     again, which rewrites the table; rare (a configuration change), and done by the owner in ``migrate``.
-    Nothing happens when the table has no such column.
+    Views that read the flag are dropped first and made again from their definitions (their grants come
+    back from the schema's default privileges). Nothing happens when the table has no such column.
     """
     cur.execute(
         "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a "
@@ -181,6 +182,19 @@ def sync_late_flag(cur: Any, spec: PipelineSpec) -> bool:  # noqa: ANN401 - a cu
     cur.execute("SELECT %s::interval = %s", (match.group(1) if match else "-1 second", spec.allowed_lateness))
     if cur.fetchone()[0]:
         return False
+    # views reading the flag (the analyst views) are dropped and made again from their own definitions
+    cur.execute(
+        "SELECT DISTINCT v.oid, v.oid::regclass::text, pg_get_viewdef(v.oid) FROM pg_depend d "
+        "JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class "
+        "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+        "WHERE d.refobjid = to_regclass(%s) AND a.attname = %s AND v.relkind = 'v' ORDER BY v.oid",
+        (spec.table, LATE_COLUMN),
+    )
+    views = [(name, definition) for _, name, definition in cur.fetchall()]
+    for name, _ in reversed(views):
+        cur.execute(f"DROP VIEW {name}")
     cur.execute(f"ALTER TABLE {spec.table} DROP COLUMN {LATE_COLUMN}")
     cur.execute(late_column_ddl(spec))
+    for name, definition in views:
+        cur.execute(f"CREATE VIEW {name} AS {definition}")
     return True

@@ -178,6 +178,8 @@ def test_a_changed_allowed_lateness_rebuilds_the_flag_on_migrate(scratch_dsn: st
     stricter = dataclasses.replace(TRANSACTIONS, allowed_lateness=timedelta(minutes=1))
     assert migrate(scratch_dsn, [stricter]) == []  # no file applied; the flag follows the spec
     assert _rows(scratch_dsn, "SELECT late FROM transactions") == [(True,)]
+    # the views that read the flag were made again, and read the new one
+    assert _rows(scratch_dsn, "SELECT transactions, late_transactions FROM daily_revenue") == [(1, 1)]
 
 
 def test_partition_names_and_days() -> None:
