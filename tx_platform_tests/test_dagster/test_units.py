@@ -34,6 +34,8 @@ GROUPS = {
         "warehouse/daily_category_volume",
         "warehouse/customer_daily_spend",
         "warehouse/hourly_volume",
+        "warehouse/fraud_alerts",
+        "kafka/fraud_alerts",
     },
     "crypto_trades": {
         "kafka/crypto_trades",
@@ -85,7 +87,12 @@ def test_definitions_hold_every_pipeline_as_its_own_group() -> None:
         for name in sensors.values()
     }
     assert sink_jobs == {
-        "transactions_sink_job": {"warehouse/transactions", "warehouse/quarantine"},
+        "transactions_sink_job": {
+            "warehouse/transactions",
+            "warehouse/quarantine",
+            "warehouse/fraud_alerts",
+            "kafka/fraud_alerts",
+        },
         "crypto_trades_sink_job": GROUPS["crypto_trades"] - {"kafka/crypto_trades", "kafka/crypto_trades_dlq"},
     }
     assert {
@@ -154,6 +161,7 @@ def test_a_pipeline_on_another_topic_gets_keys_of_its_own() -> None:
         "kafka__tx_0123abcd",
         "kafka__tx_0123abcd_dlq",
         "transactions_sink",
+        "transactions_fraud",
         "warehouse__daily_merchant_summary",
         "warehouse__daily_category_volume",
         "warehouse__customer_daily_spend",

@@ -55,6 +55,7 @@ from tx_platform.checks._markdown import markdown_table, pandera_failures
 from tx_platform.contract import EARLIEST_EVENT_TIME
 from tx_platform.errors import ConfigError
 from tx_platform.pipelines import PipelineSpec
+from tx_platform.pipelines.transactions._fraud_assets import fraud_assets
 from tx_platform.pipelines.transactions._summary import (
     DERIVED_TABLES,
     SUMMARY_TABLE,
@@ -276,7 +277,7 @@ def derived_assets(spec: PipelineSpec) -> list[DerivedDefinition]:
         description="Evaluates the daily derived assets' automation conditions: after a sink run whose blocking "
         "checks passed, yesterday and today of each are rebuilt.",
     )
-    return [*assets, job, daily_schedule, automation]
+    return [*assets, job, daily_schedule, automation, *fraud_assets(spec)]
 
 
 def describe_partitions(partitions: DailyPartitionsDefinition) -> str:
