@@ -9,6 +9,7 @@ Topic names become key names with :func:`~tx_platform.pipelines.asset_name` (``c
 ``kafka/crypto_trades``).
 """
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -274,6 +275,96 @@ def table_column_schema(spec: PipelineSpec) -> TableSchema:
     return TableSchema(columns=columns)
 
 
+_CREATE = re.compile(r"CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+(\w+)\s*\((.*?)\n\);", re.IGNORECASE | re.DOTALL)
+_ADD_COLUMN = re.compile(
+    r"ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\s+([^,;]+)", re.IGNORECASE
+)
+_TYPE_END = re.compile(
+    r"\s+(NOT\s+NULL|NULL|DEFAULT|PRIMARY|UNIQUE|CHECK|REFERENCES|GENERATED|CONSTRAINT)\b", re.IGNORECASE
+)
+
+
+def ddl_column_schema(ddl: str, table: str) -> TableSchema | None:
+    """``table``'s columns as its migrations' SQL declares them (``CREATE TABLE IF NOT EXISTS`` then any
+    ``ALTER TABLE ... ADD COLUMN``), or None when the SQL does not create it. Comments are ignored; a
+    column's type is what follows its name up to its constraints."""
+    text = re.sub(r"--[^\n]*", "", ddl)
+    columns: list[TableColumn] = []
+    found = False
+    for name, body in _CREATE.findall(text):
+        if name.lower() != table.lower():
+            continue
+        found = True
+        depth, part, parts = 0, "", []
+        for char in body:  # split on the commas outside parentheses (numeric(18,2), CHECK (...))
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if char == "," and depth == 0:
+                parts.append(part)
+                part = ""
+            else:
+                part += char
+        parts.append(part)
+        for item in (p.strip() for p in parts):
+            # a table constraint, not a column (a column named unique_cards is a column)
+            if not item or re.match(
+                r"(PRIMARY\s+KEY|UNIQUE|CHECK|CONSTRAINT|FOREIGN\s+KEY|EXCLUDE)\s*[(\s]", item, re.I
+            ):
+                continue
+            column, rest = item.split(None, 1)
+            type_ = _TYPE_END.split(rest, maxsplit=1)[0].strip()
+            nullable = not re.search(r"NOT\s+NULL|PRIMARY\s+KEY", rest, re.IGNORECASE)
+            columns.append(TableColumn(column, type_, constraints=TableColumnConstraints(nullable=nullable)))
+    for name, column, rest in _ADD_COLUMN.findall(text):
+        if name.lower() == table.lower() and column not in {c.name for c in columns}:
+            columns.append(TableColumn(column, _TYPE_END.split(rest, maxsplit=1)[0].strip()))
+    return TableSchema(columns=columns) if found else None
+
+
+def migrations_column_schema(spec: PipelineSpec, table: str) -> TableSchema | None:
+    """``table``'s column schema from the pipeline's migration files (None when none of them creates it)."""
+    if spec.migrations is None:
+        return None
+    files = sorted((f for f in spec.migrations.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    return ddl_column_schema("\n".join(f.read_text("utf-8") for f in files), table)
+
+
+def derived_metadata(spec: PipelineSpec, table: str, columns: TableSchema | None = None) -> dict[str, Any]:
+    """What every derived table's asset carries: ``dagster/table_name`` and ``dagster/column_schema`` (given, or
+    read from the pipeline's migrations)."""
+    metadata: dict[str, Any] = {"dagster/table_name": f"txp.public.{table}"}
+    schema = columns if columns is not None else migrations_column_schema(spec, table)
+    if schema is not None:
+        metadata["dagster/column_schema"] = schema
+    return metadata
+
+
+def derived_tags(spec: PipelineSpec) -> dict[str, str]:
+    """Tags of a pipeline's derived assets."""
+    return _tags(spec, "derived")
+
+
+def _with_table_metadata(
+    spec: PipelineSpec, item: AssetsDefinition | AssetSpec | SourceAsset
+) -> AssetsDefinition | AssetSpec | SourceAsset:
+    """``item`` with ``dagster/table_name`` and ``dagster/column_schema`` on each ``warehouse/<table>`` key that the
+    pipeline's migrations create and that lacks them."""
+
+    def add(asset_spec: AssetSpec) -> AssetSpec:
+        key = asset_spec.key
+        if key.path[0] != "warehouse" or "dagster/column_schema" in asset_spec.metadata:
+            return asset_spec
+        found = derived_metadata(spec, key.path[-1])
+        if "dagster/column_schema" not in found:
+            return asset_spec
+        return asset_spec.merge_attributes(metadata={k: v for k, v in found.items() if k not in asset_spec.metadata})
+
+    if isinstance(item, AssetsDefinition) and not isinstance(item, AssetChecksDefinition):
+        return item.map_asset_specs(add)
+    if isinstance(item, AssetSpec):
+        return add(item)
+    return item
+
+
 def _tags(spec: PipelineSpec, layer: str) -> dict[str, str]:
     return {"txp/pipeline": spec.name, "txp/layer": layer}
 
@@ -480,8 +571,9 @@ def build_pipeline_assets(spec: PipelineSpec) -> PipelineDefinitions:
         _topic_asset(spec, keys.dlq, spec.dlq_topic, dead_letter=True, deps=keys.sink),
         _sink_asset(spec, keys),
     )
-    # links from the UI to each asset's code
-    assets = with_source_code_references([*own, *derived.assets])
+    # links from the UI to each asset's code; every warehouse table's columns, read from the pipeline's migrations
+    # where its author declared none
+    assets = with_source_code_references([_with_table_metadata(spec, a) for a in (*own, *derived.assets)])
     return PipelineDefinitions(
         spec,
         assets=tuple(a for a in assets if isinstance(a, AssetsDefinition | AssetSpec | SourceAsset)),

@@ -37,7 +37,8 @@ from pandera.errors import SchemaErrors
 from psycopg2.extensions import connection as Connection
 
 from spark_jobs.transforms import ALLOWED_LATENESS, CANDLES, run_candles_available_now
-from tx_platform.assets import DerivedDefinition, pipeline_keys
+from tx_platform.assets import OWNERS, DerivedDefinition, derived_metadata, derived_tags, pipeline_keys
+from tx_platform.checks._markdown import markdown_table, pandera_failures
 from tx_platform.pipelines import PipelineSpec
 from tx_platform.pipelines.crypto_trades._checks import (
     candle_gaps,
@@ -70,15 +71,17 @@ def _schema_check(
 ) -> AssetCheckResult:
     """Validate ``table``'s rows of ``topic`` against ``schema``: the result, with failure cases."""
     frame = read_table(conn, table, topic)
-    metadata: dict[str, MetadataValue] = {"rows": MetadataValue.int(len(frame))}
     try:
         schema.validate(frame, lazy=True)
-        passed = True
     except SchemaErrors as exc:
-        passed = False
-        metadata["failure_cases"] = MetadataValue.int(len(exc.failure_cases))
-        metadata["first_failures"] = MetadataValue.text(exc.failure_cases.head(10).to_string())
-    return AssetCheckResult(check_name=check_name, passed=passed, metadata=metadata)
+        # the failing rows as a markdown table, with what each failed
+        return AssetCheckResult(
+            check_name=check_name,
+            passed=False,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"rows": MetadataValue.int(len(frame)), **pandera_failures(frame, exc)},
+        )
+    return AssetCheckResult(check_name=check_name, passed=True, metadata={"rows": MetadataValue.int(len(frame))})
 
 
 def _row_count(conn: Connection, table: str, topic: str) -> int:
@@ -94,6 +97,9 @@ def _candles_asset(spec: PipelineSpec) -> AssetsDefinition:
         deps=[keys.topic, keys.table],
         group_name=spec.name,
         kinds={"spark", "postgres"},
+        owners=OWNERS,
+        tags=derived_tags(spec),
+        metadata=derived_metadata(spec, CANDLES.table),
         description=f"One-minute OHLCV candles per symbol of `{spec.topic}`: a Spark Structured Streaming query "
         f"(`{query}`, run AvailableNow) on event time with a watermark of {ALLOWED_LATENESS}, upserting each "
         "micro-batch's candles with its `stream_batches` ledger row in one Postgres transaction. A trade later "
@@ -102,17 +108,21 @@ def _candles_asset(spec: PipelineSpec) -> AssetsDefinition:
             AssetCheckSpec(
                 "ohlc_invariants",
                 asset=CANDLES_KEY,
+                blocking=True,
                 description="Pandera: low <= open, close <= high; volume, trade count > 0; VWAP within [low, high].",
             ),
             AssetCheckSpec(
                 "reconciles_with_trades",
                 asset=CANDLES_KEY,
+                # blocking, but its failures are WARN (late trades are a policy): a WARN never blocks
+                blocking=True,
                 description=f"Per symbol and minute, trade count, volume, first and last price equal those of the "
                 f"trades in `{spec.table}` the candle query has read. A late trade's minute shows up here.",
             ),
             AssetCheckSpec(
                 "no_gaps",
                 asset=CANDLES_KEY,
+                blocking=True,
                 description="Every minute between a symbol's first and last candle has a candle (a gap is a minute "
                 "without trades, or a lost candle).",
             ),
@@ -154,6 +164,17 @@ def _candles_asset(spec: PipelineSpec) -> AssetsDefinition:
                     "mismatches": len(report.mismatches),
                     "late_trades_dropped_this_run": stats.late_rows,
                     "report": MetadataValue.text(report.describe()),
+                    "sample_failing_rows": markdown_table(
+                        [
+                            {
+                                "symbol": m.symbol,
+                                "minute": f"{m.minute:%Y-%m-%d %H:%M}",
+                                "trades": m.trades,
+                                "candle": m.candle,
+                            }
+                            for m in report.mismatches
+                        ]
+                    ),  # fmt: skip
                 },
             )
             gaps = candle_gaps(conn, spec.topic)
@@ -163,7 +184,9 @@ def _candles_asset(spec: PipelineSpec) -> AssetsDefinition:
                 severity=AssetCheckSeverity.WARN,
                 metadata={
                     "gaps": len(gaps),
-                    "first_gaps": MetadataValue.text("\n".join(f"{s} {m:%Y-%m-%d %H:%M}" for s, m in gaps[:10])),
+                    "sample_failing_rows": markdown_table(
+                        [{"symbol": s, "missing_minute": f"{m:%Y-%m-%d %H:%M}"} for s, m in gaps]
+                    ),
                 },
             )
 
@@ -185,9 +208,12 @@ def _rebuilt_asset(
         key=key,
         deps=deps,
         group_name=spec.name,
-        kinds={"postgres"},
+        kinds={"postgres", "sql"},
+        owners=OWNERS,
+        tags=derived_tags(spec),
+        metadata=derived_metadata(spec, table),
         description=description,
-        check_specs=[AssetCheckSpec("matches_schema", asset=key, description=check_description)],
+        check_specs=[AssetCheckSpec("matches_schema", asset=key, description=check_description, blocking=True)],
     )
     def _rebuilt(postgres: PostgresResource) -> Iterator[MaterializeResult | AssetCheckResult]:
         """Rebuild the table's rows of the pipeline's topic in one transaction, then check them."""
