@@ -249,7 +249,7 @@ def forget_topic(conn: Connection, spec: PipelineSpec) -> dict[str, int]:
             cur.execute("SELECT holder, acquired_at FROM sink_leases WHERE topic = %s", (topic,))
             raise SinkAlreadyRunningError(topic, *(cur.fetchone() or ("unknown", None)))
         cur.execute("LOCK TABLE sink_offsets IN SHARE ROW EXCLUSIVE MODE")
-        # the pipeline's table exists only once its sink (or ensure_schema with its spec) has run
+        # the pipeline's table exists only once its migrations ran (txp db migrate with its spec)
         cur.execute("SELECT to_regclass(%s) IS NOT NULL", (spec.table,))
         own = ((spec.table, "kafka_topic"),) if cur.fetchone()[0] else ()
         for table, column in (*own, *_TOPIC_TABLES):
