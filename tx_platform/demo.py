@@ -1,4 +1,14 @@
-"""`make demo`: stack up, produce seeded records for every pipeline, materialize every asset, run every check."""
+"""`make demo`: stack up, produce seeded records for every pipeline, materialize every asset, run every check.
+
+The daily-partitioned derived assets are not asked for: after each sink job, the demo evaluates the
+assets' automation conditions (``dagster.evaluate_automation_conditions``, what the automation sensor
+does in ``make dev``) against the stack's Dagster instance and runs what they request; then every
+produced day of every partitioned asset must be materialized, or the demo fails.
+
+**Extra figures** (fraud recall/precision, ...) come from :data:`SUMMARY_PROVIDERS`: name -> a
+``"module:function"`` reference to ``function(context: DemoContext) -> dict``; its dict lands in the
+JSON under ``extra.<name>``, and an ``"ok": false`` in it fails the demo.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +29,7 @@ from psycopg2 import sql
 
 from tx_platform.config import Settings
 from tx_platform.errors import ConfigError, StackError
-from tx_platform.pipelines import PIPELINES, PipelineSpec
+from tx_platform.pipelines import PIPELINES, PipelineSpec, resolve_ref
 from tx_platform.stack import LocalStack
 
 if TYPE_CHECKING:
@@ -34,6 +44,11 @@ DEMO_WINDOWS: dict[str, tuple[timedelta, timedelta]] = {
 }
 #: Records per pipeline when none are given (`txp demo --count/--crypto-count`).
 DEFAULT_COUNTS: dict[str, int] = {"transactions": 10_000, "crypto_trades": 3_000}
+#: Providers of extra figures for the demo's JSON: name -> "module:function" taking a DemoContext and returning a
+#: JSON-able dict (``"ok": False`` in it fails the demo). Fraud detection's recall and precision plug in here.
+SUMMARY_PROVIDERS: dict[str, str] = {}
+#: Automation evaluations the demo runs at most after a sink job (one is enough unless a run adds new updates).
+MAX_AUTOMATION_ROUNDS = 3
 
 _CREATE_TABLE = re.compile(r"CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+([a-z_][a-z0-9_]*)", re.IGNORECASE)
 _NUMERIC_SCALE = re.compile(r"numeric\(\d+,(\d+)\)")
@@ -67,6 +82,17 @@ class PipelineSummary:
         )
 
 
+@dataclass(frozen=True)
+class DemoContext:
+    """What a summary provider gets: the stack's settings, the pipelines run, their records' windows and seed."""
+
+    settings: Settings
+    specs: Mapping[str, PipelineSpec]
+    counts: Mapping[str, int]
+    windows: Mapping[str, tuple[datetime, datetime]]
+    seed: int
+
+
 @dataclass
 class DemoSummary:
     """What the demo did, printed as its last line (one JSON object)."""
@@ -75,17 +101,31 @@ class DemoSummary:
     checks_passed: int = 0
     checks_failed: int = 0
     failed_checks: list[str] = field(default_factory=list)
+    #: runs that failed (a blocking check stops its run: its name is in failed_checks too)
+    failed_runs: list[str] = field(default_factory=list)
+    #: per automation evaluation after a sink job: asset -> the partitions its condition requested
+    automation: list[dict[str, list[str]]] = field(default_factory=list)
+    #: per table: rows (per produced day for a daily table) and the partitions materialized
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: produced days of a partitioned asset left unmaterialized ("<asset>[<day>]")
+    missing_partitions: list[str] = field(default_factory=list)
+    #: figures of the SUMMARY_PROVIDERS, by name
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        """Every pipeline reconciles exactly and every check ran and passed."""
+        """Every pipeline reconciles exactly, every check ran and passed, every run succeeded, every produced day
+        of every partitioned asset is materialized, and no extra provider said otherwise."""
         return (
             bool(self.pipelines)
             and all(p.ok for p in self.pipelines.values())
             and self.checks_failed == 0
             and self.checks_passed > 0
+            and not self.failed_runs
+            and not self.missing_partitions
+            and all(e.get("ok", True) is not False for e in self.extra.values())
         )
 
 
@@ -149,9 +189,10 @@ def run_demo(
     """Run every pipeline of ``counts`` (name -> records; default :data:`DEFAULT_COUNTS`) headless against ``stack``.
 
     Per pipeline: produce ``count`` seeded records (``bad_ratio`` of them deliberately bad) over its
-    :data:`DEMO_WINDOWS` span, then, with Dagster, its topics, its ``<name>_sink_job`` (the sink and
-    every unpartitioned derived asset) and each partition of its partitioned assets the records
-    fall in, with every check of those assets.
+    :data:`DEMO_WINDOWS` span, then, with Dagster, its topics and its ``<name>_sink_job`` (the sink and
+    every unpartitioned derived asset, with their checks). The partitioned assets then run because
+    their automation conditions request them (evaluated against the stack's instance, as the
+    automation sensor would); each produced day of each must end up materialized.
     """
     counts = DEFAULT_COUNTS if counts is None else counts
     unknown = sorted(set(counts) - set(PIPELINES))
@@ -170,7 +211,16 @@ def run_demo(
 
     timed("stack_up", stack.up)
     os.environ.update(stack.env())  # definitions and the Dagster instance point at this stack
-    from dagster import AssetSelection, DagsterInstance, PartitionKeyRange, TimeWindowPartitionsDefinition, materialize
+    from dagster import (
+        AssetKey,
+        AssetSelection,
+        DagsterInstance,
+        Definitions,
+        PartitionKeyRange,
+        TimeWindowPartitionsDefinition,
+        evaluate_automation_conditions,
+        materialize,
+    )
 
     from tx_platform.config import load_settings
     from tx_platform.definitions import build_resources, pipeline_definitions
@@ -189,6 +239,10 @@ def run_demo(
     built = {name: pipeline_definitions(spec) for name, spec in specs.items()}
     everything = [a for p in built.values() for a in p.materializable]
 
+    # what the automation sensor evaluates: every pipeline's assets and checks
+    automated = Definitions.merge(*(p.to_definitions() for p in built.values()), Definitions(resources=resources_))
+    cursor = evaluate_automation_conditions(automated, instance).cursor  # before any run: the baseline
+
     def run(selection: AssetSelection, partition_key: str | None = None) -> None:
         result = materialize(
             everything,
@@ -196,8 +250,11 @@ def run_demo(
             resources=resources_,
             instance=instance,
             partition_key=partition_key,
-            raise_on_error=True,
+            # a failed blocking check fails its run: counted below, not the end of the demo
+            raise_on_error=False,
         )
+        if not result.success:
+            summary.failed_runs.append(f"{result.run_id}" + (f"[{partition_key}]" if partition_key else ""))
         for evaluation in result.get_asset_check_evaluations():
             name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
             if partition_key:
@@ -230,24 +287,55 @@ def run_demo(
         )
         producers[name] = producer
 
+    def automate(label: str) -> None:
+        """Evaluate the automation conditions and run what they request, until they request nothing."""
+        nonlocal cursor
+        partitioned = [k for p in built.values() for a in p.partitioned_assets() for k in a.keys]
+        for round_no in range(MAX_AUTOMATION_ROUNDS):
+            result = evaluate_automation_conditions(automated, instance, cursor=cursor)
+            cursor = result.cursor
+            requested = {k: sorted(str(p) for p in result.get_requested_partitions(k)) for k in partitioned}
+            requested = {k: v for k, v in requested.items() if v}
+            if not requested:
+                return
+            summary.automation.append({k.to_user_string(): v for k, v in requested.items()})
+            by_partition: dict[str, list[AssetKey]] = {}
+            for key, partition_keys in requested.items():
+                for partition_key in partition_keys:
+                    by_partition.setdefault(partition_key, []).append(key)
+            for partition_key, keys in sorted(by_partition.items()):
+                step = f"{label}.automation{round_no}[{partition_key}]"
+                timed(step, partial(run, AssetSelection.assets(*keys), partition_key))
+
     for name, defs in built.items():
         timed(f"{name}.sink_job", partial(run, defs.sink_job.selection))
+        automate(name)
+
+    # every produced day of every partitioned asset must be materialized now (by automation, never asked for)
+    for name, defs in built.items():
         first, last = windows[name]
         for assets_def in defs.partitioned_assets():
             partitions = assets_def.partitions_def
             if not isinstance(partitions, TimeWindowPartitionsDefinition):
-                msg = f"{assets_def.key.to_user_string()}: the demo materializes time-window partitions only"
+                msg = f"{assets_def.key.to_user_string()}: the demo checks time-window partitions only"
                 raise ConfigError(msg)
-            keys = partitions.get_partition_keys_in_range(
+            days = partitions.get_partition_keys_in_range(
                 PartitionKeyRange(
                     partitions.get_partition_key_for_timestamp(first.timestamp()),
                     partitions.get_partition_key_for_timestamp(last.timestamp()),
                 )
             )
-            for key in keys:
-                label = f"{name}.{assets_def.key.path[-1]}[{key}]"
-                timed(label, partial(run, AssetSelection.assets(*assets_def.keys), key))
-                summary.pipelines[name].partitions.append(key)
+            for key in assets_def.keys:
+                done = instance.get_materialized_partitions(key)
+                table = key.path[-1]
+                summary.tables[table] = {"partitions": sorted(d for d in days if d in done)}
+                summary.missing_partitions += [f"{key.to_user_string()}[{d}]" for d in days if d not in done]
+                summary.pipelines[name].partitions = sorted({*summary.pipelines[name].partitions, *days})
+                summary.tables[table]["rows_by_day"] = _rows_by_day(settings, table, list(days))
+
+    context = DemoContext(settings, specs, dict(counts), windows, seed)
+    for provider, ref in SUMMARY_PROVIDERS.items():
+        summary.extra[provider] = timed(f"extra.{provider}", partial(resolve_ref(ref), context))
 
     for name, spec in specs.items():
         figures = summary.pipelines[name]
@@ -270,10 +358,24 @@ def run_demo(
         for (column, expected), value in zip(totals.items(), stored, strict=True):
             scale = _scale(spec, column)
             figures.sums[column] = {"expected": f"{expected:.{scale}f}", "stored": f"{Decimal(value):.{scale}f}"}
+        summary.tables[spec.table] = {"rows": figures.rows}
         figures.dlq = sum(end_offsets(settings.kafka_bootstrap, spec.dlq_topic).values())
         figures.lag = compute_lag(end_offsets(settings.kafka_bootstrap, spec.topic), committed).total
     summary.seconds = round(time.monotonic() - started, 2)
     return summary
+
+
+def _rows_by_day(settings: Settings, table: str, days: list[str]) -> dict[str, int]:
+    """Rows of a daily table per day (0 for a day without any)."""
+    from tx_platform.warehouse import transaction
+
+    query = sql.SQL("SELECT day::text, count(*) FROM {} WHERE day = ANY(%s::date[]) GROUP BY day").format(
+        sql.Identifier(table)
+    )
+    with transaction(settings.dsn()) as conn, conn.cursor() as cur:
+        cur.execute(query, (days,))
+        found = dict(cur.fetchall())
+    return {d: int(found.get(d, 0)) for d in days}
 
 
 def summary_json(summary: DemoSummary) -> str:
