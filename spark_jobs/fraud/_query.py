@@ -17,6 +17,9 @@ lease; then the alerts not yet delivered are published to the alerts topic throu
 (:class:`~spark_jobs.sink._dlq.OutboxPublisher`): ``fraud_alerts.published_offset`` and a scan
 of the topic before sending, so each alert is in the topic once, whatever crashed where.
 The Spark checkpoint holds the state: a restart resumes from it (without one, from the earliest offset).
+After a crash, batches planned but not committed are re-planned (as the sink does, SPARK-55271): with
+events in order per account an alert fires on the same transactions whatever the batch boundaries, so
+a re-planned batch gives the same alert ids, and what its first attempt committed is not written again.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from pyspark.sql.types import IntegerType, LongType, StringType, StructField, St
 from spark_jobs.fraud._rules import AccountState, Detector, Tx
 from spark_jobs.sink._decode import decode
 from spark_jobs.sink._dlq import OutboxPublisher, Outgoing
-from spark_jobs.sink._query import await_query
+from spark_jobs.sink._query import await_query, drop_uncommitted_batches, set_aside_damaged_checkpoint
 from spark_jobs.sink._registry import WriterSchemas
 from tx_platform.config import Settings
 from tx_platform.errors import SinkError, TxPlatformError
@@ -329,6 +332,11 @@ class FraudQuery:
         """Start the query; AvailableNow processes what is there and stops, else runs continuously."""
         self._lease = acquire_lease(connect(self.settings.dsn()), self.lease_key)
         try:
+            # a checkpoint whose logs do not parse is moved aside (the query then replays from the earliest
+            # offset: the same alert ids, inserted and sent nothing twice); batches planned but never committed
+            # are re-planned (SPARK-55271, as the sink does): the state store re-runs them from the last commit
+            set_aside_damaged_checkpoint(self.checkpoint)
+            drop_uncommitted_batches(self.checkpoint)
             # catch up on publication a crash may have interrupted (no-op when up to date)
             with closing(connect(self.settings.dsn())) as conn:
                 self.stats.published += self.publisher.publish(conn)
