@@ -17,7 +17,6 @@ and ``warehouse/hourly_volume`` share one daily partitions definition (UTC), one
   UI lists a month of days rather than every day since the earliest event time the sink accepts.
 """
 
-import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -278,9 +277,3 @@ def derived_assets(spec: PipelineSpec) -> list[DerivedDefinition]:
         "checks passed, yesterday and today of each are rebuilt.",
     )
     return [*assets, job, daily_schedule, automation, *fraud_assets(spec)]
-
-
-def describe_partitions(partitions: DailyPartitionsDefinition) -> str:
-    """One line for logs and the demo: first and last partition keys and how many there are."""
-    keys = partitions.get_partition_keys()
-    return json.dumps({"first": keys[0] if keys else None, "last": keys[-1] if keys else None, "count": len(keys)})
