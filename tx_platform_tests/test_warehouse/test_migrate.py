@@ -169,3 +169,27 @@ def test_the_sink_and_the_candle_job_stop_on_an_unmigrated_warehouse_and_run_no_
     assert _rows(scratch_dsn, "SELECT count(*) FROM pg_class WHERE relnamespace = current_schema()::regnamespace") == [
         (0,)
     ]
+
+
+def test_txp_db_migrate_prints_what_it_applied_and_what_is_pending(scratch_dsn: str) -> None:
+    from click.testing import CliRunner
+
+    from tx_platform.cli import cli
+
+    labels = [m.label for m in known_migrations(PIPELINES.values())]
+    status = CliRunner().invoke(cli, ["db", "migrate", "--dsn", scratch_dsn, "--status"])
+    assert status.exit_code == 0, status.output
+    assert status.output.splitlines() == [
+        *(f"pending  {label}" for label in labels),
+        f"0 applied, {len(labels)} pending",
+    ]
+    first = CliRunner().invoke(cli, ["db", "migrate", "--dsn", scratch_dsn])
+    assert first.exit_code == 0, first.output
+    assert first.output.splitlines() == [
+        *(f"applied {label}" for label in labels),
+        f"{len(labels)} migration(s) applied",
+    ]
+    again = CliRunner().invoke(cli, ["db", "migrate", "--dsn", scratch_dsn])
+    assert again.output == "nothing to apply: the warehouse is up to date\n"
+    status = CliRunner().invoke(cli, ["db", "migrate", "--dsn", scratch_dsn, "--status"])
+    assert status.output.splitlines()[-1] == f"{len(labels)} applied, 0 pending"
