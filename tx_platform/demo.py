@@ -46,7 +46,7 @@ DEMO_WINDOWS: dict[str, tuple[timedelta, timedelta]] = {
 DEFAULT_COUNTS: dict[str, int] = {"transactions": 10_000, "crypto_trades": 3_000}
 #: Providers of extra figures for the demo's JSON: name -> "module:function" taking a DemoContext and returning a
 #: JSON-able dict (``"ok": False`` in it fails the demo). Fraud detection's recall and precision plug in here.
-SUMMARY_PROVIDERS: dict[str, str] = {}
+SUMMARY_PROVIDERS: dict[str, str] = {"fraud": "tx_platform.pipelines.transactions._fraud:demo_summary"}
 #: Automation evaluations the demo runs at most after a sink job (one is enough unless a run adds new updates).
 MAX_AUTOMATION_ROUNDS = 3
 
@@ -226,6 +226,7 @@ def run_demo(
     from tx_platform.definitions import build_resources, pipeline_definitions
     from tx_platform.kafka_admin import end_offsets
     from tx_platform.metrics import pushing_producer_metrics
+    from tx_platform.pipelines.transactions._fraud import demo_generate_options
     from tx_platform.producer import open_producer, produce
     from tx_platform.resources import compute_lag
     from tx_platform.warehouse import committed_offsets, transaction
@@ -278,7 +279,9 @@ def run_demo(
         producer, _registration = open_producer(
             spec, settings.kafka_bootstrap, settings.schema_registry_url, bad_ratio=bad_ratio, seed=seed
         )
-        records = spec.generate(counts[name], seed, start, span=length)
+        # transactions: with fraud incidents (their ground truth is recorded by the "fraud" summary provider)
+        scenarios = demo_generate_options(spec, producer, counts[name], seed, start, length)
+        records = spec.generate(counts[name], seed, start, span=length, **scenarios)
         # the producer's figures go to the Pushgateway like `txp produce`'s (never in the way if it is down)
         with pushing_producer_metrics(producer.report, spec.name, settings.pushgateway_url):
             report = timed(f"{name}.produce", partial(produce, records, producer))

@@ -125,8 +125,10 @@ def test_demo_runs_every_pipeline_reconciled_and_keeps_dagster_runs_in_postgres(
     assert summary.checks_failed == 0 and summary.checks_passed == _expected_checks(partitions)
     assert {k for k in summary.timings if "[" not in k} == {
         "stack_up", "reset", "topics", "transactions.produce", "crypto_trades.produce", "transactions.sink_job",
-        "crypto_trades.sink_job",
+        "crypto_trades.sink_job", "extra.fraud",
     }  # fmt: skip
+    fraud = summary.extra["fraud"]
+    assert fraud["ok"] and fraud["recall"] == 1.0 and fraud["precision"] == 1.0 and fraud["injected"] == 4
     url = stack_env["TXP_DAGSTER_PG_URL"].replace("postgresql+psycopg2://", "postgresql://")
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")

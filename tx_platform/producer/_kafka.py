@@ -111,7 +111,8 @@ class RecordProducer:
         key: bytes
         value: bytes | None
         injected: str | None
-        if self.faults is None:
+        extra = self.record_headers.get(str(record.get(self.spec.natural_key))) if self.record_headers else None
+        if self.faults is None or extra:  # a record with headers of its own (fraud ground truth) is never made bad
             key, value, injected = str(record[self._key]).encode(), self._serializer(record), None
         else:
             out = self.faults.outgoing(record)
@@ -121,10 +122,8 @@ class RecordProducer:
             for name in self._decimals:
                 totals[name] += record[name]
         headers: Headers | None = None if injected is None else [(INJECTED_HEADER, injected.encode())]
-        if self.record_headers:
-            extra = self.record_headers.get(str(record.get(self.spec.natural_key)))
-            if extra:
-                headers = [*(headers or []), *extra]
+        if extra:
+            headers = [*(headers or []), *extra]
         return key, value, headers
 
     def send(self, record: Record) -> None:

@@ -307,6 +307,48 @@ def record_ground_truth(
     return f"fraud ground truth: {len(incidents)} incidents ({new} new) {per} → fraud_ground_truth"
 
 
+#: Incidents per record ``make demo`` injects into its transactions (20 in the default 10,000 records).
+DEMO_FRAUD_RATIO = 0.002
+
+
+def demo_generate_options(
+    spec: Any,  # noqa: ANN401 - PipelineSpec
+    producer: Any,  # noqa: ANN401 - RecordProducer
+    count: int,
+    seed: int,
+    start: datetime,
+    span: timedelta,
+) -> dict[str, Any]:
+    """The demo's generator options for ``spec``: fraud incidents for ``transactions`` (headers on), none for others."""
+    if spec.name != "transactions":
+        return {}
+    return scenario_options(spec, producer, count, seed, start, span, DEMO_FRAUD_RATIO, 0.0, 0.0)
+
+
+def demo_summary(context: Any) -> dict[str, Any]:  # noqa: ANN401 - tx_platform.demo.DemoContext
+    """``make demo``'s fraud figures (its SUMMARY_PROVIDERS hook): ground truth recorded, then :func:`fraud_report`.
+
+    The fraud query ran in the sink job (``warehouse/fraud_alerts`` follows the sink); ``ok`` is the report's
+    ``passed`` (recall 100%, precision >= 99%) over the demo's topic.
+    """
+    from tx_platform.pipelines.transactions._generator import build_pools
+    from tx_platform.warehouse import connect
+
+    spec = context.specs.get("transactions")
+    if spec is None:
+        return {"ok": True, "skipped": "the transactions pipeline did not run"}
+    start, end = context.windows["transactions"]
+    count = context.counts["transactions"]
+    incidents = plan_incidents(count, context.seed, start, end - start, DEMO_FRAUD_RATIO, build_pools(context.seed))
+    conn = connect(context.settings.dsn())
+    try:
+        write_ground_truth(conn, spec.topic, context.seed, incidents)
+        report = fraud_report(conn, topic=spec.topic)
+    finally:
+        conn.close()
+    return {**report, "ok": bool(report["passed"])}
+
+
 # -- ground truth --------------------------------------------------------------------------------
 def write_ground_truth(conn: Any, topic: str, seed: int, incidents: Sequence[Incident]) -> int:  # noqa: ANN401
     """Record ``incidents`` in ``fraud_ground_truth`` (idempotent on the incident id); commits; returns rows new."""
