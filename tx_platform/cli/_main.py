@@ -698,7 +698,7 @@ def metrics_serve(port: int | None, state_dir: Path | None) -> None:
 # -- fraud -------------------------------------------------------------------------------------
 @cli.group()
 def fraud() -> None:
-    """Streaming fraud detection: its report against the injected ground truth."""
+    """Streaming fraud detection: run the query, report it against the injected ground truth."""
 
 
 @fraud.command("report")
@@ -723,6 +723,25 @@ def fraud_report_command(topic: str | None, seed: int | None, since: datetime | 
     click.echo(json.dumps(report, indent=2))
     if not report["passed"]:
         sys.exit(1)
+
+
+@fraud.command("run")
+@_topic_option("Topic to read")
+@click.option(
+    "--available-now/--continuous",
+    default=False,
+    show_default=True,
+    help="Process what is there and stop, or run until Ctrl+C.",
+)
+@click.option("--trigger", default="5 seconds", show_default=True, help="Micro-batch interval when continuous.")
+def fraud_run(topic: str | None, available_now: bool, trigger: str) -> None:
+    """Run the streaming fraud query in this process (spark-submit spark_jobs/fraud/main.py does the same)."""
+    from spark_jobs.fraud.main import run
+    from tx_platform.stack import resolve_artifacts
+
+    settings = load_settings()
+    jars = [str(j) for j in resolve_artifacts(settings.jars_dir).spark_jars()]
+    run(get_pipeline("transactions", topic), settings, jars, available_now=available_now, trigger=trigger)
 
 
 # -- sink --------------------------------------------------------------------------------------
