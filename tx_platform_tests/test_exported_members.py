@@ -60,6 +60,10 @@ PUBLIC = {
     },
     "tx_platform.cli": {"cli", "main"},
     "spark_jobs.sink": {"PipelineSink", "SinkStats", "await_query", "contract_struct", "decode", "render"},
+    "spark_jobs.fraud": {
+        "ALERTS_TOPIC", "AccountState", "Alert", "AlertPublisher", "Detector", "FraudQuery", "FraudStats", "Tx",
+        "alerts_topic", "allowed_lateness",
+    },
     "spark_jobs.transforms": {
         "ALLOWED_LATENESS", "CANDLES", "CandleQueryError", "CandleSpec", "CandleStats", "CandleStream", "CandleWriter",
         "NotionalParts", "WriterSchemasChangedError", "candle_frame", "collect_candles", "good_trades", "run_candles",
