@@ -9,6 +9,7 @@ from dagster import AssetSelection, DagsterInstance, build_sensor_context, mater
 from tx_platform.config import Settings
 from tx_platform.definitions import build_resources, pipeline_definitions
 from tx_platform.pipelines import PIPELINES, PipelineSpec
+from tx_platform.pipelines.transactions._assets import PARTITIONS_START_ENV
 from tx_platform.producer import faults_for, open_producer, produce
 from tx_platform_tests.conftest import fetch_one
 
@@ -19,7 +20,14 @@ SEED = 20_260_301
 START = datetime(2026, 3, 1, 6, tzinfo=UTC)  # 24 h from here: partitions 2026-03-01 and 2026-03-02
 
 
-def test_seeded_transactions_flow_exactly_once(spark, spec: PipelineSpec, settings: Settings) -> None:  # noqa: ANN001
+def test_seeded_transactions_flow_exactly_once(
+    spark,  # noqa: ANN001
+    spec: PipelineSpec,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the seeded days are older than the default partitions' start (30 days back)
+    monkeypatch.setenv(PARTITIONS_START_ENV, START.date().isoformat())
     dsn = settings.dsn()
     instance = DagsterInstance.ephemeral()
     resources = build_resources(settings)
@@ -40,7 +48,7 @@ def test_seeded_transactions_flow_exactly_once(spark, spec: PipelineSpec, settin
     expected_sum = sum((r["amount"] for r in spec.generate(COUNT, SEED, START)), start=Decimal(0))
     assert producer.good_totals == {"amount": expected_sum}
 
-    [sensor] = pipeline.sensors
+    [sensor] = [s for s in pipeline.sensors if s.name.endswith("_lag_sensor")]
     assert (sensor.name, sensor.job_name) == ("transactions_lag_sensor", "transactions_sink_job")
     behind = sensor(build_sensor_context(instance=instance, resources=resources))
     assert [r.tags["txp/lag"] for r in behind.run_requests] == [str(COUNT)]

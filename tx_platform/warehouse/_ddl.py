@@ -75,6 +75,12 @@ def sql_check(rule: Rule, column_type: str) -> str | None:
     raise ContractError(msg)
 
 
+def key_registry(spec: PipelineSpec) -> str:
+    """The name of the table holding each natural key of ``spec``'s table once across its partitions
+    (when a migration made it, as ``transactions``' 0005 did)."""
+    return f"{spec.table}_keys"
+
+
 def table_columns(spec: PipelineSpec) -> tuple[str, ...]:
     """Columns of the pipeline's table the sink writes: the contract's fields, then the Kafka coordinates."""
     return (*spec.contract.field_names, *SOURCE_COLUMNS)

@@ -19,6 +19,7 @@ from typing import Any
 from psycopg2 import sql
 
 from tx_platform.pipelines import PipelineSpec
+from tx_platform.warehouse._ddl import SOURCE_COLUMNS, key_registry
 
 #: Partitions created behind today (late data) and ahead of it, by every migrate.
 DAYS_BEHIND = 2
@@ -95,6 +96,15 @@ def _create_day(cur: Any, spec: PipelineSpec, day: date) -> int:  # noqa: ANN401
     )
     if moving:
         cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM txp_moving").format(ident(table), columns, columns))
+        # deleting the rows from DEFAULT released their keys (the registry's trigger): the same records claim them again
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (key_registry(spec),))
+        if cur.fetchone()[0]:
+            claim = sql.SQL(", ").join(map(ident, (spec.natural_key, column, *SOURCE_COLUMNS)))
+            cur.execute(
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM txp_moving ON CONFLICT DO NOTHING").format(
+                    ident(key_registry(spec)), claim, claim
+                )
+            )
         cur.execute("DROP TABLE txp_moving")
     return moving
 

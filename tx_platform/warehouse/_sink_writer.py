@@ -14,7 +14,9 @@ commit in parallel; each transaction holds the ledger rows of its partitions (``
    so no record can make the batch fail for ever;
 3. staged records at offsets the sink has already committed are dropped (a replay writes nothing);
 4. new rows are inserted, ``ON CONFLICT (<primary key>) DO NOTHING`` (the natural key, with the event
-   time when the table is partitioned by day), with Kafka's timestamp when the table stores it;
+   time when the table is partitioned by day), with Kafka's timestamp when the table stores it; a
+   partitioned table's natural key is first claimed in its key registry ``<table>_keys``, so a key is
+   stored once across all partitions, whatever the event time a second record carries;
 5. a record whose natural key already exists is quarantined as ``DUPLICATE_<KEY>``
    with its raw key and value bytes, so that every Kafka record still ends in exactly one place;
 6. rejected records go to ``quarantine``; the offsets move forward through the **fence**: an
@@ -43,7 +45,7 @@ from tx_platform.contract import WAREHOUSE_REJECTED
 from tx_platform.errors import SinkError
 from tx_platform.metrics._definitions import COMMIT_BUCKETS, LATENCY_BUCKETS, bucket_for
 from tx_platform.pipelines import PipelineSpec
-from tx_platform.warehouse._ddl import table_columns
+from tx_platform.warehouse._ddl import key_registry, table_columns
 from tx_platform.warehouse._ledger import LedgerEntry, PartitionRange, check_batch, check_lease, read_ledger
 
 log = logging.getLogger(__name__)
@@ -231,7 +233,7 @@ def commit_batch(
         check_batch(topic, ranges, ledger, topic_id)
         # staging carries the target's CHECK and NOT NULL constraints: a refused value fails here,
         # line by line, not in the INSERT below, where it would take the whole batch with it
-        conflict, stores_timestamp = _target_shape(cur, spec)
+        conflict, stores_timestamp, keys_table = _target_shape(cur, spec)
         cur.execute(
             f"CREATE TEMP TABLE stage_tx (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DROP"
         )
@@ -263,11 +265,25 @@ def commit_batch(
             )
             skipped += cur.rowcount
         cols = ", ".join((*columns, TIMESTAMP_COLUMN) if stores_timestamp else columns)
+        if keys_table:
+            # the natural key is claimed in the key registry first (unique across the partitions); only the
+            # record that claimed it is inserted, every other one is a duplicate
+            claim = f"""
+            claimed AS (
+                INSERT INTO {keys_table} ({key}, {spec.time_column}, kafka_topic, kafka_partition, kafka_offset)
+                SELECT {key}, {spec.time_column}, kafka_topic, kafka_partition, kafka_offset
+                FROM stage_tx ORDER BY {key}, kafka_partition, kafka_offset
+                ON CONFLICT ({key}) DO NOTHING
+                RETURNING kafka_partition, kafka_offset
+            ),"""  # noqa: S608 - names from the spec and the catalog, not from input
+            source = "stage_tx JOIN claimed USING (kafka_partition, kafka_offset)"
+        else:
+            claim, source = "", "stage_tx"
         cur.execute(
             f"""
-            WITH inserted AS (
+            WITH {claim} inserted AS (
                 INSERT INTO {table} ({cols})
-                SELECT {cols} FROM stage_tx ORDER BY {key}, kafka_partition, kafka_offset
+                SELECT {cols} FROM {source} ORDER BY {key}, kafka_partition, kafka_offset
                 ON CONFLICT ({", ".join(conflict)}) DO NOTHING
                 RETURNING kafka_partition, kafka_offset
             ), duplicates AS (
@@ -314,12 +330,16 @@ def commit_batch(
     )
 
 
-def _target_shape(cur: Any, spec: PipelineSpec) -> tuple[tuple[str, ...], bool]:  # noqa: ANN401 - a cursor
-    """(the primary key's columns, whether the table stores Kafka's timestamp) of the pipeline's table.
+def _target_shape(cur: Any, spec: PipelineSpec) -> tuple[tuple[str, ...], bool, str | None]:  # noqa: ANN401
+    """(the primary key's columns, whether the table stores Kafka's timestamp, its key registry or None)
+    of the pipeline's table, read from the catalog, so the sink follows the migrations.
 
     The conflict target is the primary key: the natural key, plus the event time on a table partitioned by
     it (a partitioned table's unique constraints must hold the partition key). A replayed record has the
-    same event time, so it still conflicts. Read from the catalog, so the sink follows the migrations.
+    same event time, so it still conflicts. A record whose key was stored with another event time is
+    caught by the key registry, ``<table>_keys`` (natural key as primary key, with the claiming record's
+    time and Kafka coordinates), when the table has one: the key is claimed there first, in the same
+    transaction, so the natural key stays unique across partitions.
     """
     cur.execute(
         "SELECT (SELECT array_agg(a.attname::text ORDER BY k.n) FROM pg_index i "
@@ -327,11 +347,12 @@ def _target_shape(cur: Any, spec: PipelineSpec) -> tuple[tuple[str, ...], bool]:
         "        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
         "        WHERE i.indrelid = to_regclass(%s) AND i.indisprimary), "
         "       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
-        "               AND NOT attisdropped)",
-        (spec.table, spec.table, TIMESTAMP_COLUMN),
+        "               AND NOT attisdropped), "
+        "       to_regclass(%s) IS NOT NULL",
+        (spec.table, spec.table, TIMESTAMP_COLUMN, key_registry(spec)),
     )
-    key, stores_timestamp = cur.fetchone()
-    return tuple(key or (spec.natural_key,)), bool(stores_timestamp)
+    key, stores_timestamp, has_registry = cur.fetchone()
+    return tuple(key or (spec.natural_key,)), bool(stores_timestamp), key_registry(spec) if has_registry else None
 
 
 def _settle_duplicates(

@@ -104,7 +104,7 @@ def test_an_upgraded_warehouse_s_rows_sit_in_the_partition_of_their_day(scratch_
     assert len(days) == 5  # 2026-03-01 22:00 plus 4 days: rows on five calendar days
 
 
-def test_a_replay_dedupes_on_id_and_event_time_and_a_reused_id_with_another_event_time_is_stored(
+def test_a_replay_and_a_reused_id_with_another_event_time_are_both_duplicates_across_partitions(
     scratch_dsn: str,
 ) -> None:
     migrate(scratch_dsn, [TRANSACTIONS])
@@ -119,7 +119,7 @@ def test_a_replay_dedupes_on_id_and_event_time_and_a_reused_id_with_another_even
         again = commit_batch(
             conn, TRANSACTIONS, 1, [_staged(TRANSACTIONS, record, 0, 1, at)], [], {0: PartitionRange(1, 1)}
         )
-        # the id reused with another event time: the partitioned table cannot refuse it (documented)
+        # the id reused with another event time (another day's partition): the key registry refuses it
         moved = {**record, "event_time": at - timedelta(days=1)}
         other = commit_batch(
             conn, TRANSACTIONS, 2, [_staged(TRANSACTIONS, moved, 0, 2, at)], [], {0: PartitionRange(2, 2)}
@@ -128,11 +128,44 @@ def test_a_replay_dedupes_on_id_and_event_time_and_a_reused_id_with_another_even
         conn.close()
     assert (first.inserted, first.quarantined) == (1, 0)
     assert (again.inserted, again.quarantined) == (0, 1)
-    assert (other.inserted, other.quarantined) == (1, 0)
-    assert _rows(scratch_dsn, "SELECT error_code, kafka_offset FROM quarantine") == [("DUPLICATE_TRANSACTION_ID", 1)]
+    assert (other.inserted, other.quarantined) == (0, 1)
+    assert _rows(scratch_dsn, "SELECT error_code, kafka_offset FROM quarantine ORDER BY 2") == [
+        ("DUPLICATE_TRANSACTION_ID", 1),
+        ("DUPLICATE_TRANSACTION_ID", 2),
+    ]
     stored = _rows(scratch_dsn, "SELECT kafka_offset FROM transactions WHERE transaction_id = %s ORDER BY 1",
                    (str(record["transaction_id"]),))  # fmt: skip
-    assert stored == [(0,), (2,)]
+    assert stored == [(0,)]
+    claimed = _rows(scratch_dsn, "SELECT kafka_offset, event_time FROM transactions_keys WHERE transaction_id = %s",
+                    (str(record["transaction_id"]),))  # fmt: skip
+    assert claimed == [(0, at)]
+
+
+def test_a_deleted_row_releases_its_key_and_a_moved_day_keeps_it(scratch_dsn: str) -> None:
+    """The key registry follows the rows: deleting a row frees its id (a topic forgotten, a day cleaned by
+    hand), and rows moved out of DEFAULT into their new day partition keep their claims."""
+    migrate(scratch_dsn, [TRANSACTIONS])
+    far = datetime(2031, 6, 1, 12, tzinfo=UTC)  # no partition that far ahead: the row lands in DEFAULT
+    first, second = list(TRANSACTIONS.generate(2, 6, far))
+    conn = psycopg2.connect(scratch_dsn)
+    try:
+        lines = [_staged(TRANSACTIONS, r, 0, n, far) for n, r in enumerate((first, second))]
+        commit_batch(conn, TRANSACTIONS, 0, lines, [], {0: PartitionRange(0, 1)})
+        with conn, conn.cursor() as cur:
+            days = {r["event_time"].astimezone(UTC).date() for r in (first, second)}
+            moved = ensure_partitions(cur, TRANSACTIONS, days)
+            cur.execute("DELETE FROM transactions WHERE transaction_id = %s", (str(first["transaction_id"]),))
+        again = commit_batch(
+            conn, TRANSACTIONS, 1, [_staged(TRANSACTIONS, r, 0, 2 + n, far) for n, r in enumerate((first, second))],
+            [], {0: PartitionRange(2, 3)},
+        )  # fmt: skip
+    finally:
+        conn.close()
+    assert moved.keys() == {partition_name("transactions", day) for day in days}
+    assert sum(moved.values()) == 2  # both rows left DEFAULT
+    # the deleted row's id was free again; the moved row's id was still claimed
+    assert (again.inserted, again.quarantined) == (1, 1)
+    assert _rows(scratch_dsn, "SELECT kafka_offset FROM transactions_keys ORDER BY 1") == [(1,), (2,)]
 
 
 @pytest.mark.parametrize("lateness", [timedelta(minutes=10), timedelta(minutes=3)], ids=["10min", "3min"])
