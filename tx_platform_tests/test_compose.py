@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tx_platform.config import PROJECT_ROOT
-from tx_platform.stack._postgres import ANALYST_ROLE, DAGSTER_ROLE, PIPELINE_ROLE, REGISTRY_ROLE
+from tx_platform.stack._postgres import ANALYST_ROLE, DAGSTER_ROLE, OWNER_ROLE, PIPELINE_ROLE, REGISTRY_ROLE
 
 pytestmark = pytest.mark.unit
 
@@ -81,8 +81,19 @@ def test_no_secret_in_the_files_and_the_same_roles_as_the_laptop(compose: dict) 
             assert value.startswith("${"), f"{key} must come from compose.env"
         assert not re.search(r"://[^:/@]+:[^$@/]+@", value), f"{key} embeds a literal password"
     init = (INFRA / "compose" / "postgres-init.sh").read_text()
-    for role in (PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE, REGISTRY_ROLE):
+    for role in (OWNER_ROLE, PIPELINE_ROLE, ANALYST_ROLE, DAGSTER_ROLE, REGISTRY_ROLE):
         assert f"CREATE ROLE {role} LOGIN" in init
+    assert f"CREATE DATABASE txp OWNER {OWNER_ROLE};" in init
+
+
+def test_the_owner_migrates_before_any_dagster_service_starts(compose: dict) -> None:
+    services = compose["services"]
+    migrate = services["migrate"]
+    assert migrate["command"] == ["txp", "db", "migrate"]
+    assert migrate["environment"]["TXP_OWNER_DSN"].startswith(f"postgresql://{OWNER_ROLE}:${{TXP_OWNER_PASSWORD")
+    assert migrate["restart"] == "no"
+    for name in ("dagster-webserver", "dagster-daemon"):
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
     mounted = [
         v.split(":")[0] for s in compose["services"].values() for v in s.get("volumes", []) if v.startswith("./")
     ]
