@@ -150,7 +150,11 @@ def _reset(settings: Settings, specs: Mapping[str, PipelineSpec], log: Callable[
     from tx_platform.warehouse import transaction
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    from spark_jobs.fraud import alerts_topic
+
     wanted = [t for spec in specs.values() for t in (spec.topic, spec.dlq_topic)]
+    # the fraud query's alerts: left behind, the next run would find its alerts already published
+    wanted += [alerts_topic(spec) for spec in specs.values() if spec.name == "transactions"]
     topics = [t for t in wanted if t in admin.list_topics(timeout=15).topics]
     if topics:
         for future in admin.delete_topics(topics).values():
