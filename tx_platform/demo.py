@@ -50,7 +50,7 @@ SUMMARY_PROVIDERS: dict[str, str] = {"fraud": "tx_platform.pipelines.transaction
 #: Automation evaluations the demo runs at most after a sink job (one is enough unless a run adds new updates).
 MAX_AUTOMATION_ROUNDS = 3
 
-_CREATE_TABLE = re.compile(r"CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+([a-z_][a-z0-9_]*)", re.IGNORECASE)
+_CREATE_TABLE = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([a-z_][a-z0-9_]*)", re.IGNORECASE)
 _NUMERIC_SCALE = re.compile(r"numeric\(\d+,(\d+)\)")
 
 

@@ -141,7 +141,7 @@ def test_a_replay_and_a_reused_id_with_another_event_time_are_both_duplicates_ac
     assert claimed == [(0, at)]
 
 
-def test_a_deleted_row_releases_its_key_and_a_moved_day_keeps_it(scratch_dsn: str) -> None:
+def test_deleted_rows_release_their_keys_and_a_moved_day_keeps_them(scratch_dsn: str) -> None:
     """The key registry follows the rows: deleting a row frees its id (a topic forgotten, a day cleaned by
     hand), and rows moved out of DEFAULT into their new day partition keep their claims."""
     migrate(scratch_dsn, [TRANSACTIONS])
@@ -166,6 +166,11 @@ def test_a_deleted_row_releases_its_key_and_a_moved_day_keeps_it(scratch_dsn: st
     # the deleted row's id was free again; the moved row's id was still claimed
     assert (again.inserted, again.quarantined) == (1, 1)
     assert _rows(scratch_dsn, "SELECT kafka_offset FROM transactions_keys ORDER BY 1") == [(1,), (2,)]
+    # TRUNCATE fires no row trigger: a statement trigger empties the registry with the table
+    with psycopg2.connect(scratch_dsn) as conn, conn.cursor() as cur:
+        cur.execute("TRUNCATE transactions")
+    conn.close()
+    assert _rows(scratch_dsn, "SELECT count(*) FROM transactions_keys") == [(0,)]
 
 
 @pytest.mark.parametrize("lateness", [timedelta(minutes=10), timedelta(minutes=3)], ids=["10min", "3min"])

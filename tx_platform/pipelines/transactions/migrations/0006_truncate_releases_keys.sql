@@ -1,0 +1,13 @@
+-- TRUNCATE fires no row trigger: emptying `transactions` (make demo's reset, a user starting over) would
+-- leave every key claimed in `transactions_keys` (0005), and the same records sent again would all be
+-- quarantined as duplicates. A statement trigger empties the registry with the table.
+
+CREATE FUNCTION transactions_release_all_keys() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE transactions_keys;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER transactions_release_all_keys AFTER TRUNCATE ON transactions
+    FOR EACH STATEMENT EXECUTE FUNCTION transactions_release_all_keys();
