@@ -169,6 +169,9 @@ def test_deleted_rows_release_their_keys_and_a_moved_day_keeps_them(scratch_dsn:
     # TRUNCATE fires no row trigger: a statement trigger empties the registry with the table
     with psycopg2.connect(scratch_dsn) as conn, conn.cursor() as cur:
         cur.execute("TRUNCATE transactions")
+        cur.execute("SELECT count(*) FROM transactions_keys")
+        assert cur.fetchone() == (0,)
+        cur.execute("TRUNCATE transactions, transactions_keys")  # both named at once, as make demo's reset does
     conn.close()
     assert _rows(scratch_dsn, "SELECT count(*) FROM transactions_keys") == [(0,)]
 

@@ -4,7 +4,11 @@
 
 CREATE FUNCTION transactions_release_all_keys() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    TRUNCATE transactions_keys;
+    -- a TRUNCATE naming both tables has emptied the registry already (and holds it: truncating it
+    -- again inside that statement is refused)
+    IF EXISTS (SELECT 1 FROM transactions_keys) THEN
+        TRUNCATE transactions_keys;
+    END IF;
     RETURN NULL;
 END
 $$;
