@@ -439,11 +439,26 @@ def _check_quarantine_query(_script: str, _ctx: Ctx, output: str) -> None:
     )
 
 
+def _check_load_dimensions(script: str, ctx: Ctx, output: str) -> None:
+    from tx_platform.pipelines.transactions._generator import build_pools
+
+    assert re.search(r"merchants written \d+, customers added \d+, closed \d+, renamed \d+, cards added \d+", output)
+    cards = build_pools(int(re.search(r"--seed (\d+)", script)[1])).cards  # type: ignore[index]
+    dsn = ctx.env["TXP_POSTGRES_DSN"]
+    ids = [c.card_id for c in cards]
+    assert fetch_one(dsn, "SELECT count(*) FROM cards WHERE card_id = ANY(%s)", ids) == (len(cards),)
+    holders = sorted({c.customer_id for c in cards})
+    current = "SELECT count(*) FROM customers WHERE is_current AND customer_id = ANY(%s)"
+    assert fetch_one(dsn, current, holders) == (len(holders),)
+
+
+# a command's own line, not a comment that names it (`# the entities txp produce --seed 42 samples`)
 CHECKS: list[tuple[re.Pattern[str], Callable[[str, Ctx, str], None]]] = [
-    (re.compile(r"txp stack env"), _check_stack_env),
-    (re.compile(r"txp produce "), _check_produce),
-    (re.compile(r"dagster asset materialize "), _check_dagster_materialize),
-    (re.compile(r"txp dlq show"), _check_dlq_show),
+    (re.compile(r"^[^#\n]*txp stack env", re.MULTILINE), _check_stack_env),
+    (re.compile(r"^[^#\n]*txp produce ", re.MULTILINE), _check_produce),
+    (re.compile(r"^[^#\n]*dagster asset materialize ", re.MULTILINE), _check_dagster_materialize),
+    (re.compile(r"^[^#\n]*txp db load-dimensions ", re.MULTILINE), _check_load_dimensions),
+    (re.compile(r"^[^#\n]*txp dlq show", re.MULTILINE), _check_dlq_show),
     (re.compile(r"^psql .*GROUP BY", re.MULTILINE), _check_quarantine_query),
 ]
 
