@@ -44,6 +44,11 @@ def test_two_runs_in_the_sink_pool_run_one_after_the_other(stack_env: dict[str, 
     (tmp_path / "dagster.yaml").write_text(DAGSTER_YAML)
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     assert env["TXP_DAGSTER_PG_URL"]  # the stack's Dagster database, as `make dev` uses it
+    # the storages' tables are made once first (`dagster instance migrate`), as the webserver or the daemon does
+    # on a stack: two processes creating them at once on a fresh database race ("Retrying failed database creation")
+    subprocess.run(  # noqa: S603 - our own argv
+        [sys.executable, "-m", "dagster", "instance", "migrate"], env=env, cwd=PROJECT_ROOT, check=True, timeout=120
+    )
     runs = [
         subprocess.Popen(  # noqa: S603 - our own argv
             [sys.executable, "-c", RUN],
