@@ -44,11 +44,11 @@ def test_two_runs_in_the_sink_pool_run_one_after_the_other(stack_env: dict[str, 
     (tmp_path / "dagster.yaml").write_text(DAGSTER_YAML)
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     assert env["TXP_DAGSTER_PG_URL"]  # the stack's Dagster database, as `make dev` uses it
-    # the storages' tables are made once first (`dagster instance migrate`), as the webserver or the daemon does
-    # on a stack: two processes creating them at once on a fresh database race ("Retrying failed database creation")
-    subprocess.run(  # noqa: S603 - our own argv
-        [sys.executable, "-m", "dagster", "instance", "migrate"], env=env, cwd=PROJECT_ROOT, check=True, timeout=120
-    )
+    # one run alone first. Two processes that are the first ever to use a fresh Dagster database race twice:
+    # on creating the storages' tables ("Retrying failed database creation"), and on creating the pool's limit
+    # row from `default_limit` (dagster-io/dagster#33552: on PostgreSQL the loser's transaction is aborted by the
+    # UniqueViolation and its run fails). On a stack both happen once, at the first run; here the lone run does it.
+    subprocess.run([sys.executable, "-c", RUN], env=env, cwd=PROJECT_ROOT, check=True, timeout=180)  # noqa: S603
     runs = [
         subprocess.Popen(  # noqa: S603 - our own argv
             [sys.executable, "-c", RUN],
