@@ -62,7 +62,7 @@ PUBLIC = {
     "spark_jobs.sink": {"PipelineSink", "SinkStats", "await_query", "contract_struct", "decode", "render"},
     "spark_jobs.fraud": {
         "ALERTS_TOPIC", "AccountState", "Alert", "AlertPublisher", "Detector", "FraudQuery", "FraudStats", "Tx",
-        "alerts_topic", "allowed_lateness",
+        "alerts_topic",
     },
     "spark_jobs.transforms": {
         "ALLOWED_LATENESS", "CANDLES", "CandleQueryError", "CandleSpec", "CandleStats", "CandleStream", "CandleWriter",

@@ -6,7 +6,6 @@ from spark_jobs.fraud._query import (
     FraudQuery,
     FraudStats,
     alerts_topic,
-    allowed_lateness,
 )
 from spark_jobs.fraud._rules import AccountState, Alert, Detector, Tx
 
@@ -20,5 +19,4 @@ __all__ = [
     "FraudStats",
     "Tx",
     "alerts_topic",
-    "allowed_lateness",
 ]

@@ -52,7 +52,7 @@ from tx_platform.config import Settings
 from tx_platform.errors import SinkError, TxPlatformError
 from tx_platform.kafka_admin import ensure_topic, partition_count
 from tx_platform.pipelines import PipelineSpec
-from tx_platform.pipelines.transactions._fraud import DEFAULT_ALLOWED_LATENESS, USD_PER_UNIT, FraudRules, load_rules
+from tx_platform.pipelines.transactions._fraud import USD_PER_UNIT, FraudRules, load_rules
 from tx_platform.warehouse import SinkLease, acquire_lease, check_lease, connect
 
 log = logging.getLogger(__name__)
@@ -79,14 +79,6 @@ OUTPUT_SCHEMA = StructType(
     ]
 )
 STATE_SCHEMA = StructType([StructField("state", StringType())])
-
-
-def allowed_lateness(spec: PipelineSpec) -> timedelta:
-    """The watermark's allowed lateness: ``spec.allowed_lateness`` when the spec has one, else 10 minutes."""
-    value = getattr(spec, "allowed_lateness", None)
-    if value is None:
-        return DEFAULT_ALLOWED_LATENESS
-    return value if isinstance(value, timedelta) else timedelta(seconds=float(value))
 
 
 def alerts_topic(spec: PipelineSpec) -> str:
@@ -204,7 +196,7 @@ class FraudQuery:
         self.spec = spec
         self.settings = settings
         self.rules = rules or load_rules()
-        self.lateness = allowed_lateness(spec)
+        self.lateness = spec.allowed_lateness  # the watermark; the sink's `late` flag uses the same value
         self.query_name = f"{spec.name}_fraud"
         self.topic = alerts_topic(spec)
         self.checkpoint = f"{str(settings.checkpoint_root).rstrip('/')}/fraud-{spec.topic}"

@@ -42,8 +42,6 @@ FRAUD_HEADER = "txp-fraud-scenario"
 FRAUD_NAMESPACE = uuid.UUID("5b0f3c8e-9a41-4d7e-8c1a-6f2d0e4b7a10")
 #: USD per unit of each currency (the generator's rates, inverted): rules compare amounts in USD.
 USD_PER_UNIT = {c.currency: 1.0 / c.usd_rate for c in COUNTRIES}
-#: Allowed lateness of the fraud query's watermark when the spec does not carry one.
-DEFAULT_ALLOWED_LATENESS = timedelta(minutes=10)
 _CENT = Decimal("0.01")
 
 
