@@ -94,20 +94,30 @@ def ensure_topic(
     return created
 
 
-def partition_count(bootstrap: str, topic: str, timeout: float = 20.0) -> int:
-    """Partitions of ``topic``; TopicNotFoundError when it does not exist."""
+def partition_count(bootstrap: str, topic: str, timeout: float = 20.0, appear_within: float = 0.0) -> int:
+    """Partitions of ``topic``; TopicNotFoundError when it does not exist.
+
+    ``appear_within``: seconds to keep asking (with fresh metadata) for a topic that was just
+    created. Each broker applies new metadata on its own, and the client may ask any of them, so
+    a topic made a moment ago can still be unknown to the broker that answers.
+    """
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        info = admin.list_topics(topic=topic, timeout=timeout).topics.get(topic)
-    except KafkaException as exc:
-        raise _unreachable(bootstrap, exc) from exc
-    if info is None or info.error is not None:
-        msg = (
-            f"topic {topic!r} does not exist — create it with `txp topics create` or by materializing "
-            "kafka/transactions in Dagster"
-        )
-        raise TopicNotFoundError(msg)
-    return len(info.partitions)
+    deadline = time.monotonic() + appear_within
+    while True:
+        try:
+            info = admin.list_topics(topic=topic, timeout=timeout).topics.get(topic)
+        except KafkaException as exc:
+            raise _unreachable(bootstrap, exc) from exc
+        if info is not None and info.error is None:
+            return len(info.partitions)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    msg = (
+        f"topic {topic!r} does not exist — create it with `txp topics create` or by materializing "
+        "kafka/transactions in Dagster"
+    )
+    raise TopicNotFoundError(msg)
 
 
 def high_watermark(consumer: Consumer, partition: TopicPartition, timeout: float = 20.0) -> int:

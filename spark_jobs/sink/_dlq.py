@@ -99,7 +99,8 @@ class OutboxPublisher:
     def __init__(self, bootstrap: str, topic: str, producer_config: Mapping[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
-        self.partitions = partition_count(bootstrap, topic)
+        # made just before (ensure_topic): the broker that answers may not know it yet
+        self.partitions = partition_count(bootstrap, topic, appear_within=10.0)
         # the producer's guarantees (idempotent, acks=all, compressed)
         self._producer = Producer(
             {"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, "linger.ms": 10, **(producer_config or {})}
