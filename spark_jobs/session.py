@@ -14,6 +14,12 @@ DRIVER_METRICS_PATH = "/metrics/prometheus"
 #: Where the UI serves the executors' metrics in Prometheus format (``spark.ui.prometheus.enabled``).
 EXECUTOR_METRICS_PATH = "/metrics/executors/prometheus"
 
+#: JVM options of the driver and the executors. The sink's decode stage (Avro, every rule of the
+#: contract and the spec, the CSV line) is one whole-stage-generated method of more than 8,000 bytes
+#: of bytecode, which HotSpot by default never compiles (``DontCompileHugeMethods``): the stage then
+#: runs interpreted, at about half the speed (measured in ``bench/bench_sink.py``'s profile).
+JVM_OPTIONS = "-XX:-DontCompileHugeMethods"
+
 
 def spark_config(
     settings: Settings, jars: Sequence[Path | str], app_name: str = "tx_platform", metrics: bool = False
@@ -39,6 +45,9 @@ def spark_config(
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.enabled": str(settings.spark_ui).lower(),
+        # read when the JVM starts: by PySpark when it launches the driver's JVM, by the cluster for executors
+        "spark.driver.extraJavaOptions": JVM_OPTIONS,
+        "spark.executor.extraJavaOptions": JVM_OPTIONS,
     }
     if jars:
         config["spark.jars"] = ",".join(str(j) for j in jars)

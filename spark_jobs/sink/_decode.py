@@ -221,34 +221,63 @@ def _rules(spec: PipelineSpec, known_ids: list[int]) -> list[tuple[Column, str, 
     return rules
 
 
+class Decoder:
+    """The decode and render expressions of one pipeline for one set of writer schemas, built once.
+
+    Building them asks the JVM for every rule's expression (about a second of py4j calls for the
+    transactions contract); a streaming sink builds them once and applies them to every micro-batch,
+    building again only when the subject gets a new schema version.
+    """
+
+    def __init__(self, spec: PipelineSpec, writer_schemas: Mapping[int, str]) -> None:
+        self.spec = spec
+        self.schema_ids = tuple(sorted(writer_schemas))
+        self._r = _avro_struct(writer_schemas, spec.contract)
+        rules = _rules(spec, list(self.schema_ids))
+        # the number of the first violated rule (0: none). Every condition is evaluated (an array
+        # of booleans, then its first true), which keeps the generated code small: a 30-deep
+        # CASE chain made the stage's method too large for the JIT to compile
+        self._violated = F.array_position(
+            F.array(*[F.coalesce(condition, F.lit(False)) for condition, _code, _why in rules]), True
+        ).cast("int")
+        number = F.col("_violated")
+        codes = F.array(*[F.lit(error_code) for _condition, error_code, _why in rules])
+        # number > 0 only: element_at with index 0 fails, and with NULL Spark 4.1 answers the last element
+        self._code = F.when(number > 0, F.element_at(codes, number))
+        reason: Column | None = None
+        for n, (_condition, _code, why) in enumerate(rules, start=1):
+            reason = F.when(number == n, why) if reason is None else reason.when(number == n, why)
+        self._reason = reason if reason is not None else F.lit(None).cast("string")
+        self._rendered: list[Column] | None = None
+
+    def decode(self, records: DataFrame) -> DataFrame:
+        """Kafka rows -> one row per record with the decoded struct ``r`` and ``error_code``/``reason``.
+
+        ``error_code`` is null for records that satisfy every rule; otherwise it names the first rule
+        broken, in check order (bytes and contract types first, then the spec's rules).
+        """
+        return (
+            records.withColumn("r", self._r)
+            .withColumn("_violated", self._violated)
+            .withColumn("error_code", self._code)
+            .withColumn("reason", self._reason)
+            .drop("_violated")
+        )
+
+    def render(self, decoded: DataFrame) -> DataFrame:
+        """See :func:`render`."""
+        if self._rendered is None:
+            self._rendered = _rendered_columns(self.spec)
+        return decoded.select(*self._rendered)
+
+
 def decode(records: DataFrame, spec: PipelineSpec, writer_schemas: Mapping[int, str]) -> DataFrame:
     """Kafka rows -> one row per record with the decoded struct ``r`` and ``error_code``/``reason``.
 
     ``writer_schemas`` maps every schema id registered under the subject to its schema text.
-    ``error_code`` is null for records that satisfy every rule.
+    ``error_code`` is null for records that satisfy every rule. (One use: a sink keeps a :class:`Decoder`.)
     """
-    decoded = records.withColumn("r", _avro_struct(writer_schemas, spec.contract))
-    rules = _rules(spec, sorted(writer_schemas))
-    # each condition is evaluated once per record: one chain finds the first violated rule's number,
-    # then its code is looked up and only its reason is built
-    first: Column = F.lit(None).cast("int")
-    for number, (condition, _code, _why) in reversed(list(enumerate(rules, start=1))):
-        # built inside-out so that the first rule of the list is checked first
-        first = F.when(F.coalesce(condition, F.lit(False)), F.lit(number)).otherwise(first)
-    violated = F.col("_violated")
-    # a CASE on the number, not element_at(array(codes), number): Spark 4.1 answers element_at with a
-    # NULL index by the array's last element
-    code: Column = F.lit(None).cast("string")
-    reason: Column = F.lit(None).cast("string")
-    for number, (_condition, error_code, why) in enumerate(rules, start=1):
-        code = F.when(violated == F.lit(number), F.lit(error_code)).otherwise(code)
-        reason = F.when(violated == F.lit(number), why).otherwise(reason)
-    return (
-        decoded.withColumn("_violated", first)
-        .withColumn("error_code", code)
-        .withColumn("reason", reason)
-        .drop("_violated")
-    )
+    return Decoder(spec, writer_schemas).decode(records)
 
 
 def _column_sources(spec: PipelineSpec) -> dict[str, Column]:
@@ -287,17 +316,21 @@ def render(decoded: DataFrame, spec: PipelineSpec) -> DataFrame:
     ``value`` bytes travel beside the line (binary, only a duplicate needs them), and
     ``QUARANTINE_COLUMNS`` for rejects, with their raw bytes hex-encoded (``\\x...``) in the line.
     """
+    return decoded.select(*_rendered_columns(spec))
+
+
+def _rendered_columns(spec: PipelineSpec) -> list[Column]:
     sources = _column_sources(spec)
     ok = F.col("error_code").isNull()
     line = F.when(ok, _line(sources, staged_columns(spec))).otherwise(_line(sources, QUARANTINE_COLUMNS))
-    return decoded.select(
+    return [
         ok.alias("ok"),
-        "partition",
-        "offset",
+        F.col("partition"),
+        F.col("offset"),
         line.alias("line"),
         F.when(ok, F.col("key")).alias("key"),
         F.when(ok, F.col("value")).alias("value"),
-    )
+    ]
 
 
 #: CSV as PostgreSQL's COPY reads it: quotes doubled, NULL unquoted and empty, ISO timestamps.

@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.streaming import StreamingQuery
 
-from spark_jobs.sink._decode import decode, render, wire_schema_id
+from spark_jobs.sink._decode import Decoder, wire_schema_id
 from spark_jobs.sink._dlq import DeadLetterPublisher
 from spark_jobs.sink._progress import SinkProgressReporter
 from spark_jobs.sink._registry import WriterSchemas
@@ -84,6 +84,8 @@ class PipelineSink:
         self.stats = SinkStats()
         self.writer_schemas = WriterSchemas(settings.schema_registry_url, spec.subject)
         self._dlq: DeadLetterPublisher | None = None
+        #: the decode and render expressions, kept from batch to batch (rebuilt on a new schema version)
+        self._decoder: Decoder | None = None
         self._lease: SinkLease | None = None
         self._topic_id: str | None = None
         #: pushes the query's progress (txp_spark_*) to the Pushgateway while it runs
@@ -176,7 +178,9 @@ class PipelineSink:
     def _commit_batch(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         schemas = self._schemas_for(batch)
-        rendered = render(decode(batch, self.spec, schemas), self.spec)
+        if self._decoder is None or self._decoder.schema_ids != tuple(sorted(schemas)):
+            self._decoder = Decoder(self.spec, schemas)
+        rendered = self._decoder.render(self._decoder.decode(batch))
         # the topic's id now, not at start: a topic recreated while the sink runs must not pass as a replay
         self._topic_id = topic_id(self.settings.kafka_bootstrap, self.spec.topic)
         results = self._write(rendered, batch_id)

@@ -50,6 +50,9 @@ from tx_platform.warehouse._ledger import LedgerEntry, PartitionRange, check_bat
 
 log = logging.getLogger(__name__)
 
+#: ``work_mem`` of a commit's transaction: room to sort and join a slice's staged rows in memory.
+COMMIT_WORK_MEM = "64MB"
+
 #: Quarantine columns in CSV order (raw bytes as Postgres hex, ``\x...``).
 QUARANTINE_COLUMNS = (
     "kafka_topic",
@@ -214,6 +217,8 @@ def commit_batch(
         # commits share the table (ROW EXCLUSIVE) and serialize per partition on the ledger rows;
         # prepare_ledger and forget_topic (SHARE ROW EXCLUSIVE) wait for them and they for those
         cur.execute("LOCK TABLE sink_offsets IN ROW EXCLUSIVE MODE")
+        # the sorts and joins over a slice's staged rows in memory (the default 4 MB spills a 50k-row slice to disk)
+        cur.execute("SET LOCAL work_mem = %s", (COMMIT_WORK_MEM,))
         if lease_epoch is not None:
             check_lease(cur, topic, lease_epoch, batch_id)
         # a ledger row for a partition it does not know yet (next offset 0, so check_batch still
