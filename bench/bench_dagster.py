@@ -104,7 +104,7 @@ def dagster_run(
     }
     sink_step = next(k for k in steps if spec.query_name in k)
     if sink_only:
-        label, method = f"Dagster: {job.name}, the sink's tables + checks", "dagster_job_sink_only"
+        label, method = f"Dagster: {job.name}, sink tables only", "dagster_job_sink_only"
     else:
         label, method = f"Dagster: {job.name} (execute_in_process)", "dagster_job"
     job_figure = Figure(BENCH, method, label, rows, elapsed, {"steps": steps})

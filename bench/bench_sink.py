@@ -353,7 +353,9 @@ _STATEMENTS = (
     ("COPY quarantine staging", r"^COPY stage_q"),
     ("savepoints", r"^(SAVEPOINT|RELEASE|ROLLBACK TO)"),
     ("replay filter (DELETE)", r"^DELETE FROM stage"),
-    ("INSERT ... ON CONFLICT", r"^WITH inserted AS"),
+    ("target's shape (catalog)", r"^SELECT \(SELECT array_agg"),
+    ("session settings", r"^SET "),
+    ("claim keys + INSERT ... ON CONFLICT", r"^WITH (claimed|inserted) AS"),
     ("quarantine INSERT", r"^INSERT INTO quarantine"),
     ("fence (UPDATE sink_offsets)", r"^UPDATE sink_offsets"),
     ("sink_batches row", r"^(SELECT clock_timestamp|INSERT INTO sink_batches)"),
@@ -419,12 +421,16 @@ class ProfilingSliceWriter(SliceWriter):
 
         original = writer_module.connect
         writer_module.connect = timed_connect  # in this task's Python worker only
+        # the worker's cached connection (a previous task's) would run the statements untimed: a timed one
+        # is opened instead, and dropped after, so that the connection's set-up is part of every task's figure
+        writer_module.drop_worker_connection(self.dsn)
         begun = time.perf_counter()
         try:
             result = super().commit(*args, **kwargs)
         finally:
             commit = time.perf_counter() - begun
             writer_module.connect = original
+            writer_module.drop_worker_connection(self.dsn)
         timings = [t for conn in connections for t in conn.timings]
         per_kind: dict[str, float] = defaultdict(float)
         for kind, seconds in timings:
