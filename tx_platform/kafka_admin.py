@@ -167,16 +167,28 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 20.0) -> dict[int, 
     return {p: high for p, (_low, high) in watermarks(bootstrap, topic, timeout).items()}
 
 
-def topic_id(bootstrap: str, topic: str, timeout: float = 20.0) -> str:
-    """Kafka's id of ``topic`` (a UUID; a topic deleted and created again gets a new one)."""
+def topic_id(bootstrap: str, topic: str, timeout: float = 60.0) -> str:
+    """Kafka's id of ``topic`` (a UUID; a topic deleted and created again gets a new one).
+
+    Asked again, for up to ``timeout`` seconds, while the answer is a timeout or another transient
+    error (a controller being elected, a broker restarting): the sink asks at every batch, and one
+    slow answer must not stop it.
+    """
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
-    try:
-        return str(future.result(timeout=timeout).topic_id)
-    except KafkaException as exc:
-        if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            partition_count(bootstrap, topic, timeout)  # raises TopicNotFoundError with its hint
-        raise _unreachable(bootstrap, exc) from exc
+    deadline = time.monotonic() + timeout
+    while True:
+        attempt = max(1.0, min(15.0, deadline - time.monotonic()))
+        future = admin.describe_topics(TopicCollection([topic]), request_timeout=attempt)[topic]
+        try:
+            return str(future.result(timeout=attempt + 5).topic_id)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                partition_count(bootstrap, topic, timeout)  # raises TopicNotFoundError with its hint
+            transient = error.retriable() or error.code() in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT)
+            if not transient or time.monotonic() >= deadline:
+                raise _unreachable(bootstrap, exc) from exc
+        time.sleep(0.5)
 
 
 def watermarks(bootstrap: str, topic: str, timeout: float = 20.0) -> dict[int, tuple[int, int]]:
