@@ -1,7 +1,8 @@
 """Benchmark: the sink's commit (COPY into staging + one INSERT ... ON CONFLICT) vs row-by-row inserts.
 
-Runs against the warehouse of the running stack (`make up`), on topics named bench_*; prints, per
-pipeline, one line per method with records/s, and the speed-up, in the same run. Usage:
+Runs against the warehouse of the running stack (`make up`), in a schema of its own (dropped after),
+on topics named bench_*; prints, per pipeline, one line per method with records/s, and the speed-up,
+in the same run. Usage:
 
     .venv/bin/python bench/bench_commit.py [--records 20000] [--repeat 3] [--pipeline transactions ...]
 """
@@ -15,6 +16,8 @@ import statistics
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+
+from _common import bench_schema
 
 from tx_platform.config import load_settings
 from tx_platform.pipelines import PIPELINES, PipelineSpec
@@ -93,10 +96,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     specs = [PIPELINES[name] for name in args.pipeline or PIPELINES]
-    dsn = load_settings().dsn()
-    ensure_schema(dsn, specs)
+    # a schema of its own, dropped after: the development warehouse keeps nothing of the benchmark
+    with bench_schema(load_settings(), "commit") as dsn:
+        ensure_schema(dsn, specs)
+        medians_by_pipeline = {spec.name: bench(dsn, spec, args.records, args.repeat) for spec in specs}
     for spec in specs:
-        medians = bench(dsn, spec, args.records, args.repeat)
+        medians = medians_by_pipeline[spec.name]
         print(f"{spec.name}: {args.records:,} records per commit, median of {args.repeat} runs")  # noqa: T201
         for name, seconds in medians.items():
             print(f"  {name:<30} {seconds:8.3f} s  {args.records / seconds:>10,.0f} records/s")  # noqa: T201
