@@ -39,6 +39,11 @@ _TRANSIENT_CODES = frozenset(
 )
 
 
+def _transient(error: KafkaError) -> bool:
+    """An error worth asking again for: retriable by Kafka's own account, or one of :data:`_TRANSIENT_CODES`."""
+    return error.retriable() or error.code() in _TRANSIENT_CODES
+
+
 def _unreachable(bootstrap: str, exc: Exception) -> ServiceUnavailableError:
     msg = f"Kafka did not answer on {bootstrap} ({exc}) — is the stack up? run `make up`"
     return ServiceUnavailableError(msg)
@@ -141,8 +146,7 @@ def partition_watermarks(consumer: Consumer, partition: TopicPartition, timeout:
             low, high = consumer.get_watermark_offsets(partition, timeout=attempt)
             return int(low), int(high)
         except KafkaException as exc:
-            error = exc.args[0]
-            if not (error.retriable() or error.code() in _TRANSIENT_CODES) or time.monotonic() > deadline:
+            if not _transient(exc.args[0]) or time.monotonic() > deadline:
                 raise
         with contextlib.suppress(KafkaException):
             consumer.list_topics(partition.topic, timeout=attempt)
@@ -185,8 +189,7 @@ def topic_id(bootstrap: str, topic: str, timeout: float = 60.0) -> str:
             error = exc.args[0]
             if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                 partition_count(bootstrap, topic, timeout)  # raises TopicNotFoundError with its hint
-            transient = error.retriable() or error.code() in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT)
-            if not transient or time.monotonic() >= deadline:
+            if not _transient(error) or time.monotonic() >= deadline:
                 raise _unreachable(bootstrap, exc) from exc
         time.sleep(0.5)
 
