@@ -78,12 +78,13 @@ def dagster_run(
     saved = os.environ.get("TXP_POSTGRES_DSN")
     instance = DagsterInstance.ephemeral()
     keys = pipeline_keys(spec)
-    with bench_schema(settings, "dagster_sink" if sink_only else "dagster") as dsn:
+    name = "dagster_sink" if sink_only else "dagster"  # its schema and checkpoint
+    with bench_schema(settings, name) as dsn:
         ensure_schema(dsn, [spec])
         # the DSN reaches the resources as a variable (secrets are never resource config)
         os.environ["TXP_POSTGRES_DSN"] = dsn
         try:
-            run_settings = settings_for(dsn, checkpoint_dir=work / ("ck_dagster_sink" if sink_only else "ck_dagster"))
+            run_settings = settings_for(dsn, checkpoint_dir=work / f"ck_{name}")
             job = build_definitions(run_settings, [spec]).resolve_job_def(sink_job_name(spec))
             selection = [keys.table, keys.quarantine] if sink_only else None
             started = time.perf_counter()

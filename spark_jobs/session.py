@@ -15,9 +15,10 @@ DRIVER_METRICS_PATH = "/metrics/prometheus"
 EXECUTOR_METRICS_PATH = "/metrics/executors/prometheus"
 
 #: JVM options of the driver and the executors. The sink's decode stage (Avro, every rule of the
-#: contract and the spec, the CSV line) is one whole-stage-generated method of more than 8,000 bytes
-#: of bytecode, which HotSpot by default never compiles (``DontCompileHugeMethods``): the stage then
-#: runs interpreted, at about half the speed (measured in ``bench/bench_sink.py``'s profile).
+#: contract and the spec, the CSV line) is generated with a method of about 12,900 bytes of bytecode
+#: (Spark's ``CodegenMetrics``), over the 8,000 above which HotSpot by default never compiles one
+#: (``DontCompileHugeMethods``): the stage then ran interpreted, at about half the speed (README,
+#: "What changed in the decode stage").
 JVM_OPTIONS = "-XX:-DontCompileHugeMethods"
 
 

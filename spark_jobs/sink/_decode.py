@@ -235,8 +235,8 @@ class Decoder:
         self._r = _avro_struct(writer_schemas, spec.contract)
         rules = _rules(spec, list(self.schema_ids))
         # the number of the first violated rule (0: none). Every condition is evaluated (an array
-        # of booleans, then its first true), which keeps the generated code small: a 30-deep
-        # CASE chain made the stage's method too large for the JIT to compile
+        # of booleans, then its first true): less generated code than a 30-deep CASE chain (the
+        # stage's method is still over the JIT's size limit: see JVM_OPTIONS in spark_jobs/session.py)
         self._violated = F.array_position(
             F.array(*[F.coalesce(condition, F.lit(False)) for condition, _code, _why in rules]), True
         ).cast("int")
