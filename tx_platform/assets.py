@@ -130,7 +130,8 @@ class PipelineDefinitions:
 
     @property
     def sink_job(self) -> AssetJob:
-        """``<name>_sink_job``: the sink's tables and every unpartitioned derived asset, with their checks."""
+        """``<name>_sink_job``: the sink's tables and the unpartitioned derived assets downstream of them, with their
+        checks."""
         name = sink_job_name(self.spec)
         job = next(j for j in self.jobs if j.name == name)
         assert isinstance(job, _UNRESOLVED_JOB)  # noqa: S101 - built by _sink_job
@@ -144,6 +145,18 @@ class PipelineDefinitions:
     def partitioned_assets(self) -> list[AssetsDefinition]:
         """The pipeline's partitioned assets (materialized per partition, outside the sink job)."""
         return [a for a in self.assets if isinstance(a, AssetsDefinition) and a.partitions_def is not None]
+
+    def topic_readers(self) -> list[AssetKey]:
+        """Unpartitioned derived assets outside the sink job: they read the topic themselves (the fraud query),
+        and the pipeline runs them with a job and trigger of its own."""
+        followers = set(sink_followers(self.keys, self.assets))
+        return [
+            k
+            for a in self.assets
+            if isinstance(a, AssetsDefinition) and a.partitions_def is None
+            for k in a.keys
+            if k in self.derived_keys and k not in followers
+        ]
 
     def with_sensors(self, *sensors: SensorDefinition) -> "PipelineDefinitions":
         """The same definitions plus ``sensors``."""
@@ -502,18 +515,36 @@ def _sink_asset(spec: PipelineSpec, keys: PipelineKeys) -> AssetsDefinition:
     return _sink
 
 
+def sink_followers(keys: PipelineKeys, derived: Sequence[AssetsDefinition | AssetSpec | SourceAsset]) -> list[AssetKey]:
+    """The unpartitioned derived assets downstream of the sink's tables (directly or through other derived
+    assets), sorted: they run in the sink job, after the sink.
+
+    An asset that reads the topic itself (the fraud query: upstream only ``kafka/<topic>``) needs nothing the
+    sink wrote, so it is left to a job and trigger of its own instead of lengthening every sink run.
+    """
+    upstream: dict[AssetKey, set[AssetKey]] = {}
+    for item in derived:
+        if isinstance(item, AssetsDefinition) and item.partitions_def is None:
+            for spec in item.specs:
+                upstream[spec.key] = {d.asset_key for d in spec.deps}
+    followers: set[AssetKey] = set()
+    reached = set(keys.sink)
+    while True:
+        new = {k for k, deps in upstream.items() if k not in followers and deps & reached}
+        if not new:
+            return sorted(followers, key=lambda k: k.to_user_string())
+        followers |= new
+        reached |= new
+
+
 def _sink_job(
     spec: PipelineSpec, keys: PipelineKeys, derived: Sequence[AssetsDefinition | AssetSpec | SourceAsset]
 ) -> AssetJob:
-    followers = sorted(
-        (k for a in derived if isinstance(a, AssetsDefinition) and a.partitions_def is None for k in a.keys),
-        key=lambda k: k.to_user_string(),
-    )
     return define_asset_job(
         sink_job_name(spec),
-        selection=AssetSelection.assets(*keys.sink, *followers),
+        selection=AssetSelection.assets(*keys.sink, *sink_followers(keys, derived)),
         description=f"Run the `{spec.name}` sink once (AvailableNow), then the pipeline's unpartitioned derived "
-        "assets, with every check of those assets.",
+        "assets that read the sink's tables, with every check of those assets.",
         tags={"txp/sink": spec.name},
     )
 
@@ -529,9 +560,10 @@ def build_pipeline_assets(spec: PipelineSpec) -> PipelineDefinitions:
     - its checks (:func:`tx_platform.checks.asset_checks.build_sink_checks`): ``no_unexplained_loss``
       (blocking) and ``<table>_match_contract`` on the table, ``dlq_matches_quarantine`` on the quarantine;
     - the spec's derived assets (below);
-    - the job ``<name>_sink_job``: the sink's two tables and every *unpartitioned* derived asset,
-      with their checks, so derived tables follow each sink run the lag sensor requests.
-      Partitioned derived assets bring their own jobs and schedules.
+    - the job ``<name>_sink_job``: the sink's two tables and every *unpartitioned* derived asset
+      downstream of them (:func:`sink_followers`), with their checks, so derived tables follow each sink
+      run the lag sensor requests. Partitioned derived assets, and unpartitioned ones that read only the
+      topic (:meth:`PipelineDefinitions.topic_readers`), bring their own jobs and triggers.
 
     **Contract for derived-asset authors.** ``spec.derived_assets`` names a function
     ``derived_assets(spec: PipelineSpec) -> Sequence[...]`` (or returning a ``dagster.Definitions``
@@ -554,8 +586,9 @@ def build_pipeline_assets(spec: PipelineSpec) -> PipelineDefinitions:
     - ``settings``: :class:`~tx_platform.resources.SettingsResource` (``settings`` is the
       :class:`~tx_platform.config.Settings` object: checkpoint root, registry URL, ...).
 
-    Unpartitioned derived assets run in ``<name>_sink_job`` after the sink (when they depend on the
-    sink's table) and in ``make demo``; partitioned ones are materialized per partition.
+    Unpartitioned derived assets downstream of the sink's tables run in ``<name>_sink_job`` after the sink;
+    those that read only the topic run in their own job (``make demo`` runs them after the sink job);
+    partitioned ones are materialized per partition.
     """
     from tx_platform.checks.asset_checks import build_sink_checks  # it imports this module for the keys
 

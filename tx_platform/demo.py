@@ -193,8 +193,9 @@ def run_demo(
     """Run every pipeline of ``counts`` (name -> records; default :data:`DEFAULT_COUNTS`) headless against ``stack``.
 
     Per pipeline: produce ``count`` seeded records (``bad_ratio`` of them deliberately bad) over its
-    :data:`DEMO_WINDOWS` span, then, with Dagster, its topics and its ``<name>_sink_job`` (the sink and
-    every unpartitioned derived asset, with their checks). The partitioned assets then run because
+    :data:`DEMO_WINDOWS` span, then, with Dagster, its topics, its ``<name>_sink_job`` (the sink and
+    the unpartitioned derived assets downstream of it, with their checks) and the unpartitioned derived
+    assets that read the topic themselves (the fraud query, its own job). The partitioned assets then run because
     their automation conditions request them (evaluated against the stack's instance, as the
     automation sensor would); each produced day of each must end up materialized.
     """
@@ -316,6 +317,10 @@ def run_demo(
 
     for name, defs in built.items():
         timed(f"{name}.sink_job", partial(run, defs.sink_job.selection))
+        # what reads the topic itself (the fraud query) has a job of its own, requested after each sink run
+        readers = defs.topic_readers()
+        if readers:
+            timed(f"{name}.topic_readers", partial(run, AssetSelection.assets(*readers)))
         automate(name)
 
     # every produced day of every partitioned asset must be materialized now (by automation, never asked for)

@@ -133,7 +133,7 @@ def test_demo_runs_every_pipeline_reconciled_and_keeps_dagster_runs_in_postgres(
     assert summary.checks_failed == 0 and summary.checks_passed == _expected_checks(partitions)
     assert {k for k in summary.timings if "[" not in k} == {
         "stack_up", "reset", "topics", "transactions.produce", "crypto_trades.produce", "transactions.sink_job",
-        "crypto_trades.sink_job", "extra.fraud",
+        "transactions.topic_readers", "crypto_trades.sink_job", "extra.fraud",
     }  # fmt: skip
     fraud = summary.extra["fraud"]
     assert fraud["ok"] and fraud["recall"] == 1.0 and fraud["precision"] == 1.0 and fraud["injected"] == 4

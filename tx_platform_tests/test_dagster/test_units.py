@@ -8,6 +8,7 @@ from dagster import (
     AssetKey,
     AssetSelection,
     DailyPartitionsDefinition,
+    DefaultSensorStatus,
     Definitions,
     MaterializeResult,
     asset,
@@ -73,7 +74,7 @@ def test_definitions_hold_every_pipeline_as_its_own_group() -> None:
     assert groups == GROUPS
 
     repository = defs.get_repository_def()
-    others = {"txp_run_failure_sensor", "transactions_automation_sensor"}
+    others = {"txp_run_failure_sensor", "transactions_automation_sensor", "transactions_fraud_sensor"}
     sensors = {s.name: s.job_name for s in repository.sensor_defs if s.name not in others}
     assert sensors == {
         "transactions_lag_sensor": "transactions_sink_job",
@@ -81,20 +82,20 @@ def test_definitions_hold_every_pipeline_as_its_own_group() -> None:
     }
     # no default automation sensor (STOPPED by default): the pipeline's own covers every automated asset
     assert {s.name for s in repository.sensor_defs} - set(sensors) == others
-    # each sink job runs the sink's two tables and every unpartitioned derived asset of its pipeline
+    # each sink job runs the sink's two tables and every unpartitioned derived asset downstream of them; the
+    # fraud query reads the topic itself: a job of its own, requested after each run that loaded the table
     sink_jobs = {
         name: {k.to_user_string() for k in defs.resolve_job_def(name).asset_layer.selected_asset_keys}
-        for name in sensors.values()
+        for name in (*sensors.values(), "transactions_fraud_job")
     }
     assert sink_jobs == {
-        "transactions_sink_job": {
-            "warehouse/transactions",
-            "warehouse/quarantine",
-            "warehouse/fraud_alerts",
-            "kafka/fraud_alerts",
-        },
+        "transactions_sink_job": {"warehouse/transactions", "warehouse/quarantine"},
         "crypto_trades_sink_job": GROUPS["crypto_trades"] - {"kafka/crypto_trades", "kafka/crypto_trades_dlq"},
+        "transactions_fraud_job": {"warehouse/fraud_alerts", "kafka/fraud_alerts"},
     }
+    fraud_sensor = repository.get_sensor_def("transactions_fraud_sensor")
+    assert [t.job_name for t in fraud_sensor.targets] == ["transactions_fraud_job"]
+    assert fraud_sensor.default_status == DefaultSensorStatus.RUNNING
     assert {
         k.to_user_string() for k in defs.resolve_job_def("transactions_daily_job").asset_layer.selected_asset_keys
     } == {
@@ -111,6 +112,7 @@ def test_definitions_hold_every_pipeline_as_its_own_group() -> None:
         "transactions_sink_job",
         "crypto_trades_sink_job",
         "transactions_daily_job",
+        "transactions_fraud_job",
     }
     assert set(defs.resources or {}) == {"kafka", "postgres", "pyspark", "settings"}
 
@@ -196,18 +198,31 @@ def test_unpartitioned_derived_assets_follow_the_sink_and_partitioned_ones_do_no
     def day_stats() -> MaterializeResult:
         return MaterializeResult()
 
+    @asset(key=["warehouse", "hour_stats"], deps=[minute_stats], group_name="demo_pipe")
+    def hour_stats() -> MaterializeResult:
+        return MaterializeResult()
+
+    @asset(key=["warehouse", "topic_stats"], deps=[AssetKey(["kafka", "transactions"])], group_name="demo_pipe")
+    def topic_stats() -> MaterializeResult:
+        return MaterializeResult()
+
     @asset_check(asset=minute_stats)
     def minute_stats_positive() -> AssetCheckResult:
         return AssetCheckResult(passed=True)
 
     job = define_asset_job("day_stats_job", selection=AssetSelection.assets(day_stats))
-    built = build_pipeline_assets(_with_derived([minute_stats, day_stats, minute_stats_positive, job]))
+    built = build_pipeline_assets(
+        _with_derived([minute_stats, hour_stats, topic_stats, day_stats, minute_stats_positive, job])
+    )
     assert built.sink_job.name == "demo_pipe_sink_job"
+    # downstream of the sink's table, directly or through another derived asset; not what reads only the topic
     assert set(built.sink_job.selection.selected_keys) == {
         AssetKey(["warehouse", "transactions"]),
         AssetKey(["warehouse", "quarantine"]),
         AssetKey(["warehouse", "minute_stats"]),
+        AssetKey(["warehouse", "hour_stats"]),
     }
+    assert built.topic_readers() == [topic_stats.key]
     assert [j.name for j in built.jobs] == ["demo_pipe_sink_job", "day_stats_job"]
     assert [a.key for a in built.partitioned_assets()] == [day_stats.key]
     assert minute_stats_positive in built.asset_checks

@@ -1,16 +1,20 @@
 """The Dagster UI in headless Chromium, against `dagster dev` on the session's test stack.
 
 The lineage shows every asset of every pipeline, each pipeline its own group; a materialization
-launched from the UI (the asset page's "Materialize") succeeds; the transactions lag sensor shows
-its ticks; the asset's checks tab shows the checks' results. TXP_UPDATE_SCREENSHOTS=1 rewrites
-docs/lineage.png from the lineage graph.
+launched from the UI (the asset page's "Materialize") succeeds and the daemon's fraud sensor runs
+`transactions_fraud_job` after it; the transactions lag sensor shows its ticks; the asset's checks
+tab shows the checks' results. TXP_UPDATE_SCREENSHOTS=1 rewrites docs/lineage.png from the lineage
+graph.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
+import urllib.request
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -136,6 +140,50 @@ def test_materialize_from_ui_succeeds_and_checks_pass(page: Page, dagster_url: s
     page.get_by_text("no_unexplained_loss", exact=True).first.click()
     expect(page.get_by_text("Evaluation result")).to_be_visible()
     expect(page.get_by_text("Passed", exact=True).first, "no_unexplained_loss's latest evaluation").to_be_visible()
+
+
+def _graphql(dagster_url: str, query: str) -> dict[str, Any]:
+    request = urllib.request.Request(  # noqa: S310 - the test's own webserver
+        f"{dagster_url}/graphql", json.dumps({"query": query}).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return json.load(response)["data"]
+
+
+def _runs(dagster_url: str, job: str | None = None) -> list[dict[str, Any]]:
+    where = f'(filter: {{pipelineName: "{job}"}})' if job else ""
+    query = (
+        f"{{ runsOrError{where} {{ ... on Runs {{ results {{ runId jobName status "
+        "assetSelection { path } tags { key value } } } } }"
+    )
+    return _graphql(dagster_url, query)["runsOrError"]["results"]
+
+
+def test_the_fraud_job_follows_a_successful_load(page: Page, dagster_url: str) -> None:
+    # the run launched from the UI (test above) materialized warehouse/transactions and succeeded
+    loads = {
+        r["runId"]
+        for r in _runs(dagster_url)
+        if r["status"] == "SUCCESS" and ["warehouse", "transactions"] in [a["path"] for a in r["assetSelection"] or []]
+    }
+    assert loads, "no successful run of warehouse/transactions to follow"
+    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
+    while True:
+        fraud = _runs(dagster_url, "transactions_fraud_job")
+        done = [r for r in fraud if r["status"] in {"SUCCESS", "FAILURE", "CANCELED"}]
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert done, f"no finished run of transactions_fraud_job within {RUN_TIMEOUT_MS // 1000} s: {fraud}"
+    run = done[0]
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    # requested by the sensor, after the load, and only once per load
+    assert tags.get("dagster/sensor_name") == "transactions_fraud_sensor" and tags["txp/after_run"] in loads, tags
+    assert len([r for r in fraud if r["tags"] == run["tags"]]) == 1
+    assert run["status"] == "SUCCESS", f"the fraud run failed: {dagster_url}/runs/{run['runId']}"
+    page.goto(f"{dagster_url}/runs/{run['runId']}")
+    expect(page.get_by_text("warehouse / fraud_alerts").first, "the fraud run's asset").to_be_visible()
+    expect(page.get_by_text("RUN_SUCCESS", exact=True).first).to_be_visible()
 
 
 def test_sensor_shows_its_last_tick(page: Page, dagster_url: str) -> None:

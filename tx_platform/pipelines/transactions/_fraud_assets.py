@@ -4,22 +4,55 @@ One multi-asset runs the fraud query (``spark_jobs/fraud``) once over everything
 topic (AvailableNow): it writes both assets together, the alerts in Postgres and each exactly once in
 the topic, so they cannot be materialized apart. One run at a time (pool ``fraud_<pipeline>``): two
 would race on the query's checkpoint (the query's lease would refuse the second anyway).
+
+The query reads the topic, not the sink's table, so it is not part of the sink job (it would double that
+run's time: 87 s of fraud query next to 31 s of sink over a 1M backlog). It has a job of its own,
+``<pipeline>_fraud_job``, which ``<pipeline>_fraud_sensor`` (a run-status sensor, RUNNING by default) requests
+after each successful run that materialized the sink's table: fraud alerts follow the loads the lag sensor
+starts, in a run of their own.
 """
 
 from collections.abc import Iterator
 from typing import Any
 
-from dagster import AssetExecutionContext, AssetKey, AssetSpec, MaterializeResult, MetadataValue, multi_asset
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetSelection,
+    AssetSpec,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    MaterializeResult,
+    MetadataValue,
+    RunRequest,
+    RunsFilter,
+    RunStatusSensorContext,
+    SkipReason,
+    define_asset_job,
+    multi_asset,
+    run_status_sensor,
+)
 from dagster_pyspark import LazyPySparkResource
 
+from tx_platform.assets import pipeline_keys, sink_job_name
 from tx_platform.pipelines import PipelineSpec, asset_name
 from tx_platform.resources import PostgresResource, SettingsResource
 
 OWNERS = ["team:data-platform"]
 
 
+#: Runs of the fraud job not started yet: one is enough, it reads everything new when it starts.
+_WAITING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]
+
+
+def fraud_job_name(spec: PipelineSpec) -> str:
+    """``<pipeline>_fraud_job``: the fraud query's job."""
+    return f"{spec.name}_fraud_job"
+
+
 def fraud_assets(spec: PipelineSpec) -> list[Any]:
-    """``warehouse/fraud_alerts`` and ``kafka/<alerts topic>``, downstream of ``kafka/<topic>``."""
+    """``warehouse/fraud_alerts`` and ``kafka/<alerts topic>``, downstream of ``kafka/<topic>``; their job and the
+    sensor that requests it after each sink run."""
     from spark_jobs.fraud._query import alerts_topic  # no Spark session here: the names only
 
     topic = alerts_topic(spec)
@@ -87,4 +120,34 @@ def fraud_assets(spec: PipelineSpec) -> list[Any]:
         )
         yield MaterializeResult(asset_key=topic_key, metadata={"published": stats.published})
 
-    return [_fraud]
+    job = define_asset_job(
+        fraud_job_name(spec),
+        selection=AssetSelection.assets(alerts_key, topic_key),
+        description=f"Run the fraud query once over everything new in `{spec.topic}` (AvailableNow), then publish "
+        f"its new alerts to `{topic}`.",
+        tags={"txp/pipeline": spec.name},
+    )
+    sink_job = sink_job_name(spec)
+    table = pipeline_keys(spec).table
+
+    @run_status_sensor(
+        run_status=DagsterRunStatus.SUCCESS,
+        name=f"{spec.name}_fraud_sensor",
+        request_job=job,
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description=f"Runs {job.name} after each successful run that materialized {table.to_user_string()} "
+        f"({sink_job}, or the table materialized by hand); at most one such run waits at a time.",
+    )
+    def fraud_sensor(context: RunStatusSensorContext) -> RunRequest | SkipReason:
+        run = context.dagster_run
+        if run.job_name != sink_job and table not in (run.asset_selection or ()):
+            return SkipReason(f"run {run.run_id} ({run.job_name}) did not materialize {table.to_user_string()}")
+        waiting = context.instance.get_runs(filters=RunsFilter(job_name=job.name, statuses=_WAITING), limit=1)
+        if waiting:
+            return SkipReason(
+                f"fraud run {waiting[0].run_id} has not started yet: it will read what run {run.run_id} loaded"
+            )
+        return RunRequest(run_key=f"after-{run.run_id}", tags={"txp/after_run": run.run_id})
+
+    return [_fraud, job, fraud_sensor]
