@@ -6,6 +6,7 @@ import pytest
 from dagster import (
     AssetCheckResult,
     AssetKey,
+    AssetsDefinition,
     AssetSelection,
     DailyPartitionsDefinition,
     DefaultSensorStatus,
@@ -255,3 +256,47 @@ def test_a_missing_derived_assets_module_fails_naming_it() -> None:
     spec = dataclasses.replace(TRANSACTIONS, derived_assets="tx_platform.pipelines.transactions._nowhere:derived")
     with pytest.raises(ConfigError, match=r"cannot resolve 'tx_platform\.pipelines\.transactions\._nowhere:derived'"):
         build_pipeline_assets(spec)
+
+
+def test_the_fraud_sensor_follows_a_run_that_loaded_the_table_and_keeps_one_run_waiting() -> None:
+    from dagster import (
+        DagsterEventType,
+        DagsterInstance,
+        DagsterRun,
+        DagsterRunStatus,
+        RunRequest,
+        SkipReason,
+        build_run_status_sensor_context,
+        materialize,
+    )
+
+    from tx_platform.pipelines.transactions._fraud_assets import fraud_assets
+
+    _fraud, job, sensor = fraud_assets(TRANSACTIONS)
+    instance = DagsterInstance.ephemeral()
+
+    @asset(key=["warehouse", "elsewhere"])
+    def elsewhere() -> None:
+        return None
+
+    @asset(key=["warehouse", "transactions"])
+    def table() -> None:
+        return None
+
+    def evaluate(assets_def: AssetsDefinition) -> tuple[str, object]:
+        result = materialize([assets_def], instance=instance)  # a run of every asset given: no asset selection
+        success = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
+        context = build_run_status_sensor_context(
+            sensor_name=sensor.name, dagster_event=success, dagster_instance=instance, dagster_run=result.dagster_run
+        )
+        return result.run_id, sensor(context)
+
+    run_id, outcome = evaluate(elsewhere)
+    assert isinstance(outcome, SkipReason) and "did not materialize warehouse/transactions" in str(outcome.skip_message)
+    run_id, outcome = evaluate(table)
+    assert isinstance(outcome, RunRequest) and outcome.run_key == f"after-{run_id}"
+    assert outcome.tags == {"txp/after_run": run_id} and [t.job_name for t in sensor.targets] == [job.name]
+    # a fraud run not started yet reads everything new when it starts: no second one waits beside it
+    instance.add_run(DagsterRun(job_name=job.name, run_id="f" * 36, status=DagsterRunStatus.NOT_STARTED))
+    run_id, outcome = evaluate(table)
+    assert isinstance(outcome, SkipReason) and f"fraud run {'f' * 36} has not started yet" in str(outcome.skip_message)

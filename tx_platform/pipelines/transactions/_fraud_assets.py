@@ -127,7 +127,6 @@ def fraud_assets(spec: PipelineSpec) -> list[Any]:
         f"its new alerts to `{topic}`.",
         tags={"txp/pipeline": spec.name},
     )
-    sink_job = sink_job_name(spec)
     table = pipeline_keys(spec).table
 
     @run_status_sensor(
@@ -137,11 +136,14 @@ def fraud_assets(spec: PipelineSpec) -> list[Any]:
         default_status=DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
         description=f"Runs {job.name} after each successful run that materialized {table.to_user_string()} "
-        f"({sink_job}, or the table materialized by hand); at most one such run waits at a time.",
+        f"({sink_job_name(spec)}, or the table materialized by hand); at most one such run waits at a time.",
     )
     def fraud_sensor(context: RunStatusSensorContext) -> RunRequest | SkipReason:
         run = context.dagster_run
-        if run.job_name != sink_job and table not in (run.asset_selection or ()):
+        # the table's latest materialization is this run's: a sink job run, the table materialized by hand or with
+        # others (a run of every asset has no explicit asset selection to look at)
+        latest = context.instance.get_latest_materialization_event(table)
+        if latest is None or latest.run_id != run.run_id:
             return SkipReason(f"run {run.run_id} ({run.job_name}) did not materialize {table.to_user_string()}")
         waiting = context.instance.get_runs(filters=RunsFilter(job_name=job.name, statuses=_WAITING), limit=1)
         if waiting:
