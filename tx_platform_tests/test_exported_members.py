@@ -10,8 +10,8 @@ PUBLIC = {
         "SinkError", "StackError", "TopicNotFoundError", "TxPlatformError", "__version__", "load_settings",
     },
     "tx_platform.pipelines": {
-        "CRYPTO_TRADES", "DEFAULT_PIPELINE", "PIPELINES", "TRANSACTIONS", "Generator", "PipelineSpec", "asset_name",
-        "get_pipeline", "pipeline_of_topic", "resolve_ref",
+        "CRYPTO_TRADES", "DEFAULT_PIPELINE", "PIPELINES", "TRANSACTIONS", "BlockedRecords", "Generator", "PipelineSpec",
+        "asset_name", "get_pipeline", "pipeline_of_topic", "resolve_ref",
     },
     "tx_platform.contract": {
         "COMPATIBILITY", "CONTRACT_ERROR_CODES", "EARLIEST_EVENT_TIME", "MAX_FUTURE_SECONDS", "UUID_REGEX",

@@ -7,7 +7,7 @@ its contract, a generator and its derived assets (see the README), and listing i
 from __future__ import annotations
 
 from tx_platform.errors import ConfigError
-from tx_platform.pipelines._spec import Generator, PipelineSpec, asset_name, resolve_ref
+from tx_platform.pipelines._spec import BlockedRecords, Generator, PipelineSpec, asset_name, resolve_ref
 from tx_platform.pipelines.crypto_trades import CRYPTO_TRADES
 from tx_platform.pipelines.transactions import TRANSACTIONS
 
@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_PIPELINE",
     "PIPELINES",
     "TRANSACTIONS",
+    "BlockedRecords",
     "Generator",
     "PipelineSpec",
     "asset_name",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import itertools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib.resources.abc import Traversable
@@ -30,6 +31,35 @@ _TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 #: ``(count, seed, start) -> records``: what a pipeline's generator is (extra keywords allowed).
 Generator = Callable[..., Iterator[Record]]
+
+
+class BlockedRecords(Iterator[Record]):
+    """A generator's records in independent blocks: ``blocks[b]()`` yields block ``b``'s records, and the
+    stream (this iterator) is every block in order.
+
+    What a generator may return when each block depends on its arguments and its number alone (its own
+    seeded random source): the producer then generates and encodes the blocks in several processes and
+    sends them in order (:mod:`tx_platform.producer._parallel`), the same records whatever the number of
+    processes. Iterated here, it is an ordinary iterator.
+    """
+
+    def __init__(self, blocks: Iterable[Callable[[], Iterable[Record]]]) -> None:
+        self.blocks = tuple(blocks)
+        self._stream: Iterator[Record] | None = None
+
+    def __iter__(self) -> Iterator[Record]:
+        # the chain itself: a for loop then takes each record without a call of __next__ here
+        if self._stream is None:
+            self._stream = itertools.chain.from_iterable(block() for block in self.blocks)
+        return self._stream
+
+    def __next__(self) -> Record:
+        return next(iter(self))
+
+    @property
+    def started(self) -> bool:
+        """Some records were taken from the stream (the blocks then no longer say what is left)."""
+        return self._stream is not None
 
 
 def resolve_ref(ref: str | Callable[..., Any]) -> Callable[..., Any]:

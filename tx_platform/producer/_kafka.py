@@ -23,7 +23,7 @@ from tx_platform.kafka_admin import PRODUCER_DEFAULTS, partition_count
 from tx_platform.pipelines import PipelineSpec
 from tx_platform.producer._encoder import WireEncoder
 from tx_platform.producer._faults import INJECTED_HEADER, FaultInjector
-from tx_platform.producer._parallel import can_prepare_in_child, prepared_in_child
+from tx_platform.producer._parallel import can_prepare_in_child, prepared_in_child, preparing_processes
 
 #: Records sent between two serves of delivery callbacks (poll(0)) when not rate limited.
 POLL_EVERY = 512
@@ -194,16 +194,19 @@ def produce(
 ) -> DeliveryReport:
     """Send records at up to ``rate`` per second (0 = as fast as possible).
 
-    With ``prepare_in_child`` and no rate limit (on Linux), a forked process generates and encodes
-    the records while this one hands them to Kafka (see :mod:`tx_platform.producer._parallel`):
-    the same records in the same order, the same checks. Raises :class:`DeliveryError` when any
+    With ``prepare_in_child`` and no rate limit (on Linux), forked processes generate and encode
+    the records while this one hands them to Kafka (see :mod:`tx_platform.producer._parallel`): one,
+    or one per CPU for records in blocks without fault injection; the same records in the same order,
+    the same checks. Raises :class:`DeliveryError` when any
     record was not acknowledged.
     """
     started = time.monotonic()
     in_child = prepare_in_child and rate <= 0 and can_prepare_in_child()
     with producer:
         if in_child:
-            with closing(prepared_in_child(records, producer)) as chunks:  # stops the child on any error here
+            processes = preparing_processes(records, producer)
+            # stops the children on any error here
+            with closing(prepared_in_child(records, producer, processes)) as chunks:
                 for keys, values, kinds in chunks:
                     producer.send_chunk(keys, values, kinds)
                     if on_progress is not None:

@@ -1,6 +1,7 @@
 """The producer against the real stack: the compiled encoder, the preparing process, the same records either way."""
 
 import multiprocessing
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -10,8 +11,10 @@ from confluent_kafka import Consumer, TopicPartition
 from tx_platform.config import Settings
 from tx_platform.contract import AvroRecordSerializer, register_contract, registry_client
 from tx_platform.errors import ConfigError
-from tx_platform.pipelines import CRYPTO_TRADES, TRANSACTIONS, PipelineSpec
+from tx_platform.pipelines import CRYPTO_TRADES, TRANSACTIONS, BlockedRecords, PipelineSpec
+from tx_platform.pipelines.transactions._generator import BLOCK_RECORDS
 from tx_platform.producer import INJECTED_HEADER, WireEncoder, open_producer, produce
+from tx_platform.producer._parallel import preparing_processes
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +79,32 @@ def test_preparing_in_a_child_sends_the_same_records_in_the_same_order(
     assert not multiprocessing.active_children()
 
 
+def test_records_in_blocks_are_prepared_by_several_processes_and_sent_in_the_streams_order(
+    settings: Settings, unique: str, create_topic
+) -> None:
+    count, outcomes = 30_000, []
+    for mode in ("inline", "children"):
+        spec = TRANSACTIONS.with_topic(f"blk_{mode}_{unique}")
+        create_topic(spec.topic)
+        producer, _ = open_producer(spec, settings.kafka_bootstrap, settings.schema_registry_url, seed=8)
+        records = spec.generate(count, 8, START, span=timedelta(hours=1))
+        assert isinstance(records, BlockedRecords) and len(records.blocks) == -(-count // BLOCK_RECORDS)
+        if mode == "children":
+            assert preparing_processes(records, producer) == min(os.cpu_count() or 1, len(records.blocks)) >= 2
+        report = produce(records, producer, prepare_in_child=(mode == "children"))
+        assert (report.sent, report.delivered, report.failed) == (count, count, 0)
+        outcomes.append((producer.good_totals, _read_topic(settings.kafka_bootstrap, spec.topic)))
+    (inline_totals, inline_rows), (totals, rows) = outcomes
+    assert totals == inline_totals and totals["amount"] > 0
+    assert rows == inline_rows and sum(len(r) for r in rows.values()) == count
+    assert not multiprocessing.active_children()
+    # with faults injected (one random source, record after record), one process prepares
+    spec = TRANSACTIONS.with_topic(f"blk_faults_{unique}")
+    create_topic(spec.topic)
+    producer, _ = open_producer(spec, settings.kafka_bootstrap, settings.schema_registry_url, 0.01, seed=8)
+    assert preparing_processes(spec.generate(count, 8, START, span=timedelta(hours=1)), producer) == 1
+
+
 def test_an_error_while_preparing_in_the_child_is_raised_here_and_the_child_is_gone(
     settings: Settings, spec: PipelineSpec, create_topic
 ) -> None:
@@ -133,19 +162,30 @@ def test_kill_9_of_txp_produce_leaves_no_preparing_process(
         cli = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=os.environ)  # noqa: S603
     children = Path(f"/proc/{cli.pid}/task/{cli.pid}/children")
     try:
-        child = int(assert_eventually(lambda: children.read_text().split(), 60, "the preparing process")[0])
-        assert "produce" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+        # unseeded records in blocks, no faults: one preparing process per CPU (at least 2 here)
+        wanted = min(os.cpu_count() or 1, 5_000_000 // BLOCK_RECORDS)
+        found = assert_eventually(
+            lambda: len(pids := children.read_text().split()) >= wanted and pids, 60, "the preparing processes"
+        )
+        pids = [int(pid) for pid in found]
+        assert len(pids) == wanted >= 2
+        for pid in pids:
+            assert "produce" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         cli.send_signal(signal.SIGKILL)
         cli.wait(30)
 
-        def child_gone() -> bool:
-            try:
-                return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"  # exited, not yet reaped
-            except FileNotFoundError:
-                return True
+        def children_gone() -> bool:
+            for pid in pids:
+                try:
+                    if Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":  # exited, not yet reaped
+                        return False
+                except FileNotFoundError:
+                    continue
+            return True
 
-        # its next chunk meets a pipe with no reader: EPIPE, and it exits on its own
-        assert_eventually(child_gone, 30, "the preparing process to exit after its parent's SIGKILL")
+        # each one's next chunk meets a pipe with no reader (no process holds another's reading end): EPIPE,
+        # and it exits on its own
+        assert_eventually(children_gone, 30, "every preparing process to exit after its parent's SIGKILL")
     finally:
         if cli.poll() is None:
             cli.kill()

@@ -135,3 +135,21 @@ def test_precomputed_pricing_draws_the_textbook_amount(country: str) -> None:
             expected = max(local, where.minor_unit).quantize(Decimal("0.01"))
             got = pricing.amount(ours.gauss)
             assert (got, got.as_tuple().exponent) == (expected, -2)
+
+
+def test_the_stream_is_its_blocks_in_order_and_a_block_depends_on_its_number_alone() -> None:
+    from tx_platform.pipelines import BlockedRecords
+    from tx_platform.pipelines.transactions._generator import BLOCK_RECORDS
+
+    count = 3 * BLOCK_RECORDS + 100
+    stream = generate(count, 9, START)
+    assert isinstance(stream, BlockedRecords) and len(stream.blocks) == 4 and not stream.started
+    records = list(stream)
+    assert len(records) == count and stream.started
+    fresh = generate(count, 9, START)
+    # block 2 alone, as another process would generate it, then block 3 (the 100 last records)
+    assert list(fresh.blocks[2]()) == records[2 * BLOCK_RECORDS : 3 * BLOCK_RECORDS]
+    assert list(fresh.blocks[3]()) == records[3 * BLOCK_RECORDS :]
+    assert next(generate(count, 9, START)) == records[0]  # an iterator like any other
+    # blocks draw apart: no block repeats another's ids
+    assert len({r["transaction_id"] for r in records}) == count

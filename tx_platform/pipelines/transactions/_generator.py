@@ -8,6 +8,7 @@ same seed produce the same records, UUIDs included.
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import itertools
 import math
@@ -21,6 +22,7 @@ from faker import Faker
 
 from tx_platform.contract import Record
 from tx_platform.errors import ConfigError
+from tx_platform.pipelines._spec import BlockedRecords
 from tx_platform.pipelines.transactions._catalog import (
     ATM_MCC,
     CATEGORIES,
@@ -40,6 +42,10 @@ _ABROAD_SHARE = 0.05
 _CENT = Decimal("0.01")
 #: Context.quantize rounds like Decimal.quantize(..., rounding=ROUND_HALF_UP) at a third of the cost.
 _HALF_UP = Context(rounding=ROUND_HALF_UP)
+#: Records per block of the background stream (see :class:`~tx_platform.pipelines.BlockedRecords`): small
+#: enough that the producer's preparing processes take turns often, large enough that a block's start
+#: (a new seeded random source) costs nothing next to its records.
+BLOCK_RECORDS = 4_096
 #: Default longest delay of a late record (``generate(late_ratio=...)``).
 DEFAULT_MAX_LATENESS = timedelta(minutes=30)
 
@@ -161,26 +167,18 @@ def build_pools(seed: int, customers: int = 2_000, merchants: int = 600) -> Pool
 class _DiurnalClock:
     """Maps record ``i`` of ``count`` to a time in ``[start, start + span)``.
 
-    Stratified inverse-CDF sampling over the hourly profile: times increase with ``i`` (a stream
-    is roughly ordered), follow the daily rhythm, and need no sorting or memory of past records.
+    Stratified inverse-CDF sampling over the hourly profile: record ``i`` with a uniform draw ``u`` falls
+    at ``(i + u) / count`` of the cumulative minute weights :attr:`cdf` (interpolated inside its minute), so
+    times increase with ``i`` (a stream is roughly ordered), follow the daily rhythm, and need no sorting
+    or memory of past records. The generator's loop computes it inline.
     """
 
-    def __init__(self, start: datetime, span: timedelta, rng: random.Random) -> None:
+    def __init__(self, start: datetime, span: timedelta) -> None:
         self.start = start
         minutes = max(1, int(span.total_seconds() // 60))
         weights = [HOURLY_PROFILE[(start + timedelta(minutes=m)).hour] for m in range(minutes)]
         self.cdf = list(itertools.accumulate(weights))
         self.total = self.cdf[-1]
-        self._rng = rng
-
-    def at(self, i: int, count: int) -> datetime:
-        """The time of record ``i`` (``generate`` inlines this, keep the two alike)."""
-        target = (i + self._rng.random()) / count * self.total
-        minute = bisect.bisect_left(self.cdf, target)
-        below = self.cdf[minute - 1] if minute else 0.0
-        fraction = (target - below) / (self.cdf[minute] - below)
-        offset_ms = int((minute + fraction) * 60_000)
-        return self.start + timedelta(0, 0, 0, offset_ms)  # positional (days, s, µs, ms): cheaper than keywords
 
 
 @dataclass(frozen=True)
@@ -229,8 +227,9 @@ def generate(
 ) -> Iterator[Record]:
     """Yield ``count`` transaction records spread over ``[start, start + span)``.
 
-    The same arguments always yield the same records; with ``fraud_ratio`` and ``late_ratio`` 0
-    (and ``coherent_travel`` not set) they are the records this generator has always made.
+    The same arguments always yield the same records. With ``fraud_ratio`` and ``late_ratio`` 0 (and
+    ``coherent_travel`` not set) the records come in independent blocks (a
+    :class:`~tx_platform.pipelines.BlockedRecords`), which ``txp produce`` generates in several processes.
 
     ``fraud_ratio``: incidents of the four fraud scenarios injected, ``round(count * fraud_ratio)``
     of them (at least 1), in turn (see :func:`~tx_platform.pipelines.transactions._fraud.plan_incidents`);
@@ -304,8 +303,12 @@ def _background(
     span: timedelta,
     pools: Pools | None,
     coherent: bool,
-) -> Iterator[Record]:
-    """The background records (see :func:`generate`); ``coherent``: card-present only at home."""
+) -> BlockedRecords:
+    """The background records (see :func:`generate`); ``coherent``: card-present only at home.
+
+    In blocks of :data:`BLOCK_RECORDS`, each drawing from its own random source seeded with the seed and
+    the block's number: the producer may generate them in several processes, the records are the same.
+    """
     if count < 0:
         msg = "count must be >= 0"
         raise ConfigError(msg)
@@ -315,68 +318,79 @@ def _background(
     if span <= timedelta(0):
         msg = "span must be positive"
         raise ConfigError(msg)
-    pools = pools or build_pools(seed)
-    rng = random.Random(f"records-{seed}")  # noqa: S311 - reproducible synthetic data, not secrets
-    clock = _DiurnalClock(start.astimezone(UTC), span, rng)
-    # Everything about a merchant the record needs, looked up once per record instead of derived:
-    # the loop below draws from ``rng`` in the same order as ever, so a seed's records are unchanged.
-    sites = _sites(pools)
-    cards = [(c.account_id, c.customer_id, c.card_id, c.home.country) for c in pools.cards]
-    n_cards = len(cards)
-    country_codes = tuple(pools.merchants_by_country)
-    atms, hubs = pools.atms_by_country, pools.transfer_hubs
-    merchants, cum_weights = pools.merchants_by_country, pools.merchant_cum_weights
-    random_, choice, gauss, getrandbits = rng.random, rng.choice, rng.gauss, rng.getrandbits
-    bisect_left, exp, quantize = bisect.bisect_left, math.exp, _HALF_UP.quantize
-    # the clock (``_DiurnalClock.at``), inlined: one call less per record
-    first, cdf, total = clock.start, clock.cdf, clock.total
-    for i in range(count):
-        account_id, customer_id, card_id, home = cards[int(random_() * n_cards)]
-        where = choice(country_codes) if random_() < _ABROAD_SHARE else home
-        roll = random_()
-        if roll < _ATM_SHARE:
-            merchant = choice(atms[home if coherent else where])
-            channel, tx_type = "ATM", "WITHDRAWAL"
-        elif roll < _ATM_SHARE + _TRANSFER_SHARE:
-            merchant = hubs[home]
-            channel, tx_type = "TRANSFER", "TRANSFER"
-        else:
-            cum = cum_weights[where]
-            merchant = merchants[where][bisect_left(cum, random_() * cum[-1])]
-            # the draw first, always: a coherent stream differs from the other by the channel alone here
-            channel = "ECOM" if random_() < merchant.category.ecom_share or (coherent and where != home) else "POS"
-            tx_type = "REFUND" if random_() < _REFUND_SHARE else "PURCHASE"
-        site = sites[merchant.merchant_id]
-        transaction_id = _uuid4_text(getrandbits(128))
-        # the amount (``_Pricing.amount``), inlined
-        pricing = site.pricing
-        usd = exp(gauss(pricing.mu, pricing.sigma))
-        if pricing.atm:
-            usd = max(20.0, round(usd / 20.0) * 20.0)
-        amount = max(quantize(Decimal(str(usd * pricing.usd_rate)), pricing.minor_unit), pricing.minor_unit)
-        if not pricing.cents:
-            amount = amount.quantize(_CENT)
-        target = (i + random_()) / count * total
-        minute = bisect_left(cdf, target)
-        below = cdf[minute - 1] if minute else 0.0
-        offset_ms = int((minute + (target - below) / (cdf[minute] - below)) * 60_000)
-        yield {
-            "transaction_id": transaction_id,
-            "account_id": account_id,
-            "customer_id": customer_id,
-            "card_id": card_id,
-            "merchant_id": merchant.merchant_id,
-            "merchant_category": site.mcc,
-            "amount": amount,
-            "currency": site.currency,
-            "channel": channel,
-            "transaction_type": tx_type,
-            "country": site.country,
-            "city": site.city,
-            "latitude": site.latitude,
-            "longitude": site.longitude,
-            "event_time": first + timedelta(0, 0, 0, offset_ms),
-        }
+    setup = _Background(count, seed, _DiurnalClock(start.astimezone(UTC), span), pools or build_pools(seed), coherent)
+    blocks = range(-(-count // BLOCK_RECORDS))
+    return BlockedRecords(functools.partial(setup.block, b) for b in blocks)
+
+
+class _Background:
+    """What every block of the background stream shares, computed once (before the producer forks)."""
+
+    def __init__(self, count: int, seed: int, clock: _DiurnalClock, pools: Pools, coherent: bool) -> None:
+        self.count, self.seed, self.clock, self.pools, self.coherent = count, seed, clock, pools, coherent
+        # Everything about a merchant the record needs, looked up once per record instead of derived
+        self.sites = _sites(pools)
+        self.cards = [(c.account_id, c.customer_id, c.card_id, c.home.country) for c in pools.cards]
+
+    def block(self, number: int) -> Iterator[Record]:
+        """Records ``number * BLOCK_RECORDS`` up to the next block's first (or ``count``)."""
+        rng = random.Random(f"records-{self.seed}-{number}")  # noqa: S311 - reproducible synthetic data, not secrets
+        pools, sites, cards, coherent, count = self.pools, self.sites, self.cards, self.coherent, self.count
+        n_cards = len(cards)
+        country_codes = tuple(pools.merchants_by_country)
+        atms, hubs = pools.atms_by_country, pools.transfer_hubs
+        merchants, cum_weights = pools.merchants_by_country, pools.merchant_cum_weights
+        random_, choice, gauss, getrandbits = rng.random, rng.choice, rng.gauss, rng.getrandbits
+        bisect_left, exp, quantize = bisect.bisect_left, math.exp, _HALF_UP.quantize
+        # the clock (``_DiurnalClock``), inlined: one call less per record
+        first, cdf, total = self.clock.start, self.clock.cdf, self.clock.total
+        for i in range(number * BLOCK_RECORDS, min(count, (number + 1) * BLOCK_RECORDS)):
+            account_id, customer_id, card_id, home = cards[int(random_() * n_cards)]
+            where = choice(country_codes) if random_() < _ABROAD_SHARE else home
+            roll = random_()
+            if roll < _ATM_SHARE:
+                merchant = choice(atms[home if coherent else where])
+                channel, tx_type = "ATM", "WITHDRAWAL"
+            elif roll < _ATM_SHARE + _TRANSFER_SHARE:
+                merchant = hubs[home]
+                channel, tx_type = "TRANSFER", "TRANSFER"
+            else:
+                cum = cum_weights[where]
+                merchant = merchants[where][bisect_left(cum, random_() * cum[-1])]
+                # the draw first, always: a coherent stream differs from the other by the channel alone here
+                channel = "ECOM" if random_() < merchant.category.ecom_share or (coherent and where != home) else "POS"
+                tx_type = "REFUND" if random_() < _REFUND_SHARE else "PURCHASE"
+            site = sites[merchant.merchant_id]
+            transaction_id = _uuid4_text(getrandbits(128))
+            # the amount (``_Pricing.amount``), inlined
+            pricing = site.pricing
+            usd = exp(gauss(pricing.mu, pricing.sigma))
+            if pricing.atm:
+                usd = max(20.0, round(usd / 20.0) * 20.0)
+            amount = max(quantize(Decimal(str(usd * pricing.usd_rate)), pricing.minor_unit), pricing.minor_unit)
+            if not pricing.cents:
+                amount = amount.quantize(_CENT)
+            target = (i + random_()) / count * total
+            minute = bisect_left(cdf, target)
+            below = cdf[minute - 1] if minute else 0.0
+            offset_ms = int((minute + (target - below) / (cdf[minute] - below)) * 60_000)
+            yield {
+                "transaction_id": transaction_id,
+                "account_id": account_id,
+                "customer_id": customer_id,
+                "card_id": card_id,
+                "merchant_id": merchant.merchant_id,
+                "merchant_category": site.mcc,
+                "amount": amount,
+                "currency": site.currency,
+                "channel": channel,
+                "transaction_type": tx_type,
+                "country": site.country,
+                "city": site.city,
+                "latitude": site.latitude,
+                "longitude": site.longitude,
+                "event_time": first + timedelta(0, 0, 0, offset_ms),
+            }
 
 
 @dataclass(frozen=True)
