@@ -202,14 +202,16 @@ def prepared_in_child(
                     msg = f"[PREPARE_FAILED] preparing process {k} ended before its blocks did"
                     raise DeliveryError(msg)
                 yield item
-        totals = dict.fromkeys(producer.good_totals, Decimal(0))
+        # each child started from the totals at the fork and added its own records' to them
+        before = dict(producer.good_totals)
+        totals = dict(before)
         for reader, finished in zip(readers, children, strict=True):
             done = _receive(reader, finished)
             if not isinstance(done, _Done):
                 msg = "[PREPARE_FAILED] a preparing process sent records past its last block"
                 raise DeliveryError(msg)
             for name, value in done.good_totals.items():
-                totals[name] += value
+                totals[name] += value - before.get(name, Decimal(0))
             if done.faults is not None and producer.faults is not None:
                 producer.faults.restore(*done.faults)  # one child when faults are injected
         producer.good_totals = totals

@@ -87,16 +87,18 @@ def test_records_in_blocks_are_prepared_by_several_processes_and_sent_in_the_str
         spec = TRANSACTIONS.with_topic(f"blk_{mode}_{unique}")
         create_topic(spec.topic)
         producer, _ = open_producer(spec, settings.kafka_bootstrap, settings.schema_registry_url, seed=8)
-        records = spec.generate(count, 8, START, span=timedelta(hours=1))
-        assert isinstance(records, BlockedRecords) and len(records.blocks) == -(-count // BLOCK_RECORDS)
-        if mode == "children":
-            assert preparing_processes(records, producer) == min(os.cpu_count() or 1, len(records.blocks)) >= 2
-        report = produce(records, producer, prepare_in_child=(mode == "children"))
-        assert (report.sent, report.delivered, report.failed) == (count, count, 0)
+        # two runs on one producer: the totals add up across runs, however many processes prepared them
+        for seed in (8, 9):
+            records = spec.generate(count, seed, START, span=timedelta(hours=1))
+            assert isinstance(records, BlockedRecords) and len(records.blocks) == -(-count // BLOCK_RECORDS)
+            if mode == "children":
+                assert preparing_processes(records, producer) == min(os.cpu_count() or 1, len(records.blocks)) >= 2
+            report = produce(records, producer, prepare_in_child=(mode == "children"))
+        assert (report.sent, report.delivered, report.failed) == (2 * count, 2 * count, 0)
         outcomes.append((producer.good_totals, _read_topic(settings.kafka_bootstrap, spec.topic)))
     (inline_totals, inline_rows), (totals, rows) = outcomes
     assert totals == inline_totals and totals["amount"] > 0
-    assert rows == inline_rows and sum(len(r) for r in rows.values()) == count
+    assert rows == inline_rows and sum(len(r) for r in rows.values()) == 2 * count
     assert not multiprocessing.active_children()
     # with faults injected (one random source, record after record), one process prepares
     spec = TRANSACTIONS.with_topic(f"blk_faults_{unique}")
