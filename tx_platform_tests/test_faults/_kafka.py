@@ -97,13 +97,16 @@ class Cluster:
         assert pid is not None, f"kafka-{node_id} is not running"
         return pid
 
-    def kill(self, node_id: int) -> int:
-        """SIGKILL node ``node_id``'s JVM; return once it is gone (and reaped: the stack started it from here)."""
-        pid = self.pid(node_id)
-        os.kill(pid, signal.SIGKILL)
-        assert_eventually(lambda: self.node(node_id).process.pid() is None, 20, f"kafka-{node_id} gone")
-        _reap(pid)
-        return pid
+    def kill(self, *node_ids: int) -> list[int]:
+        """SIGKILL the JVMs of ``node_ids``, all signalled before waiting for any (nodes die together, not one
+        after the other's exit); return once all are gone (and reaped: the stack started them from here)."""
+        pids = [self.pid(node_id) for node_id in node_ids]
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        for node_id, pid in zip(node_ids, pids, strict=True):
+            assert_eventually(lambda n=node_id: self.node(n).process.pid() is None, 20, f"kafka-{node_id} gone")
+            _reap(pid)
+        return pids
 
     def restart(self) -> None:
         """Start every node that is down (the stack's own ``up``: it waits until all brokers answer)."""
