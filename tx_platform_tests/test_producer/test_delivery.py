@@ -2,7 +2,7 @@
 
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +13,7 @@ from tx_platform.contract import AvroRecordSerializer, register_contract, regist
 from tx_platform.errors import ConfigError
 from tx_platform.pipelines import CRYPTO_TRADES, TRANSACTIONS, BlockedRecords, PipelineSpec
 from tx_platform.pipelines.transactions._generator import BLOCK_RECORDS
-from tx_platform.producer import INJECTED_HEADER, WireEncoder, open_producer, produce
+from tx_platform.producer import INJECTED_HEADER, RecordProducer, WireEncoder, open_producer, produce
 from tx_platform.producer._parallel import preparing_processes
 
 pytestmark = pytest.mark.integration
@@ -54,14 +54,22 @@ def test_the_compiled_encoder_writes_what_confluents_serializer_wrote(
     assert [encoder(r) for r in records] == [confluent(r) for r in records]
 
 
+def _producer_on_new_topic(
+    settings: Settings, create_topic: Callable[[str], None], topic: str, bad_ratio: float, seed: int
+) -> tuple[PipelineSpec, RecordProducer]:
+    """A transactions producer (``bad_ratio`` of its records made bad) on a topic made for it."""
+    spec = TRANSACTIONS.with_topic(topic)
+    create_topic(spec.topic)
+    producer, _ = open_producer(spec, settings.kafka_bootstrap, settings.schema_registry_url, bad_ratio, seed=seed)
+    return spec, producer
+
+
 def test_preparing_in_a_child_sends_the_same_records_in_the_same_order(
     settings: Settings, unique: str, create_topic
 ) -> None:
     count, outcomes = 12_000, []
     for mode in ("inline", "child"):
-        spec = TRANSACTIONS.with_topic(f"par_{mode}_{unique}")
-        create_topic(spec.topic)
-        producer, _ = open_producer(spec, settings.kafka_bootstrap, settings.schema_registry_url, 0.03, seed=6)
+        spec, producer = _producer_on_new_topic(settings, create_topic, f"par_{mode}_{unique}", 0.03, 6)
         records = spec.generate(count, 6, START, span=timedelta(hours=1))
         report = produce(records, producer, prepare_in_child=(mode == "child"))
         assert (report.sent, report.delivered, report.failed) == (count, count, 0)
@@ -82,18 +90,17 @@ def test_preparing_in_a_child_sends_the_same_records_in_the_same_order(
 def test_records_in_blocks_are_prepared_by_several_processes_and_sent_in_the_streams_order(
     settings: Settings, unique: str, create_topic
 ) -> None:
-    count, outcomes = 30_000, []
-    for mode in ("inline", "children"):
-        spec = TRANSACTIONS.with_topic(f"blk_{mode}_{unique}")
-        create_topic(spec.topic)
-        producer, _ = open_producer(spec, settings.kafka_bootstrap, settings.schema_registry_url, seed=8)
+    count = 30_000
+    outcomes = []
+    for in_children in (False, True):
+        spec, producer = _producer_on_new_topic(settings, create_topic, f"blk_{int(in_children)}_{unique}", 0.0, 8)
         # two runs on one producer: the totals add up across runs, however many processes prepared them
         for seed in (8, 9):
             records = spec.generate(count, seed, START, span=timedelta(hours=1))
             assert isinstance(records, BlockedRecords) and len(records.blocks) == -(-count // BLOCK_RECORDS)
-            if mode == "children":
+            if in_children:
                 assert preparing_processes(records, producer) == min(os.cpu_count() or 1, len(records.blocks)) >= 2
-            report = produce(records, producer, prepare_in_child=(mode == "children"))
+            report = produce(records, producer, prepare_in_child=in_children)
         assert (report.sent, report.delivered, report.failed) == (2 * count, 2 * count, 0)
         outcomes.append((producer.good_totals, _read_topic(settings.kafka_bootstrap, spec.topic)))
     (inline_totals, inline_rows), (totals, rows) = outcomes
@@ -101,9 +108,7 @@ def test_records_in_blocks_are_prepared_by_several_processes_and_sent_in_the_str
     assert rows == inline_rows and sum(len(r) for r in rows.values()) == 2 * count
     assert not multiprocessing.active_children()
     # with faults injected (one random source, record after record), one process prepares
-    spec = TRANSACTIONS.with_topic(f"blk_faults_{unique}")
-    create_topic(spec.topic)
-    producer, _ = open_producer(spec, settings.kafka_bootstrap, settings.schema_registry_url, 0.01, seed=8)
+    spec, producer = _producer_on_new_topic(settings, create_topic, f"blk_faults_{unique}", 0.01, 8)
     assert preparing_processes(spec.generate(count, 8, START, span=timedelta(hours=1)), producer) == 1
 
 
