@@ -149,14 +149,13 @@ class PipelineDefinitions:
     def topic_readers(self) -> list[AssetKey]:
         """Unpartitioned derived assets outside the sink job: they read the topic themselves (the fraud query),
         and the pipeline runs them with a job and trigger of its own."""
-        followers = set(sink_followers(self.keys, self.assets))
-        return [
-            k
+        derived = [
+            a
             for a in self.assets
-            if isinstance(a, AssetsDefinition) and a.partitions_def is None
-            for k in a.keys
-            if k in self.derived_keys and k not in followers
+            if isinstance(a, AssetsDefinition) and a.partitions_def is None and a.keys <= self.derived_keys
         ]
+        followers = set(sink_followers(self.keys, derived))
+        return [k for a in derived for k in a.keys if k not in followers]
 
     def with_sensors(self, *sensors: SensorDefinition) -> "PipelineDefinitions":
         """The same definitions plus ``sensors``."""

@@ -23,7 +23,7 @@ from tx_platform.kafka_admin import PRODUCER_DEFAULTS, partition_count
 from tx_platform.pipelines import PipelineSpec
 from tx_platform.producer._encoder import WireEncoder
 from tx_platform.producer._faults import INJECTED_HEADER, FaultInjector
-from tx_platform.producer._parallel import can_prepare_in_child, prepared_in_child, preparing_processes
+from tx_platform.producer._parallel import can_prepare_in_child, prepared_in_child
 
 #: Records sent between two serves of delivery callbacks (poll(0)) when not rate limited.
 POLL_EVERY = 512
@@ -204,9 +204,7 @@ def produce(
     in_child = prepare_in_child and rate <= 0 and can_prepare_in_child()
     with producer:
         if in_child:
-            processes = preparing_processes(records, producer)
-            # stops the children on any error here
-            with closing(prepared_in_child(records, producer, processes)) as chunks:
+            with closing(prepared_in_child(records, producer)) as chunks:  # stops the children on any error here
                 for keys, values, kinds in chunks:
                     producer.send_chunk(keys, values, kinds)
                     if on_progress is not None:

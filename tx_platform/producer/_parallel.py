@@ -162,19 +162,15 @@ def _receive(reader: Connection, child: BaseProcess) -> Chunk | _Done | None:
     return cast("Chunk | _Done | None", item)
 
 
-def prepared_in_child(
-    records: Iterable[Record], producer: RecordProducer, processes: int = 1
-) -> Generator[Chunk, None, None]:
-    """Chunks of ``(keys, values, headers)`` of the records, in order, prepared by forked children.
+def prepared_in_child(records: Iterable[Record], producer: RecordProducer) -> Generator[Chunk, None, None]:
+    """Chunks of ``(keys, values, headers)`` of the records, in order, prepared by forked children
+    (as many as :func:`preparing_processes` says).
 
-    ``processes`` > 1 needs :class:`~tx_platform.pipelines.BlockedRecords` (see
-    :func:`preparing_processes`). The caller must not iterate ``records`` itself. Raises a child's
-    exception, or :class:`DeliveryError` when a child died without a word.
+    The caller must not iterate ``records`` itself. Raises a child's exception, or
+    :class:`DeliveryError` when a child died without a word.
     """
-    if processes > 1:
-        if not isinstance(records, BlockedRecords):
-            msg = "several preparing processes need records in blocks (BlockedRecords)"
-            raise TypeError(msg)
+    processes = preparing_processes(records, producer)
+    if processes > 1 and isinstance(records, BlockedRecords):
         blocks = records.blocks
         shares: list[Iterable[Iterable[Record]]] = [
             (block() for block in blocks[k::processes]) for k in range(processes)
