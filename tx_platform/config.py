@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="When retention deleted records the sink never read: stop with [DATA_LOSS] (fail), or record "
         "the gap in sink_gaps and go on (record).",
     )
+    sink_lease_wait_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="How long a sink or fraud run launched by Dagster waits for another one on its topic (holding "
+        "the topic's lease) to finish before failing with [SINK_ALREADY_RUNNING]; txp sink and spark-submit ask once.",
+    )
     sink_retry_backoff_seconds: float = Field(
         30.0, ge=0, description="Wait before the sensor retries a failed sink run; doubles per consecutive failure."
     )

@@ -102,10 +102,11 @@ class DataLossError(LedgerError):
 class SinkAlreadyRunningError(LedgerError):
     """Another sink holds the topic's lease."""
 
-    def __init__(self, topic: str, holder: str, since: object) -> None:
+    def __init__(self, topic: str, holder: str, since: object, waited: float | None = None) -> None:
+        after = "" if waited is None else f" (waited {waited:.0f} s for it to finish)"
         super().__init__(
-            f"[SINK_ALREADY_RUNNING] another sink is committing {topic} ({holder}, since {since}); only one sink "
-            "may write a topic's offsets — stop the other one (`txp sink`, a Dagster run, or spark-submit) first"
+            f"[SINK_ALREADY_RUNNING] another sink is committing {topic} ({holder}, since {since}){after}; only one "
+            "sink may write a topic's offsets — stop the other one (`txp sink`, a Dagster run, or spark-submit) first"
         )
 
 

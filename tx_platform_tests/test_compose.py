@@ -181,3 +181,7 @@ def test_spark_executors_run_the_projects_image_with_the_drivers_python(compose:
         assert services[name]["environment"]["PYSPARK_PYTHON"] == "python"
     dockerfile = (INFRA / "compose" / "Dockerfile.dagster").read_text()
     assert "FROM python:3.11-slim" in dockerfile
+    # the image's Dagster instance is the local stack's (queued runs, the sinks' one-slot pools, the sink's logs)
+    assert "from tx_platform.stack import DAGSTER_YAML" in dockerfile
+    assert "/opt/dagster/home/dagster.yaml" in dockerfile
+    assert services["dagster-daemon"]["environment"]["DAGSTER_HOME"] == "/opt/dagster/home"

@@ -320,9 +320,14 @@ class FraudQuery:
         )
         return len(inserted)
 
-    def start(self, available_now: bool = True, processing_time: str = "5 seconds") -> StreamingQuery:
-        """Start the query; AvailableNow processes what is there and stops, else runs continuously."""
-        self._lease = acquire_lease(connect(self.settings.dsn()), self.lease_key)
+    def start(
+        self, available_now: bool = True, processing_time: str = "5 seconds", lease_wait: float = 0.0
+    ) -> StreamingQuery:
+        """Start the query; AvailableNow processes what is there and stops, else runs continuously.
+
+        ``lease_wait``: seconds to wait for another query holding the topic's lease (0: fail at once).
+        """
+        self._lease = acquire_lease(connect(self.settings.dsn()), self.lease_key, lease_wait)
         try:
             # a checkpoint whose logs do not parse is moved aside (the query then replays from the earliest
             # offset: the same alert ids, inserted and sent nothing twice); batches planned but never committed
@@ -345,12 +350,15 @@ class FraudQuery:
             self.close()
             raise
 
-    def run_available_now(self) -> FraudStats:
-        """Process every record available now, then stop. Raises SinkError if the query failed."""
+    def run_available_now(self, lease_wait: float = 0.0) -> FraudStats:
+        """Process every record available now, then stop. Raises SinkError if the query failed.
+
+        ``lease_wait``: as for ``start``.
+        """
         started = time.monotonic()
         self.stats = FraudStats()
         try:
-            self.wait(self.start(available_now=True))
+            self.wait(self.start(available_now=True, lease_wait=lease_wait))
         finally:
             self.close()
         self.stats.seconds = round(time.monotonic() - started, 3)

@@ -219,10 +219,15 @@ class PipelineSink:
             max(r.seconds for r in results),
         )  # fmt: skip
 
-    def start(self, available_now: bool = True, processing_time: str = "5 seconds") -> StreamingQuery:
-        """Start the query; AvailableNow processes what is there and stops, else runs continuously."""
+    def start(
+        self, available_now: bool = True, processing_time: str = "5 seconds", lease_wait: float = 0.0
+    ) -> StreamingQuery:
+        """Start the query; AvailableNow processes what is there and stops, else runs continuously.
+
+        ``lease_wait``: seconds to wait for another query holding the topic's lease (0: fail at once).
+        """
         verify_migrated(self._dsn, [self.spec])  # no DDL at run time: txp db migrate made the tables
-        self._lease = acquire_lease(connect(self._dsn), self.spec.topic)
+        self._lease = acquire_lease(connect(self._dsn), self.spec.topic, lease_wait)
         try:
             if self._progress is not None:  # started again without close(): one listener at a time
                 self._progress.close()
@@ -263,12 +268,15 @@ class PipelineSink:
         writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=processing_time)
         return writer.start()
 
-    def run_available_now(self) -> SinkStats:
-        """Process every record available now, then stop. Raises SinkError if the query failed."""
+    def run_available_now(self, lease_wait: float = 0.0) -> SinkStats:
+        """Process every record available now, then stop. Raises SinkError if the query failed.
+
+        ``lease_wait``: as for ``start``.
+        """
         started = time.monotonic()
         self.stats = SinkStats()  # figures of this run only
         try:
-            query = self.start(available_now=True)
+            query = self.start(available_now=True, lease_wait=lease_wait)
             self.wait(query)
         finally:
             self.close()

@@ -71,6 +71,11 @@ concurrency:
   pools:
     default_limit: 1
     granularity: op
+# the sink's and the fraud query's own log lines (each micro-batch, a wait for a lease) in the run's log (DEBUG:
+# the level of the loggers it manages, Dagster's own included, whose events are DEBUG)
+python_logs:
+  managed_python_loggers: [tx_platform, spark_jobs]
+  python_log_level: DEBUG
 telemetry:
   enabled: false
 """

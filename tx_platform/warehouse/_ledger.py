@@ -7,8 +7,8 @@ Three promises rest on it, and each is checked here rather than trusted to Spark
 - **topic identity**: the ledger keeps Kafka's topic id; a topic deleted and created again under
   the same name is refused (``[TOPIC_RECREATED]``) instead of being read as a replay;
 - **one writer**: a sink holds a lease (a session advisory lock plus an epoch) for its topic; a
-  second sink fails at start (``[SINK_ALREADY_RUNNING]``), and a commit under an older epoch is
-  refused (``[SINK_FENCED]``).
+  second sink fails at start (``[SINK_ALREADY_RUNNING]``), at once or after waiting its turn for
+  as long as it was asked to, and a commit under an older epoch is refused (``[SINK_FENCED]``).
 
 Records deleted by retention before the sink read them stop the sink with ``[DATA_LOSS]``, or,
 when asked for, are recorded in ``sink_gaps`` and skipped in the open.
@@ -16,8 +16,10 @@ when asked for, are recorded in ``sink_gaps`` and skipped in the open.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,12 @@ from tx_platform.errors import (
     TopicRecreatedError,
 )
 from tx_platform.pipelines import PipelineSpec
+
+log = logging.getLogger(__name__)
+
+#: How often a sink waiting for a lease asks for it again, and says (in the log) that it still waits.
+LEASE_POLL_SECONDS = 0.5
+LEASE_WAIT_LOG_EVERY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -186,21 +194,36 @@ class SinkLease:
             self.conn.close()
 
 
-def acquire_lease(conn: Connection, topic: str) -> SinkLease:
+def acquire_lease(conn: Connection, topic: str, wait: float = 0.0) -> SinkLease:
     """Take the topic's lease on ``conn`` (a connection of its own, kept open while the sink runs).
 
-    Raises SinkAlreadyRunningError when another session holds it. Each acquisition increments the
-    epoch, which fences commits of any earlier holder that lost its session without noticing.
+    Raises SinkAlreadyRunningError when another session holds it and did not give it up within
+    ``wait`` seconds (0: ask once); while it waits, it logs who holds the lease. Each acquisition
+    increments the epoch, which fences commits of any earlier holder that lost its session without
+    noticing.
     """
     conn.autocommit = True
     holder = f"{socket.gethostname()} pid {os.getpid()}"
+    started = time.monotonic()
+    logged_at: float | None = None
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_lock_key(topic),))
-        if not cur.fetchone()[0]:
+        while True:
+            cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_lock_key(topic),))
+            if cur.fetchone()[0]:
+                break
             cur.execute("SELECT holder, acquired_at FROM sink_leases WHERE topic = %s", (topic,))
-            row = cur.fetchone()
-            conn.close()
-            raise SinkAlreadyRunningError(topic, *(row or ("unknown", None)))
+            other, since = cur.fetchone() or ("unknown", None)
+            waited = time.monotonic() - started
+            if waited >= wait:
+                conn.close()
+                raise SinkAlreadyRunningError(topic, other, since, waited=waited if wait else None)
+            if logged_at is None or waited - logged_at >= LEASE_WAIT_LOG_EVERY_SECONDS:
+                log.info(
+                    "waiting for the lease of %s, held by %s since %s (%.0f s of up to %.0f s)",
+                    topic, other, since, waited, wait,
+                )  # fmt: skip
+                logged_at = waited
+            time.sleep(min(LEASE_POLL_SECONDS, wait - waited))
         cur.execute(
             """
             INSERT INTO sink_leases (topic, epoch, holder) VALUES (%s, 1, %s)
@@ -211,6 +234,8 @@ def acquire_lease(conn: Connection, topic: str) -> SinkLease:
             (topic, holder),
         )
         epoch = int(cur.fetchone()[0])
+    if logged_at is not None:
+        log.info("took the lease of %s after waiting %.1f s", topic, time.monotonic() - started)
     return SinkLease(topic=topic, epoch=epoch, holder=holder, conn=conn)
 
 

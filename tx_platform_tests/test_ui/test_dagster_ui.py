@@ -130,6 +130,15 @@ def test_materialize_from_ui_succeeds_and_checks_pass(page: Page, dagster_url: s
     assert not failure.is_visible(), f"the run launched from the UI failed: {page.url}"
     print(f"sink run launched from the UI finished in {time.monotonic() - started:.0f} s")  # noqa: T201
     expect(page.get_by_text("Success", exact=True).first, "the run's status tag").to_be_visible()
+    # the sink's own log lines are in the run's log (the instance hands the project's loggers to Dagster)
+    batch_line = re.compile(r"^batch \d+: \d+ records in \d+ partition slices -> \d+ inserted")
+    query = (
+        f'{{ logsForRun(runId: "{run_path.rsplit("/", 1)[1]}") {{ ... on EventConnection {{ events {{ '
+        "... on MessageEvent { message level } } } } }"
+    )
+    said = [(e.get("level"), e.get("message", "")) for e in _graphql(dagster_url, query)["logsForRun"]["events"]]
+    assert any(level == "INFO" and batch_line.match(message) for level, message in said), said
+    expect(page.get_by_text(batch_line).first, "a micro-batch's line in the run's log").to_be_visible()
 
     page.goto(f"{dagster_url}/assets/warehouse/transactions?view=checks")
     for check in ("no_unexplained_loss", "transactions_match_contract"):

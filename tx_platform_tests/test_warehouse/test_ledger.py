@@ -2,6 +2,9 @@
 
 import csv
 import io
+import logging
+import threading
+import time
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -110,6 +113,38 @@ def test_commit_refuses_a_gap_and_a_recreated_topic(settings: Settings, spec: Pi
         assert committed_offsets(conn, topic) == {0: 2}
     finally:
         conn.close()
+
+
+@pytest.mark.integration
+def test_a_sink_asked_to_wait_takes_the_lease_once_it_is_free_or_fails_saying_how_long_it_waited(
+    settings: Settings, spec: PipelineSpec, caplog: pytest.LogCaptureFixture
+) -> None:
+    ensure_schema(settings.dsn(), [spec])
+    topic = spec.topic
+    first = acquire_lease(connect(settings.dsn()), topic)
+    started = time.monotonic()
+    refused = rf"{topic} \(.* pid \d+, since .*\) \(waited 1 s for it to finish\)"
+    with pytest.raises(SinkAlreadyRunningError, match=refused):
+        acquire_lease(connect(settings.dsn()), topic, wait=1.0)
+    assert 1.0 <= time.monotonic() - started < 5
+    releaser = threading.Timer(1.5, first.release)
+    releaser.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="tx_platform.warehouse._ledger"):
+            started = time.monotonic()
+            second = acquire_lease(connect(settings.dsn()), topic, wait=60.0)
+            took = time.monotonic() - started
+    finally:
+        releaser.join()
+    try:
+        assert 1.4 <= took < 10  # it waited for the release, not for its deadline
+        assert second.epoch == first.epoch + 1
+        said = [r.getMessage() for r in caplog.records]
+        waiting = f"waiting for the lease of {topic}, held by {first.holder} since "
+        assert any(m.startswith(waiting) for m in said), said
+        assert any(m.startswith(f"took the lease of {topic} after waiting ") for m in said), said
+    finally:
+        second.release()
 
 
 @pytest.mark.integration
