@@ -69,7 +69,7 @@ class SinkStats:
     skipped: int = 0
     dead_lettered: int = 0
     seconds: float = 0.0
-    #: commits made by the write tasks, one per Kafka partition with records in a batch
+    #: commits made by the write tasks, one per Kafka partition with records in a batch (a task may make several)
     slices: int = 0
 
 
@@ -96,6 +96,11 @@ class PipelineSink:
     @property
     def _dsn(self) -> str:
         return self.settings.dsn()
+
+    @property
+    def _slots(self) -> int:
+        """Tasks Spark runs at once: the cores of ``local[N]``, or of the cluster's executors."""
+        return max(1, self.spark.sparkContext.defaultParallelism)
 
     @property
     def dlq(self) -> DeadLetterPublisher:
@@ -158,7 +163,10 @@ class PipelineSink:
         writer = SliceWriter(
             self.spec, self._dsn, batch_id, topic_id=self._topic_id, lease_epoch=lease, fence=not unfenced_for_tests()
         )
-        results = rendered.mapInArrow(writer, from_arrow_schema(RESULT_SCHEMA)).collect()
+        # one task per Kafka partition would run in waves when there are more partitions than slots, and each
+        # PySpark task costs ~0.2 s whatever its size: at most one task per slot, each committing its slices
+        tasks = rendered.coalesce(self._slots)
+        results = tasks.mapInArrow(writer, from_arrow_schema(RESULT_SCHEMA)).collect()
         return [SliceResult(**row.asDict()) for row in results]
 
     def _raise_refusal(self, batch_id: int, results: list[SliceResult]) -> None:

@@ -1,12 +1,13 @@
-"""The executor side of the sink: each Spark task commits the slice of the micro-batch it read.
+"""The executor side of the sink: each Spark task commits the slices of the micro-batch it read.
 
 The Kafka source plans one Spark partition per Kafka partition and offset range (the sink never
-sets ``minPartitions``), and decoding and rendering are narrow, so each task of the write holds
-exactly one Kafka partition's records of the batch. The task commits them with
-:func:`tx_platform.warehouse.commit_batch` in one Postgres transaction together with that
-partition's offset range; the ledger row lock and the fence in that transaction make a retried,
-speculative or zombie task whose range is already committed write nothing. The driver receives
-only what :class:`SliceResult` holds: counts, the offset range and, for a refused slice, why.
+sets ``minPartitions``), and decoding and rendering are narrow; the driver coalesces those to the
+task slots, so a task of the write holds one or more Kafka partitions' records of the batch. For
+each partition it commits them with :func:`tx_platform.warehouse.commit_batch` in one Postgres
+transaction together with that partition's offset range; the ledger row lock and the fence in that
+transaction make a retried, speculative or zombie task whose range is already committed write
+nothing. The driver receives only what :class:`SliceResult` holds: counts, the offset range and,
+for a refused slice, why.
 """
 
 from __future__ import annotations
@@ -137,29 +138,27 @@ class SliceWriter:
         self.fence = fence
 
     def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        """``mapInArrow``'s function: the task's rows in, its one-row result out (none for no rows)."""
+        """``mapInArrow``'s function: the task's rows in, one result row per Kafka partition's slice out (none
+        for no rows). A task may hold several partitions' slices (the driver coalesces the Kafka source's
+        partitions to the slots there are); each slice commits in its own transaction, fenced on its own."""
         started = time.monotonic()
         received = [b for b in batches if b.num_rows]
         if not received:
             return  # an empty offset range: nothing to commit
         table = pa.Table.from_batches(received)
         partitions = sorted(pc.unique(table.column("partition")).to_pylist())
-        if len(partitions) > 1:
-            msg = (
-                f"[SINK_SLICE_SPANS_PARTITIONS] a write task of batch {self.batch_id} holds Kafka partitions "
-                f"{partitions}; each task must hold one (is the Kafka source's minPartitions set?)"
-            )
-            raise RuntimeError(msg)
-        (partition,) = partitions
-        bounds = pc.min_max(table.column("offset")).as_py()
-        ok = table.column("ok")
-        accepted = table.filter(ok)
-        good = accepted.column("line").to_pylist()
-        bad = table.filter(pc.invert(ok)).column("line").to_pylist()
-        raw = ArrowRawBytes(partition, accepted)
-        read = time.monotonic() - started
-        result = self.commit(partition, PartitionRange(bounds["min"], bounds["max"]), good, bad, raw)
-        yield pa.RecordBatch.from_pylist([asdict(result) | {"read_seconds": round(read, 3)}], schema=RESULT_SCHEMA)
+        for partition in partitions:
+            part = table if len(partitions) == 1 else table.filter(pc.equal(table.column("partition"), partition))
+            bounds = pc.min_max(part.column("offset")).as_py()
+            ok = part.column("ok")
+            accepted = part.filter(ok)
+            good = accepted.column("line").to_pylist()
+            bad = part.filter(pc.invert(ok)).column("line").to_pylist()
+            raw = ArrowRawBytes(partition, accepted)
+            read = time.monotonic() - started
+            result = self.commit(partition, PartitionRange(bounds["min"], bounds["max"]), good, bad, raw)
+            yield pa.RecordBatch.from_pylist([asdict(result) | {"read_seconds": round(read, 3)}], schema=RESULT_SCHEMA)
+            started = time.monotonic()
 
     def commit(
         self, partition: int, rng: PartitionRange, good: list[str], bad: list[str], raw: RawBytes | None = None

@@ -1,4 +1,4 @@
-"""Executor-side writes: each task commits its Kafka partition's slice, fenced, in parallel with the others.
+"""Executor-side writes: each task commits its Kafka partitions' slices, each fenced, in parallel with the others.
 
 The fence is tested where it lives (Postgres, with real concurrent transactions: a zombie and its
 retry racing on one range, slices of different partitions committing side by side) and through the
@@ -25,19 +25,12 @@ from tx_platform_tests.test_warehouse.test_commit_batch import ROW, _bad, _line,
 
 
 @pytest.mark.unit
-def test_a_write_task_holding_two_kafka_partitions_is_refused(spec: PipelineSpec) -> None:
+def test_a_write_task_without_rows_commits_nothing_and_connects_nowhere(spec: PipelineSpec) -> None:
     writer = SliceWriter(spec, "postgresql://unused", 7, topic_id=None, lease_epoch=None)
-    rows = pa.RecordBatch.from_pylist(
-        [
-            {"ok": True, "partition": 0, "offset": 10, "line": "a", "key": b"k", "value": b"v"},
-            {"ok": True, "partition": 1, "offset": 10, "line": "b", "key": b"k", "value": b"v"},
-        ]
-    )
-    refused = r"\[SINK_SLICE_SPANS_PARTITIONS\] .* batch 7 holds Kafka partitions \[0, 1\]"
-    with pytest.raises(RuntimeError, match=refused):
-        list(writer(iter([rows])))
-    # an empty offset range commits nothing and connects nowhere
-    assert list(writer(iter([]))) == list(writer(iter([rows.slice(0, 0)]))) == []
+    empty = pa.RecordBatch.from_pylist(
+        [{"ok": True, "partition": 0, "offset": 10, "line": "a", "key": b"k", "value": b"v"}]
+    ).slice(0, 0)
+    assert list(writer(iter([]))) == list(writer(iter([empty]))) == []
 
 
 @pytest.mark.unit
@@ -105,6 +98,59 @@ def test_a_task_and_its_zombie_racing_on_one_range_write_it_once(
         conn.close()
     query = "SELECT partitions, records, inserted, skipped FROM sink_batches WHERE topic = %s ORDER BY skipped"
     assert fetch_all(settings.dsn(), query, spec.topic) == [([0], 200, 199, 0), ([0], 200, 0, 200), ([0], 200, 0, 200)]
+
+
+def _task_rows(spec: PipelineSpec, unique: str, partition: int, count: int) -> pa.RecordBatch:
+    """A write task's input for one partition's slice, as the decode stage gives it: accepted lines without raw
+    bytes (those come in the key and value columns), the last record a reject."""
+    good = [
+        _line(
+            [
+                f"{unique[:8]}-{partition:04d}-4000-8000-{o:012d}",
+                *ROW,
+                spec.topic,
+                partition,
+                o,
+                "2026-01-02T03:04:06.000Z",
+            ]
+        )  # fmt: skip
+        for o in range(count - 1)
+    ]
+    lines = [(True, line) for line in good] + [(False, _bad(spec.topic, partition, count - 1))]
+    return pa.RecordBatch.from_pylist(
+        [
+            {"ok": ok, "partition": partition, "offset": o, "line": line, "key": b"k%d" % o, "value": b"v%d" % o}
+            for o, (ok, line) in enumerate(lines)
+        ]
+    )
+
+
+@pytest.mark.integration
+def test_a_write_task_holding_two_kafka_partitions_commits_each_slice_fenced_on_its_own(
+    settings: Settings, spec: PipelineSpec, unique: str
+) -> None:
+    """The driver coalesces the Kafka source's partitions to the task slots: a task gets several slices."""
+    ensure_schema(settings.dsn(), [spec])
+    batches = [_task_rows(spec, unique, 1, 30), _task_rows(spec, unique, 0, 20)]  # as they come, in any order
+
+    def run_task() -> list[tuple[int, int, int, int, int, int]]:
+        writer = SliceWriter(spec, settings.dsn(), 7, topic_id=None, lease_epoch=None)
+        rows = [row for out in writer(iter(batches)) for row in out.to_pylist()]
+        return [(r["partition"], r["first"], r["last"], r["inserted"], r["quarantined"], r["skipped"]) for r in rows]
+
+    # one result per slice, each its own transaction over its own range
+    assert run_task() == [(0, 0, 19, 19, 1, 0), (1, 0, 29, 29, 1, 0)]
+    # the same task again (Spark retried it after it committed): each slice's fence makes it write nothing
+    assert run_task() == [(0, 0, 19, 0, 0, 20), (1, 0, 29, 0, 0, 30)]
+    conn = connect(settings.dsn())
+    try:
+        assert committed_offsets(conn, spec.topic) == {0: 20, 1: 30}
+    finally:
+        conn.close()
+    query = "SELECT partitions, records, inserted, skipped FROM sink_batches WHERE topic = %s ORDER BY 1, 4"
+    assert fetch_all(settings.dsn(), query, spec.topic) == [
+        ([0], 20, 19, 0), ([0], 20, 0, 20), ([1], 30, 29, 0), ([1], 30, 0, 30),
+    ]  # fmt: skip
 
 
 @pytest.mark.integration
