@@ -39,8 +39,8 @@ PUBLIC = {
         "CustomerRow", "DimensionLoad", "MerchantRow", "load_dimensions", "pool_rows",
     },
     "tx_platform.stack": {
-        "Artifacts", "LocalStack", "ManagedProcess", "ServiceStatus", "StackLayout", "free_port_block", "port_in_use",
-        "pyspark_version", "require_java", "resolve_artifacts", "tail",
+        "DAGSTER_YAML", "Artifacts", "LocalStack", "ManagedProcess", "ServiceStatus", "StackLayout", "free_port_block",
+        "port_in_use", "pyspark_version", "require_java", "resolve_artifacts", "tail",
     },
     "tx_platform.checks": {
         "Audit", "AuditError", "LossReport", "audit_pipeline", "loss_report", "pandera_check", "pipeline_schema",
