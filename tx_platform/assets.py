@@ -481,8 +481,8 @@ def _sink_asset(spec: PipelineSpec, keys: PipelineKeys) -> AssetsDefinition:
         """
         # Dagster's pool lets one sink step run at a time, but two claims at the same instant can both win it (the
         # claim is not atomic on PostgreSQL); the topic's lease is the sink's own guarantee: a run waits its turn
-        run = settings.settings
-        stats = PipelineSink(pyspark.spark_session, spec, run).run_available_now(run.sink_lease_wait_seconds)
+        config = settings.settings
+        stats = PipelineSink(pyspark.spark_session, spec, config).run_available_now(config.sink_lease_wait_seconds)
         lag = compute_lag(kafka.end_offsets(spec.topic), postgres.committed_offsets(spec.topic)).total
         context.log.info(
             f"sink: {stats.records} records in {stats.batches} batches -> {stats.inserted} rows, "

@@ -100,20 +100,16 @@ def test_a_task_and_its_zombie_racing_on_one_range_write_it_once(
     assert fetch_all(settings.dsn(), query, spec.topic) == [([0], 200, 199, 0), ([0], 200, 0, 200), ([0], 200, 0, 200)]
 
 
+def _accepted_line(spec: PipelineSpec, tx_id: str, values: list[str], partition: int, offset: int) -> str:
+    """An accepted record's line as the sink renders it: no raw bytes (they travel beside it)."""
+    return _line([tx_id, *values, spec.topic, partition, offset, "2026-01-02T03:04:06.000Z"])
+
+
 def _task_rows(spec: PipelineSpec, unique: str, partition: int, count: int) -> pa.RecordBatch:
     """A write task's input for one partition's slice, as the decode stage gives it: accepted lines without raw
     bytes (those come in the key and value columns), the last record a reject."""
     good = [
-        _line(
-            [
-                f"{unique[:8]}-{partition:04d}-4000-8000-{o:012d}",
-                *ROW,
-                spec.topic,
-                partition,
-                o,
-                "2026-01-02T03:04:06.000Z",
-            ]
-        )  # fmt: skip
+        _accepted_line(spec, f"{unique[:8]}-{partition:04d}-4000-8000-{o:012d}", ROW, partition, o)
         for o in range(count - 1)
     ]
     lines = [(True, line) for line in good] + [(False, _bad(spec.topic, partition, count - 1))]
@@ -224,8 +220,8 @@ def test_slices_stage_without_raw_bytes_yet_duplicates_and_refused_records_keep_
     negative = [*ROW[:5], "-12.34", *ROW[6:]]  # a negative amount: the table's CHECK refuses it
 
     def line(values: list[str], offset: int) -> str:
-        return _line([tx_id if offset < 2 else f"{unique[:8]}-3333-4000-8000-000000000000", *values, spec.topic, 0,
-                      offset, "2026-01-02T03:04:06.000Z"])  # fmt: skip
+        return _accepted_line(spec, tx_id if offset < 2 else f"{unique[:8]}-3333-4000-8000-000000000000", values, 0,
+                              offset)  # fmt: skip
 
     lines = [line(ROW, 0), line(ROW, 1), line(negative, 2)]
     raw = {(0, o): (f"key{o}".encode(), f"value{o}".encode()) for o in range(3)}

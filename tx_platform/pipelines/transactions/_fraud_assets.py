@@ -100,8 +100,8 @@ def fraud_assets(spec: PipelineSpec) -> list[Any]:
         from spark_jobs.fraud import FraudQuery
         from tx_platform.pipelines.transactions._fraud import fraud_report
 
-        run = settings.settings  # a run waits for another holding the query's lease, as the sink's do
-        stats = FraudQuery(pyspark.spark_session, spec, run).run_available_now(run.sink_lease_wait_seconds)
+        config = settings.settings  # a run waits for another holding the query's lease, as the sink's do
+        stats = FraudQuery(pyspark.spark_session, spec, config).run_available_now(config.sink_lease_wait_seconds)
         with postgres.connection() as conn:
             report = fraud_report(conn, topic=spec.topic)
         context.log.info(f"fraud: {stats}; report {report}")
