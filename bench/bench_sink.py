@@ -350,6 +350,8 @@ _STATEMENTS = (
      r"SELECT .* FROM sink_offsets|INSERT INTO sink_offsets)"),
     ("staging tables", r"^(CREATE TEMP TABLE|ALTER TABLE stage_tx)"),
     ("COPY into staging", r"^COPY stage_tx"),
+    ("direct load: COPY into the table", r"^COPY (?!stage_)"),
+    ("direct load: claim keys", r"^INSERT INTO \w+_keys "),
     ("COPY quarantine staging", r"^COPY stage_q"),
     ("savepoints", r"^(SAVEPOINT|RELEASE|ROLLBACK TO)"),
     ("replay filter (DELETE)", r"^DELETE FROM stage"),

@@ -8,23 +8,29 @@ commit in parallel; each transaction holds the ledger rows of its partitions (``
 
 1. the sink's lease is checked (a fenced sink commits nothing) and the batch must continue the
    ledger: same topic id, no partition starting after its committed end (see ``_ledger``);
-2. rows are loaded with COPY into temporary staging tables that carry the target's CHECK and NOT
+2. **the direct load**, the common case: a slice that replays nothing, of a table that stores
+   Kafka's timestamp, is COPYed straight into the table under a savepoint, and its natural keys are
+   then claimed in the key registry from the rows just loaded (found by their Kafka coordinates).
+   If Postgres refuses anything (a duplicate key, in the slice or stored before, or a value the
+   sink's rules let through), the savepoint is rolled back and the slice takes steps 3-6 instead:
+   the same outcome, record for record, at about twice the cost;
+3. rows are loaded with COPY into temporary staging tables that carry the target's CHECK and NOT
    NULL constraints. A line Postgres refuses (which the sink's rules should have caught) is found
    by bisection under savepoints and quarantined as ``WAREHOUSE_REJECTED`` with Postgres' message,
    so no record can make the batch fail for ever;
-3. staged records at offsets the sink has already committed are dropped (a replay writes nothing);
-4. new rows are inserted, ``ON CONFLICT (<primary key>) DO NOTHING`` (the natural key, with the event
+4. staged records at offsets the sink has already committed are dropped (a replay writes nothing);
+5. new rows are inserted, ``ON CONFLICT (<primary key>) DO NOTHING`` (the natural key, with the event
    time when the table is partitioned by day), with Kafka's timestamp when the table stores it; a
    partitioned table's natural key is first claimed in its key registry ``<table>_keys``, so a key is
    stored once across all partitions, whatever the event time a second record carries;
-5. a record whose natural key already exists is quarantined as ``DUPLICATE_<KEY>``
+6. a record whose natural key already exists is quarantined as ``DUPLICATE_<KEY>``
    with its raw key and value bytes, so that every Kafka record still ends in exactly one place;
-6. rejected records go to ``quarantine``; the offsets move forward through the **fence**: an
+7. rejected records go to ``quarantine``; the offsets move forward through the **fence**: an
    ``UPDATE sink_offsets ... WHERE next_offset = <the value read under the row lock>`` that must
    change exactly one row per partition, so a replayed or zombie task whose range is already
-   committed writes nothing (step 3 dropped its records) and can never move the ledger twice; a
+   committed writes nothing (step 4 dropped its records) and can never move the ledger twice; a
    ``sink_batches`` row is added per partition with the seconds the transaction ran;
-7. last, the latency of every inserted record (event time and Kafka timestamp -> now) and the
+8. last, the latency of every inserted record (event time and Kafka timestamp -> now) and the
    commit's duration are added to the cumulative histograms in ``sink_latency``: exact, in the
    same transaction as the rows, so a crash or a replay never counts a record twice or not at all.
 """
@@ -110,6 +116,7 @@ class BatchResult:
     quarantined: int
     skipped: int  # records at offsets committed before (replays)
     warehouse_rejected: int = 0  # records Postgres refused although they passed the sink's rules
+    loaded_directly: bool = False  # the accepted rows were COPYed straight into the table (no staging)
 
 
 #: Characters of a Postgres error message kept as a quarantine reason.
@@ -209,7 +216,7 @@ def commit_batch(
     moves the ledger unconditionally, so a replayed slice is written twice. With ``raw``, the
     accepted lines are staged without raw bytes (:func:`staged_columns`) and ``raw`` holds them.
     """
-    topic, table, key = spec.topic, spec.table, spec.natural_key
+    topic, table = spec.topic, spec.table
     columns = table_columns(spec)
     records = len(row_lines) + len(quarantine_lines)
     partitions = sorted(ranges)
@@ -248,7 +255,11 @@ def commit_batch(
         )
         cur.execute("CREATE TEMP TABLE stage_q (LIKE quarantine INCLUDING DEFAULTS) ON COMMIT DROP")
         staged = _staged_columns_of(spec, row_lines, raw)
-        refused = copy_isolating(cur, "stage_tx", staged, row_lines)
+        replayed = any(rng.first < ledger[p].next_offset for p, rng in ranges.items() if p in ledger)
+        # lines without raw bytes carry exactly the table's columns when it stores Kafka's timestamp
+        direct = fence and not replayed and raw is not None and stores_timestamp
+        direct = direct and _load_directly(cur, spec, batch_id, staged, row_lines, ranges, keys_table)
+        refused = [] if direct else copy_isolating(cur, "stage_tx", staged, row_lines)
         rejects = [warehouse_reject(line, staged, reason, raw) for line, reason in refused]
         for line, reason in refused:
             log.warning("batch %d: PostgreSQL refused a record the sink's rules accepted (%s): %.200s", batch_id,
@@ -262,7 +273,6 @@ def commit_batch(
                 msg = f"[QUARANTINE_WRITE_FAILED] batch {batch_id}: {len(still)} records could not be quarantined: "
                 raise SinkError(msg + still[0][1])
         skipped = 0
-        replayed = any(rng.first < ledger[p].next_offset for p, rng in ranges.items() if p in ledger)
         for stage in ("stage_tx", "stage_q") if fence and replayed else ():
             cur.execute(
                 f"DELETE FROM {stage} s USING sink_offsets o "  # noqa: S608 - fixed table names
@@ -270,46 +280,11 @@ def commit_batch(
             )
             skipped += cur.rowcount
         cols = ", ".join((*columns, TIMESTAMP_COLUMN) if stores_timestamp else columns)
-        if keys_table:
-            # the natural key is claimed in the key registry first (unique across the partitions); only the
-            # record that claimed it is inserted, every other one is a duplicate
-            claim = f"""
-            claimed AS (
-                INSERT INTO {keys_table} ({key}, {spec.time_column}, kafka_topic, kafka_partition, kafka_offset)
-                SELECT {key}, {spec.time_column}, kafka_topic, kafka_partition, kafka_offset
-                FROM stage_tx ORDER BY {key}, kafka_partition, kafka_offset
-                ON CONFLICT ({key}) DO NOTHING
-                RETURNING kafka_partition, kafka_offset
-            ),"""  # noqa: S608 - names from the spec and the catalog, not from input
-            source = "stage_tx JOIN claimed USING (kafka_partition, kafka_offset)"
+        duplicated: list[tuple[int, int]] = []
+        if direct:
+            inserted = len(row_lines)
         else:
-            claim, source = "", "stage_tx"
-        cur.execute(
-            f"""
-            WITH {claim} inserted AS (
-                INSERT INTO {table} ({cols})
-                SELECT {cols} FROM {source} ORDER BY {key}, kafka_partition, kafka_offset
-                ON CONFLICT ({", ".join(conflict)}) DO NOTHING
-                RETURNING kafka_partition, kafka_offset
-            ), duplicates AS (
-                INSERT INTO quarantine ({", ".join(QUARANTINE_COLUMNS)})
-                SELECT s.kafka_topic, s.kafka_partition, s.kafka_offset, NULL, s.raw_key, s.raw_value,
-                       %(duplicate)s,
-                       %(key)s || ' ' || s.{key} || ' was already stored from another record'
-                FROM stage_tx s
-                WHERE NOT EXISTS (
-                    SELECT 1 FROM inserted i
-                    WHERE i.kafka_partition = s.kafka_partition AND i.kafka_offset = s.kafka_offset
-                )
-                RETURNING kafka_partition, kafka_offset
-            )
-            SELECT (SELECT count(*) FROM inserted), array_agg(kafka_partition), array_agg(kafka_offset)
-            FROM duplicates
-            """,  # noqa: S608 - names come from the spec and its contract file, not from input
-            {"duplicate": spec.duplicate_code, "key": key},
-        )
-        inserted, dup_partitions, dup_offsets = cur.fetchone()
-        duplicated = list(zip(dup_partitions or [], dup_offsets or [], strict=True))
+            inserted, duplicated = _insert_staged(cur, spec, cols, conflict, keys_table)
         duplicates = len(duplicated)
         if duplicated:
             _settle_duplicates(cur, topic, duplicated, raw)
@@ -329,10 +304,128 @@ def commit_batch(
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             (topic, batch_id, partitions, records, inserted, quarantined, skipped, seconds),
         )
-        _accumulate_latency(cur, spec, committed_at, seconds, inserted > 0)
+        # the rows this commit inserted: the slice's rows in the table, or what is left in staging
+        inserted_rows = "stage_tx"
+        if direct:
+            inserted_rows = f"(SELECT {spec.time_column}, {TIMESTAMP_COLUMN} FROM {table} WHERE {_slice_rows(ranges)})"  # noqa: S608
+        _accumulate_latency(cur, spec, committed_at, seconds, inserted_rows if inserted > 0 else None)
     return BatchResult(
-        records=records, inserted=inserted, quarantined=quarantined, skipped=skipped, warehouse_rejected=len(refused)
+        records=records,
+        inserted=inserted,
+        quarantined=quarantined,
+        skipped=skipped,
+        warehouse_rejected=len(refused),
+        loaded_directly=direct,
     )
+
+
+def _slice_rows(ranges: Mapping[int, PartitionRange]) -> str:
+    """A condition on a pipeline table's Kafka coordinates: the rows of the slices ``ranges``
+    (``%(topic)s`` is the topic's parameter). The ranges are integers, written in as such."""
+    return (
+        "kafka_topic = %(topic)s AND ("
+        + " OR ".join(
+            f"(kafka_partition = {int(p)} AND kafka_offset BETWEEN {int(r.first)} AND {int(r.last)})"
+            for p, r in sorted(ranges.items())
+        )
+        + ")"
+    )
+
+
+def _load_directly(
+    cur: Any,  # noqa: ANN401 - a cursor
+    spec: PipelineSpec,
+    batch_id: int,
+    columns: tuple[str, ...],
+    lines: list[str],
+    ranges: Mapping[int, PartitionRange],
+    keys_table: str | None,
+) -> bool:
+    """COPY the accepted ``lines`` straight into the pipeline's table and claim their natural keys in
+    its key registry, under a savepoint; False, with nothing left of the attempt, if Postgres refuses
+    any of it. The caller has checked that the slice replays nothing (no row of it can be stored yet).
+
+    A refusal is what the staged path sorts out record by record: a natural key stored before or twice
+    in the slice (the primary key, or the registry's), a value the sink's rules let through (a CHECK,
+    a partition missing for its event time). The registry's rows come from the rows just loaded, found
+    by their Kafka coordinates; any other count than the lines' also means the staged path.
+    """
+    if not lines:
+        return True
+    cur.execute("SAVEPOINT direct_load")
+    try:
+        _copy(cur, spec.table, columns, lines)
+        if keys_table:
+            key, time = spec.natural_key, spec.time_column
+            cur.execute(
+                f"INSERT INTO {keys_table} ({key}, {time}, kafka_topic, kafka_partition, kafka_offset) "  # noqa: S608
+                f"SELECT {key}, {time}, kafka_topic, kafka_partition, kafka_offset FROM {spec.table} "
+                f"WHERE {_slice_rows(ranges)} ORDER BY {key}",
+                {"topic": spec.topic},
+            )
+            if cur.rowcount != len(lines):
+                msg = f"{cur.rowcount} rows at the slice's coordinates for {len(lines)} lines"
+                raise psycopg2.IntegrityError(msg)
+    except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+        cur.execute("ROLLBACK TO SAVEPOINT direct_load")
+        cur.execute("RELEASE SAVEPOINT direct_load")
+        log.info("batch %d: the direct load of %s was refused (%s); staging its records one by one instead",
+                 batch_id, ", ".join(f"{spec.topic}[{p}]" for p in sorted(ranges)), _pg_message(exc))  # fmt: skip
+        return False
+    cur.execute("RELEASE SAVEPOINT direct_load")
+    return True
+
+
+def _insert_staged(
+    cur: Any,  # noqa: ANN401 - a cursor
+    spec: PipelineSpec,
+    cols: str,
+    conflict: tuple[str, ...],
+    keys_table: str | None,
+) -> tuple[int, list[tuple[int, int]]]:
+    """Insert the staged rows whose natural key is new; quarantine the others as duplicates (their raw
+    bytes still to be settled). Returns (rows inserted, the duplicates' (partition, offset))."""
+    table, key = spec.table, spec.natural_key
+    if keys_table:
+        # the natural key is claimed in the key registry first (unique across the partitions); only the
+        # record that claimed it is inserted, every other one is a duplicate
+        claim = f"""
+        claimed AS (
+            INSERT INTO {keys_table} ({key}, {spec.time_column}, kafka_topic, kafka_partition, kafka_offset)
+            SELECT {key}, {spec.time_column}, kafka_topic, kafka_partition, kafka_offset
+            FROM stage_tx ORDER BY {key}, kafka_partition, kafka_offset
+            ON CONFLICT ({key}) DO NOTHING
+            RETURNING kafka_partition, kafka_offset
+        ),"""  # noqa: S608 - names from the spec and the catalog, not from input
+        source = "stage_tx JOIN claimed USING (kafka_partition, kafka_offset)"
+    else:
+        claim, source = "", "stage_tx"
+    cur.execute(
+        f"""
+        WITH {claim} inserted AS (
+            INSERT INTO {table} ({cols})
+            SELECT {cols} FROM {source} ORDER BY {key}, kafka_partition, kafka_offset
+            ON CONFLICT ({", ".join(conflict)}) DO NOTHING
+            RETURNING kafka_partition, kafka_offset
+        ), duplicates AS (
+            INSERT INTO quarantine ({", ".join(QUARANTINE_COLUMNS)})
+            SELECT s.kafka_topic, s.kafka_partition, s.kafka_offset, NULL, s.raw_key, s.raw_value,
+                   %(duplicate)s,
+                   %(key)s || ' ' || s.{key} || ' was already stored from another record'
+            FROM stage_tx s
+            WHERE NOT EXISTS (
+                SELECT 1 FROM inserted i
+                WHERE i.kafka_partition = s.kafka_partition AND i.kafka_offset = s.kafka_offset
+            )
+            RETURNING kafka_partition, kafka_offset
+        )
+        SELECT (SELECT count(*) FROM inserted), array_agg(kafka_partition), array_agg(kafka_offset)
+        FROM duplicates
+        """,  # noqa: S608 - names come from the spec and its contract file, not from input
+        {"duplicate": spec.duplicate_code, "key": key},
+    )
+    inserted, dup_partitions, dup_offsets = cur.fetchone()
+    return inserted, list(zip(dup_partitions or [], dup_offsets or [], strict=True))
 
 
 def _target_shape(cur: Any, spec: PipelineSpec) -> tuple[tuple[str, ...], bool, str | None]:  # noqa: ANN401
@@ -428,8 +521,9 @@ def _advance(
 
 
 #: Observations of one commit, bucketed by the smallest upper bound at or above them (``sink_latency.le``).
-#: The staged rows left are the rows this commit inserted: rows at committed offsets, rows Postgres
-#: refused and duplicates are gone from ``stage_tx`` by now.
+#: ``{rows}``: the rows this commit inserted, the slice's rows in the table after a direct load, else
+#: the staged rows left (rows at committed offsets, rows Postgres refused and duplicates are gone
+#: from ``stage_tx`` by now).
 #: A time in the future (clock skew, event time up to MAX_FUTURE_SECONDS ahead) counts as 0 s, which
 #: keeps ``_sum`` monotonic, as Prometheus expects of a histogram. ``{time}``: the spec's.
 #: The bucket: ``width_bucket`` over the negated bounds counts the bounds at or above the observation
@@ -441,7 +535,7 @@ SELECT %(topic)s, o.kind,
        count(*), sum(o.seconds)
 FROM (
     SELECT k.kind, greatest(0, extract(epoch FROM %(at)s - k.t))::float8 AS seconds
-    FROM stage_tx s
+    FROM {rows} s
     CROSS JOIN LATERAL (VALUES ('event_time', s.{time}), ('kafka_timestamp', s.kafka_timestamp)) AS k (kind, t)
     WHERE k.t IS NOT NULL
 ) o
@@ -456,12 +550,13 @@ def _accumulate_latency(
     spec: PipelineSpec,
     committed_at: Any,  # noqa: ANN401 - the transaction's clock_timestamp()
     seconds: float,
-    inserted: bool,
+    inserted_rows: str | None,
 ) -> None:
-    """Add this commit to the cumulative histograms in ``sink_latency`` (in the commit's transaction)."""
+    """Add this commit to the cumulative histograms in ``sink_latency`` (in the commit's transaction);
+    ``inserted_rows``: a relation of the rows it inserted (None: it inserted none)."""
     topic = spec.topic
-    if inserted:
-        sql = _LATENCY_SQL.format(time=spec.time_column)
+    if inserted_rows is not None:
+        sql = _LATENCY_SQL.format(time=spec.time_column, rows=inserted_rows)
         bounds = list(LATENCY_BUCKETS)
         negated = sorted(-b for b in bounds)
         cur.execute(sql, {"topic": topic, "at": committed_at, "bounds": bounds, "negated": negated, "n": len(bounds)})

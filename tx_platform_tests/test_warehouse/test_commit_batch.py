@@ -116,3 +116,90 @@ def test_crypto_trades_commit_on_their_own_table_and_key(settings: Settings, uni
     assert stored == [(Decimal("64123.4567891234"), Decimal("0.000000000000000001"), "SELL")]
     assert quarantined == [(1, "DUPLICATE_TRADE_ID", f"trade_id {trade_id} was already stored from another record")]
     assert offsets == {0: 2}
+
+
+def _accepted(topic: str, tx_id: str, offset: int, event_time: str = ROW[-1], category: str = ROW[4]) -> str:
+    """An accepted record's line as the sink stages it: the table's columns and Kafka's timestamp, no raw bytes."""
+    values = [*ROW[:4], category, *ROW[5:-1], event_time]
+    return _line([tx_id, *values, topic, 0, offset, "2026-01-02T03:04:06.000Z"])
+
+
+def _stored(settings: Settings, spec: PipelineSpec) -> tuple[list[tuple[int, str]], int, int, int]:
+    """(offset, transaction_id) of the stored rows, keys in the registry, latency observations, quarantine rows."""
+    with connect(settings.dsn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT kafka_offset, transaction_id::text FROM transactions WHERE kafka_topic = %s ORDER BY 1",
+                    (spec.topic,))  # fmt: skip
+        rows = cur.fetchall()
+        cur.execute("SELECT count(*) FROM transactions_keys WHERE kafka_topic = %s", (spec.topic,))
+        keys = cur.fetchone()[0]
+        cur.execute("SELECT coalesce(sum(count), 0) FROM sink_latency WHERE topic = %s AND kind = 'event_time'",
+                    (spec.topic,))  # fmt: skip
+        observed = cur.fetchone()[0]
+        cur.execute("SELECT count(*) FROM quarantine WHERE kafka_topic = %s", (spec.topic,))
+        quarantined = cur.fetchone()[0]
+    return rows, keys, observed, quarantined
+
+
+def test_a_slice_that_replays_nothing_is_loaded_directly_and_its_keys_claimed(
+    settings: Settings, spec: PipelineSpec, unique: str
+) -> None:
+    ensure_schema(settings.dsn(), [spec])
+    ids = [f"{unique[:8]}-4444-4000-8000-{i:012d}" for i in range(3)]
+    good = [_accepted(spec.topic, tx_id, offset) for offset, tx_id in enumerate(ids)]
+    raw = {(0, o): (b"k", b"v%d" % o) for o in range(4)}
+    conn = connect(settings.dsn())
+    first = commit_batch(conn, spec, 0, good, [_bad(spec.topic, 0, 3)], {0: PartitionRange(0, 3)}, raw=raw)
+    replay = commit_batch(conn, spec, 0, good, [_bad(spec.topic, 0, 3)], {0: PartitionRange(0, 3)}, raw=raw)
+    conn.close()
+
+    assert (first.loaded_directly, first.inserted, first.quarantined, first.skipped) == (True, 3, 1, 0)
+    # a replay is never loaded directly: its records are staged and dropped as committed
+    assert (replay.loaded_directly, replay.inserted, replay.quarantined, replay.skipped) == (False, 0, 0, 4)
+    assert _stored(settings, spec) == ([(0, ids[0]), (1, ids[1]), (2, ids[2])], 3, 3, 1)
+
+
+def test_a_slice_postgres_refuses_any_of_goes_through_staging_record_for_record(
+    settings: Settings, spec: PipelineSpec, unique: str
+) -> None:
+    """A duplicate key (stored before, with another event time; or twice in the slice) or a value the table
+    refuses undoes the direct load: the staged path then stores, quarantines and counts each record as always."""
+    ensure_schema(settings.dsn(), [spec])
+    ids = [f"{unique[:8]}-5555-4000-8000-{i:012d}" for i in range(4)]
+    raw = {(0, o): (b"k", b"v%d" % o) for o in range(10)}
+    conn = connect(settings.dsn())
+    first = commit_batch(conn, spec, 0, [_accepted(spec.topic, ids[0], 0)], [], {0: PartitionRange(0, 0)}, raw=raw)
+    later = "2026-01-03T00:00:00.000Z"  # another day's partition: only the key registry sees the duplicate
+    slices = [
+        [_accepted(spec.topic, ids[1], 1), _accepted(spec.topic, ids[0], 2, event_time=later)],  # stored before
+        [_accepted(spec.topic, ids[2], 3), _accepted(spec.topic, ids[2], 4)],  # twice in the slice, same time
+        [
+            _accepted(spec.topic, ids[3], 5),
+            _accepted(spec.topic, f"{unique[:8]}-6666-4000-8000-000000000000", 6, category="12"),
+        ],
+    ]
+    results = []
+    for batch_id, lines in enumerate(slices, start=1):
+        offsets = [1 + 2 * (batch_id - 1), 2 * batch_id]
+        results.append(commit_batch(conn, spec, batch_id, lines, [], {0: PartitionRange(*offsets)}, raw=raw))
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT kafka_offset, error_code, raw_value, reason FROM quarantine WHERE kafka_topic = %s ORDER BY 1",
+            (spec.topic,),
+        )
+        quarantined = [(o, code, bytes(value), reason) for o, code, value, reason in cur.fetchall()]
+    conn.close()
+
+    assert first.loaded_directly
+    assert [(r.loaded_directly, r.inserted, r.quarantined, r.warehouse_rejected) for r in results] == [
+        (False, 1, 1, 0),
+        (False, 1, 1, 0),
+        (False, 1, 1, 1),
+    ]
+    assert [(o, code, value) for o, code, value, _ in quarantined] == [
+        (2, "DUPLICATE_TRANSACTION_ID", b"v2"),
+        (4, "DUPLICATE_TRANSACTION_ID", b"v4"),
+        (6, "WAREHOUSE_REJECTED", b"v6"),
+    ]
+    assert "rule4_invalid_merchant_category" in quarantined[2][3]
+    # nothing of the undone direct loads is left: each record once, in the table or in quarantine
+    assert _stored(settings, spec) == ([(0, ids[0]), (1, ids[1]), (3, ids[2]), (5, ids[3])], 4, 4, 3)
