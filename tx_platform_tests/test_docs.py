@@ -365,7 +365,7 @@ def _run_streaming_sink(script: str, ctx: Ctx) -> None:
         output = log.read_text(errors="replace")
         assert "sink running (trigger 2 seconds" in output
         assert (
-            "stopping the query; a batch in flight commits whole or is replayed" in output and "sink stopped" in output
+            "stopping the query; a batch in flight is let finish" in output and "sink stopped" in output
         )
         assert "Traceback" not in output
         assert_eventually(lambda: not process_group(proc.pid), timeout=15, what="spark-submit's processes to exit")

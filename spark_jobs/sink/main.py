@@ -7,8 +7,9 @@ Settings come from TXP_* variables (see README); the pipeline from ``--pipeline`
 ``transactions``). Run with plain ``python``, the connector jars come from ``--jars`` (or
 ``TXP_SPARK_JARS``); ``txp sink`` resolves them from the Maven cache and passes them.
 
-Ctrl+C / SIGTERM stops the query gracefully: the batch in flight commits or rolls back as a
-whole, and the next start resumes from Postgres.
+Ctrl+C / SIGTERM stops the query gracefully: a batch in flight is let finish (up to
+``STOP_GRACE_SECONDS``; interrupted after that, it commits or rolls back as a whole and is replayed),
+and the next start resumes from Postgres.
 
 Running continuously, the driver serves Spark's metrics in Prometheus format on its UI (local
 mode: 127.0.0.1:TXP_SPARK_UI_PORT) and registers itself with the local stack's Prometheus by
@@ -23,9 +24,12 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
+
+from pyspark.sql.streaming import StreamingQuery
 
 from spark_jobs._entry import parse_pipeline, pipeline_parser, submitted_session
 from spark_jobs.sink._query import PipelineSink
@@ -33,6 +37,10 @@ from tx_platform.config import Settings, load_settings
 from tx_platform.pipelines import DEFAULT_PIPELINE, PipelineSpec
 
 log = logging.getLogger("spark_jobs.sink")
+
+#: Seconds a stop waits for the batch in flight to end before it interrupts it (safe either way: an
+#: interrupted batch's slices commit whole or not at all, and it is replayed at the next start).
+STOP_GRACE_SECONDS = 60.0
 
 
 def register_target(settings: Settings, pipeline: str, ui_url: str | None, pid: int | None = None) -> Path | None:
@@ -58,6 +66,34 @@ def register_target(settings: Settings, pipeline: str, ui_url: str | None, pid: 
 def _unregister(target: Path | None) -> None:
     if target is not None:
         target.unlink(missing_ok=True)
+
+
+def stop_between_batches(query: StreamingQuery, grace: float) -> None:
+    """Stop ``query`` when no batch is in flight: at once if none is, else when the one running ends
+    (its progress is reported) or after ``grace`` seconds, whichever comes first.
+
+    Stopping interrupts a running batch; that is safe (its slices commit whole or not at all and it
+    is replayed at the next start), but it redoes the batch's work and fills the log with Spark's
+    interruption of the batch's job.
+    """
+    started = time.monotonic()
+    running = query.status["isTriggerActive"]
+    if running:
+        progress = query.lastProgress
+        before = None if progress is None else progress["batchId"]
+        log.info("waiting for the batch in flight to end before stopping (up to %.0f s)", grace)
+        while query.isActive and time.monotonic() - started < grace:
+            progress = query.lastProgress
+            if not query.status["isTriggerActive"] or (progress is not None and progress["batchId"] != before):
+                running = False
+                break
+            time.sleep(0.05)
+        if running and query.isActive:
+            log.warning("the batch in flight did not end within %.0f s: interrupting it (it is replayed at the next "
+                        "start)", grace)  # fmt: skip
+        else:
+            log.info("the batch in flight ended after %.1f s", time.monotonic() - started)
+    query.stop()
 
 
 def run(
@@ -92,8 +128,9 @@ def _run_continuously(sink: PipelineSink, trigger: str, settings: Settings, ui_u
             _unregister(target)
             os._exit(130)
         log.info(
-            "signal %d: stopping the query; a batch in flight commits whole or is replayed (again to exit now)", signum
-        )
+            "signal %d: stopping the query; a batch in flight is let finish (up to %.0f s; again to exit now)",
+            signum, STOP_GRACE_SECONDS,
+        )  # fmt: skip
         stop_requested.set()
 
     signal.signal(signal.SIGINT, _stop)
@@ -101,9 +138,9 @@ def _run_continuously(sink: PipelineSink, trigger: str, settings: Settings, ui_u
     try:
         # registered once the signals lead to the finally below, which deletes it
         target = register_target(settings, sink.spec.name, ui_url)
-        while not query.awaitTermination(1):
+        while not query.awaitTermination(0.2):  # a signal is acted on within 0.2 s
             if stop_requested.is_set():
-                query.stop()  # may interrupt a batch in flight: its commit is all or nothing, replayed next start
+                stop_between_batches(query, STOP_GRACE_SECONDS)
                 break
         sink.wait(query)
     finally:
