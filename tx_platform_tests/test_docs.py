@@ -364,9 +364,7 @@ def _run_streaming_sink(script: str, ctx: Ctx) -> None:
         assert proc.wait(timeout=90) == 0, log.read_text()[-4000:]
         output = log.read_text(errors="replace")
         assert "sink running (trigger 2 seconds" in output
-        assert (
-            "stopping the query; a batch in flight is let finish" in output and "sink stopped" in output
-        )
+        assert "stopping the query; a batch in flight is let finish" in output and "sink stopped" in output
         assert "Traceback" not in output
         assert_eventually(lambda: not process_group(proc.pid), timeout=15, what="spark-submit's processes to exit")
         assert _lag(ctx) == 0

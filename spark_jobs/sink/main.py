@@ -138,10 +138,11 @@ def _run_continuously(sink: PipelineSink, trigger: str, settings: Settings, ui_u
     try:
         # registered once the signals lead to the finally below, which deletes it
         target = register_target(settings, sink.spec.name, ui_url)
-        while not query.awaitTermination(0.2):  # a signal is acted on within 0.2 s
-            if stop_requested.is_set():
-                stop_between_batches(query, STOP_GRACE_SECONDS)
-                break
+        # until the query ends on its own (an error) or a signal asks it to: acted on at once
+        while query.isActive and not stop_requested.wait(1.0):
+            pass
+        if stop_requested.is_set():
+            stop_between_batches(query, STOP_GRACE_SECONDS)
         sink.wait(query)
     finally:
         _unregister(target)
