@@ -243,23 +243,25 @@ def commit_batch(
         )
         ledger = read_ledger(cur, topic)
         check_batch(topic, ranges, ledger, topic_id)
-        # staging carries the target's CHECK and NOT NULL constraints: a refused value fails here,
-        # line by line, not in the INSERT below, where it would take the whole batch with it
         conflict, stores_timestamp, keys_table = _target_shape(cur, spec)
-        cur.execute(
-            f"CREATE TEMP TABLE stage_tx (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DROP"
-        )
-        cur.execute(
-            "ALTER TABLE stage_tx ADD COLUMN raw_key bytea, ADD COLUMN raw_value bytea"
-            + ("" if stores_timestamp else f", ADD COLUMN {TIMESTAMP_COLUMN} timestamptz")
-        )
         cur.execute("CREATE TEMP TABLE stage_q (LIKE quarantine INCLUDING DEFAULTS) ON COMMIT DROP")
         staged = _staged_columns_of(spec, row_lines, raw)
         replayed = any(rng.first < ledger[p].next_offset for p, rng in ranges.items() if p in ledger)
         # lines without raw bytes carry exactly the table's columns when it stores Kafka's timestamp
         direct = fence and not replayed and raw is not None and stores_timestamp
         direct = direct and _load_directly(cur, spec, batch_id, staged, row_lines, ranges, keys_table)
-        refused = [] if direct else copy_isolating(cur, "stage_tx", staged, row_lines)
+        refused: list[tuple[str, str]] = []
+        if not direct:
+            # staging carries the target's CHECK and NOT NULL constraints: a refused value fails here,
+            # line by line, not in the INSERT below, where it would take the whole batch with it
+            cur.execute(
+                f"CREATE TEMP TABLE stage_tx (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DROP"
+            )
+            cur.execute(
+                "ALTER TABLE stage_tx ADD COLUMN raw_key bytea, ADD COLUMN raw_value bytea"
+                + ("" if stores_timestamp else f", ADD COLUMN {TIMESTAMP_COLUMN} timestamptz")
+            )
+            refused = copy_isolating(cur, "stage_tx", staged, row_lines)
         rejects = [warehouse_reject(line, staged, reason, raw) for line, reason in refused]
         for line, reason in refused:
             log.warning("batch %d: PostgreSQL refused a record the sink's rules accepted (%s): %.200s", batch_id,

@@ -21,7 +21,7 @@ from tx_platform.config import Settings
 from tx_platform.pipelines import PipelineSpec
 from tx_platform.warehouse import BatchResult, PartitionRange, commit_batch, committed_offsets, connect, ensure_schema
 from tx_platform_tests.conftest import fetch_all, produce_records
-from tx_platform_tests.test_warehouse.test_commit_batch import ROW, _bad, _line, _tx
+from tx_platform_tests.test_warehouse.test_commit_batch import ROW, _accepted_line, _bad, _tx
 
 
 @pytest.mark.unit
@@ -98,11 +98,6 @@ def test_a_task_and_its_zombie_racing_on_one_range_write_it_once(
         conn.close()
     query = "SELECT partitions, records, inserted, skipped FROM sink_batches WHERE topic = %s ORDER BY skipped"
     assert fetch_all(settings.dsn(), query, spec.topic) == [([0], 200, 199, 0), ([0], 200, 0, 200), ([0], 200, 0, 200)]
-
-
-def _accepted_line(spec: PipelineSpec, tx_id: str, values: list[str], partition: int, offset: int) -> str:
-    """An accepted record's line as the sink renders it: no raw bytes (they travel beside it)."""
-    return _line([tx_id, *values, spec.topic, partition, offset, "2026-01-02T03:04:06.000Z"])
 
 
 def _task_rows(spec: PipelineSpec, unique: str, partition: int, count: int) -> pa.RecordBatch:

@@ -6,6 +6,7 @@ import pytest
 from tx_platform.config import Settings
 from tx_platform.pipelines import PipelineSpec
 from tx_platform.warehouse import PartitionRange, commit_batch, committed_offsets, connect, ensure_schema
+from tx_platform_tests.conftest import fetch_all, fetch_one
 
 pytestmark = pytest.mark.integration
 
@@ -118,25 +119,20 @@ def test_crypto_trades_commit_on_their_own_table_and_key(settings: Settings, uni
     assert offsets == {0: 2}
 
 
-def _accepted(topic: str, tx_id: str, offset: int, event_time: str = ROW[-1], category: str = ROW[4]) -> str:
-    """An accepted record's line as the sink stages it: the table's columns and Kafka's timestamp, no raw bytes."""
-    values = [*ROW[:4], category, *ROW[5:-1], event_time]
-    return _line([tx_id, *values, topic, 0, offset, "2026-01-02T03:04:06.000Z"])
+def _accepted_line(spec: PipelineSpec, tx_id: str, values: list[str], partition: int, offset: int) -> str:
+    """An accepted record's line as the sink renders it: no raw bytes (they travel beside it)."""
+    return _line([tx_id, *values, spec.topic, partition, offset, "2026-01-02T03:04:06.000Z"])
 
 
 def _stored(settings: Settings, spec: PipelineSpec) -> tuple[list[tuple[int, str]], int, int, int]:
     """(offset, transaction_id) of the stored rows, keys in the registry, latency observations, quarantine rows."""
-    with connect(settings.dsn()) as conn, conn.cursor() as cur:
-        cur.execute("SELECT kafka_offset, transaction_id::text FROM transactions WHERE kafka_topic = %s ORDER BY 1",
-                    (spec.topic,))  # fmt: skip
-        rows = cur.fetchall()
-        cur.execute("SELECT count(*) FROM transactions_keys WHERE kafka_topic = %s", (spec.topic,))
-        keys = cur.fetchone()[0]
-        cur.execute("SELECT coalesce(sum(count), 0) FROM sink_latency WHERE topic = %s AND kind = 'event_time'",
-                    (spec.topic,))  # fmt: skip
-        observed = cur.fetchone()[0]
-        cur.execute("SELECT count(*) FROM quarantine WHERE kafka_topic = %s", (spec.topic,))
-        quarantined = cur.fetchone()[0]
+    dsn, topic = settings.dsn(), spec.topic
+    rows = fetch_all(dsn, "SELECT kafka_offset, transaction_id::text FROM transactions WHERE kafka_topic = %s "
+                     "ORDER BY 1", topic)  # fmt: skip
+    (keys,) = fetch_one(dsn, "SELECT count(*) FROM transactions_keys WHERE kafka_topic = %s", topic)
+    (observed,) = fetch_one(dsn, "SELECT coalesce(sum(count), 0) FROM sink_latency WHERE topic = %s "
+                            "AND kind = 'event_time'", topic)  # fmt: skip
+    (quarantined,) = fetch_one(dsn, "SELECT count(*) FROM quarantine WHERE kafka_topic = %s", topic)
     return rows, keys, observed, quarantined
 
 
@@ -145,7 +141,7 @@ def test_a_slice_that_replays_nothing_is_loaded_directly_and_its_keys_claimed(
 ) -> None:
     ensure_schema(settings.dsn(), [spec])
     ids = [f"{unique[:8]}-4444-4000-8000-{i:012d}" for i in range(3)]
-    good = [_accepted(spec.topic, tx_id, offset) for offset, tx_id in enumerate(ids)]
+    good = [_accepted_line(spec, tx_id, ROW, 0, offset) for offset, tx_id in enumerate(ids)]
     raw = {(0, o): (b"k", b"v%d" % o) for o in range(4)}
     conn = connect(settings.dsn())
     first = commit_batch(conn, spec, 0, good, [_bad(spec.topic, 0, 3)], {0: PartitionRange(0, 3)}, raw=raw)
@@ -167,14 +163,16 @@ def test_a_slice_postgres_refuses_any_of_goes_through_staging_record_for_record(
     ids = [f"{unique[:8]}-5555-4000-8000-{i:012d}" for i in range(4)]
     raw = {(0, o): (b"k", b"v%d" % o) for o in range(10)}
     conn = connect(settings.dsn())
-    first = commit_batch(conn, spec, 0, [_accepted(spec.topic, ids[0], 0)], [], {0: PartitionRange(0, 0)}, raw=raw)
-    later = "2026-01-03T00:00:00.000Z"  # another day's partition: only the key registry sees the duplicate
+    first = commit_batch(conn, spec, 0, [_accepted_line(spec, ids[0], ROW, 0, 0)], [], {0: PartitionRange(0, 0)},
+                         raw=raw)  # fmt: skip
+    later = [*ROW[:-1], "2026-01-03T00:00:00.000Z"]  # another day's partition: only the key registry sees it
+    bad_category = [*ROW[:4], "12", *ROW[5:]]  # the table's CHECK on merchant_category refuses it
     slices = [
-        [_accepted(spec.topic, ids[1], 1), _accepted(spec.topic, ids[0], 2, event_time=later)],  # stored before
-        [_accepted(spec.topic, ids[2], 3), _accepted(spec.topic, ids[2], 4)],  # twice in the slice, same time
+        [_accepted_line(spec, ids[1], ROW, 0, 1), _accepted_line(spec, ids[0], later, 0, 2)],  # stored before
+        [_accepted_line(spec, ids[2], ROW, 0, 3), _accepted_line(spec, ids[2], ROW, 0, 4)],  # twice, same time
         [
-            _accepted(spec.topic, ids[3], 5),
-            _accepted(spec.topic, f"{unique[:8]}-6666-4000-8000-000000000000", 6, category="12"),
+            _accepted_line(spec, ids[3], ROW, 0, 5),
+            _accepted_line(spec, f"{unique[:8]}-6666-4000-8000-000000000000", bad_category, 0, 6),
         ],
     ]
     results = []
