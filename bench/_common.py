@@ -9,9 +9,12 @@ backlog can be sunk more than once without its second reading turning into dupli
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -161,3 +164,86 @@ def slice_timeline(dsn: str, topic: str) -> SliceTimeline:
         last_end=max(end for _, _, end in rows),
         steady_records=sum(r for b, r, _ in rows if b != first),
     )
+
+
+#: Process groups of :class:`CpuSampler`, by command line (first match wins); the rest is "other".
+CPU_GROUPS: tuple[tuple[str, Callable[[str], bool]], ...] = (
+    ("PostgreSQL", lambda cmd: cmd.startswith("postgres:")),
+    ("Python workers", lambda cmd: "pyspark.daemon" in cmd or "pyspark.worker" in cmd),
+    ("Kafka broker", lambda cmd: "kafka.Kafka" in cmd),
+    ("Spark JVM", lambda cmd: "org.apache.spark" in cmd),
+)
+
+
+class CpuSampler:
+    """CPU seconds each group of processes (:data:`CPU_GROUPS`) spent while the sampler ran.
+
+    Reads every process's user + system time from ``/proc`` every ``interval`` seconds: a process
+    running before the start counts from then, one started later from zero; one that ends between
+    two samples loses at most ``interval`` of its time (the sink's Python workers and their
+    Postgres connections live for the whole run). Linux only; elsewhere the groups stay empty.
+    """
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self._seen: dict[int, list[Any]] = {}  # pid -> [group, CPU seconds at the start, last seen]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self._ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def _cpu(self, pid: str) -> float | None:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / self._ticks
+
+    @staticmethod
+    def _group(pid: str) -> str | None:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                cmd = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return None
+        return next((name for name, matches in CPU_GROUPS if matches(cmd)), "other")
+
+    def _scan(self, first: bool) -> None:
+        if not os.path.isdir("/proc"):
+            return
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            cpu = self._cpu(pid)
+            if cpu is None:
+                continue
+            known = self._seen.get(int(pid))
+            if known is None:
+                group = self._group(pid)
+                if group is None:
+                    continue
+                known = self._seen[int(pid)] = [group, cpu if first else 0.0, cpu]
+            known[2] = cpu
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._scan(first=False)
+
+    def __enter__(self) -> CpuSampler:
+        self.started = time.monotonic()
+        self._scan(first=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._scan(first=False)
+        self.seconds = time.monotonic() - self.started
+
+    def groups(self) -> dict[str, float]:
+        """CPU seconds per group, largest first (rounded to 0.1 s)."""
+        totals: Counter[str] = Counter()
+        for group, start, last in self._seen.values():
+            totals[group] += last - start
+        return {group: round(cpu, 1) for group, cpu in totals.most_common() if round(cpu, 1) > 0}

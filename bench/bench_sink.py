@@ -6,10 +6,13 @@ transactions pipeline (``--records``, default 1M, in ``--partitions`` partitions
 a fresh topic ``bench_sink_*``; every method then reads that same backlog, each into an empty
 warehouse schema of its own (see ``_common``), in this order:
 
-- the sink, ``PipelineSink(...).run_available_now()`` in this process on ``local[2]``;
-- the tutorial pattern on the same ``local[2]`` session: ``from_avro`` of the same Avro (Confluent
-  header skipped), the table's columns, ``df.write.jdbc(..., mode="append")`` in ``foreachBatch``
-  (PostgreSQL JDBC driver from ``infra/maven``), into ``CREATE TABLE (LIKE transactions INCLUDING ALL)``;
+- the sink, ``PipelineSink(...).run_available_now()`` in this process on ``local[2]``, twice: the
+  first run in a new JVM (cold: HotSpot compiles the decode stage's code while it runs), then again
+  on the same session into another empty schema (warm: what a continuously running sink sustains);
+- the tutorial pattern on the same ``local[2]`` session, twice likewise: ``from_avro`` of the same
+  Avro (Confluent header skipped), the table's columns, ``df.write.jdbc(..., mode="append")`` in
+  ``foreachBatch`` (PostgreSQL JDBC driver from ``infra/maven``), into ``CREATE TABLE (LIKE
+  transactions INCLUDING ALL)``;
 - raw ``COPY`` of the very rows the sink stored (its table's columns as CSV, exported beforehand)
   into such a table, one transaction: the ceiling;
 - the sink as ``spark_jobs/sink/main.py --available-now`` on a private standalone master with 2
@@ -18,10 +21,12 @@ warehouse schema of its own (see ``_common``), in this order:
 
 Rates: rows / seconds of the whole run (query start, lease and ledger checks included), and the
 steady state after the first micro-batch (``sink_batches`` commit times; the JDBC run's own batch
-times). Then a profile of where one sink batch's time goes, on a smaller backlog
-(``--profile-records``): the batch re-read to time Kafka alone, Kafka + decode + render (JVM only)
-and + transfer of the rows to Python, then the write tasks with every statement of their commit
-timed. Prints tables, then one JSON line per figure. Usage:
+times). During each run, the CPU seconds of each process group (Spark's JVMs, its Python workers,
+PostgreSQL, the Kafka broker, the rest: this process among them) are sampled from ``/proc``. Then a
+profile of where one sink batch's time goes, on a smaller backlog (``--profile-records``): the batch
+re-read to time Kafka alone, Kafka + decode + render (JVM only) and + transfer of the rows to Python,
+then the write tasks with every statement of their commit timed. Prints tables, then one JSON line
+per figure. Usage:
 
     .venv/bin/python bench/bench_sink.py [--records 1000000] [--partitions 4] [--profile-records 100000]
 """
@@ -47,6 +52,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 from _common import (
+    CpuSampler,
     Figure,
     SliceTimeline,
     bench_schema,
@@ -114,31 +120,47 @@ def local_session(settings: Settings, jars: list[str]) -> SparkSession:
 # ---------------------------------------------------------------- the sink, local[2]
 
 
-def sink_local(spark: SparkSession, settings: Settings, topic: str, records: int, work: Path) -> tuple[Figure, Path]:
-    """The sink in this process; also exports the rows it stored (table columns, CSV) for the COPY run."""
+def sink_local(
+    spark: SparkSession, settings: Settings, topic: str, records: int, work: Path, *, warm: bool = False
+) -> tuple[Figure, Path | None]:
+    """The sink in this process, the CPU of each process group sampled meanwhile.
+
+    The first run (``warm=False``) exports the rows it stored (table columns, CSV) for the COPY run;
+    ``warm``: the same again in the same session, its JVM's code already compiled by the first.
+    """
     spec = TRANSACTIONS.with_topic(topic)
+    csv_path = None
     with bench_schema(settings, "local") as dsn:
-        run_settings = settings_for(dsn, checkpoint_dir=work / "ck_local", spark_master=f"local[{CORES}]")
+        run_settings = settings_for(
+            dsn, checkpoint_dir=work / ("ck_local_warm" if warm else "ck_local"), spark_master=f"local[{CORES}]"
+        )
         ensure_schema(dsn, [spec])
-        stats = PipelineSink(spark, spec, run_settings).run_available_now()
+        with CpuSampler() as cpu:
+            stats = PipelineSink(spark, spec, run_settings).run_available_now()
         timeline = slice_timeline(dsn, topic)
         rows = scalar(dsn, f"SELECT count(*) FROM {spec.table} WHERE kafka_topic = %s", topic)  # noqa: S608
         assert rows == records == stats.inserted, (rows, records, stats)  # noqa: S101
-        csv_path = work / "rows.csv"
-        columns = ", ".join(table_columns(spec))
-        with closing(connect(dsn)) as conn, conn.cursor() as cur, csv_path.open("w") as sink_file:
-            cur.copy_expert(
-                f"COPY (SELECT {columns} FROM {spec.table} ORDER BY kafka_partition, kafka_offset) "  # noqa: S608
-                "TO STDOUT WITH (FORMAT csv)",
-                sink_file,
-            )
+        if not warm:
+            csv_path = work / "rows.csv"
+            columns = ", ".join(table_columns(spec))
+            with closing(connect(dsn)) as conn, conn.cursor() as cur, csv_path.open("w") as sink_file:
+                cur.copy_expert(
+                    f"COPY (SELECT {columns} FROM {spec.table} ORDER BY kafka_partition, kafka_offset) "  # noqa: S608
+                    "TO STDOUT WITH (FORMAT csv)",
+                    sink_file,
+                )
     figure = Figure(
         BENCH,
-        "sink_local2",
-        f"sink, local[{CORES}] (run_available_now)",
+        "sink_local2_warm" if warm else "sink_local2",
+        f"sink, local[{CORES}], {'again: warm JVM' if warm else 'first run: cold JVM'}",
         rows,
         stats.seconds,
-        {"batches": stats.batches, "slices": stats.slices, "steady_rows_per_s": _steady(timeline)},
+        {
+            "batches": stats.batches,
+            "slices": stats.slices,
+            "steady_rows_per_s": _steady(timeline),
+            "cpu_seconds": cpu.groups(),
+        },
     )
     return figure, csv_path
 
@@ -154,16 +176,24 @@ def raw_copy(settings: Settings, csv_path: Path, records: int) -> Figure:
         with closing(connect(dsn)) as conn:
             with conn, conn.cursor() as cur:
                 cur.execute(f"CREATE TABLE copy_target (LIKE {spec.table} INCLUDING ALL)")
-            started = time.perf_counter()
-            with conn, conn.cursor() as cur, csv_path.open() as rows:
-                cur.copy_expert(
-                    f"COPY copy_target ({', '.join(table_columns(spec))}) FROM STDIN WITH (FORMAT csv)", rows
-                )
-            elapsed = time.perf_counter() - started
+            with CpuSampler() as cpu:
+                started = time.perf_counter()
+                with conn, conn.cursor() as cur, csv_path.open() as rows:
+                    cur.copy_expert(
+                        f"COPY copy_target ({', '.join(table_columns(spec))}) FROM STDIN WITH (FORMAT csv)", rows
+                    )
+                elapsed = time.perf_counter() - started
         rows = scalar(dsn, "SELECT count(*) FROM copy_target")
         assert rows == records, (rows, records)  # noqa: S101
     # one statement: no first batch to leave out, its steady state is the whole run
-    return Figure(BENCH, "raw_copy", "raw COPY, same rows (ceiling)", rows, elapsed, {"steady_rows_per_s": None})
+    return Figure(
+        BENCH,
+        "raw_copy",
+        "raw COPY, same rows (ceiling)",
+        rows,
+        elapsed,
+        {"steady_rows_per_s": None, "cpu_seconds": cpu.groups()},
+    )
 
 
 # ---------------------------------------------------------------- the tutorial pattern
@@ -185,8 +215,11 @@ def _jdbc_url(dsn: str) -> tuple[str, dict[str, str]]:
     return url, props
 
 
-def tutorial_jdbc(spark: SparkSession, settings: Settings, topic: str, records: int, work: Path) -> Figure:
-    """foreachBatch + from_avro + ``df.write.jdbc(mode="append")`` on the same local session."""
+def tutorial_jdbc(
+    spark: SparkSession, settings: Settings, topic: str, records: int, work: Path, *, warm: bool = False
+) -> Figure:
+    """foreachBatch + from_avro + ``df.write.jdbc(mode="append")`` on the same local session (``warm``:
+    the second such run)."""
     spec = TRANSACTIONS.with_topic(topic)
     fields = spec.contract.field_names
     with bench_schema(settings, "jdbc") as dsn:
@@ -207,21 +240,22 @@ def tutorial_jdbc(spark: SparkSession, settings: Settings, topic: str, records: 
             rows.write.jdbc(url, "jdbc_target", mode="append", properties=props)
             ends[batch_id] = time.monotonic()
 
-        started = time.monotonic()
-        query = (
-            spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
-            .option("subscribe", topic)
-            .option("startingOffsets", "earliest")
-            .option("maxOffsetsPerTrigger", settings.max_offsets_per_trigger)
-            .load()
-            .writeStream.foreachBatch(write)
-            .option("checkpointLocation", str(work / "ck_jdbc"))
-            .trigger(availableNow=True)
-            .start()
-        )
-        query.awaitTermination()
-        elapsed = time.monotonic() - started
+        with CpuSampler() as cpu:
+            started = time.monotonic()
+            query = (
+                spark.readStream.format("kafka")
+                .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+                .option("subscribe", topic)
+                .option("startingOffsets", "earliest")
+                .option("maxOffsetsPerTrigger", settings.max_offsets_per_trigger)
+                .load()
+                .writeStream.foreachBatch(write)
+                .option("checkpointLocation", str(work / ("ck_jdbc_warm" if warm else "ck_jdbc")))
+                .trigger(availableNow=True)
+                .start()
+            )
+            query.awaitTermination()
+            elapsed = time.monotonic() - started
         progress = {p["batchId"]: p["numInputRows"] for p in query.recentProgress if p["numInputRows"]}
         rows = scalar(dsn, "SELECT count(*) FROM jdbc_target")
         assert rows == records, (rows, records)  # noqa: S101
@@ -231,11 +265,15 @@ def tutorial_jdbc(spark: SparkSession, settings: Settings, topic: str, records: 
         steady = sum(progress[b] for b in done[1:]) / (ends[done[-1]] - ends[done[0]])
     return Figure(
         BENCH,
-        "tutorial_jdbc_append",
-        "tutorial: foreachBatch + JDBC append",
+        "tutorial_jdbc_append_warm" if warm else "tutorial_jdbc_append",
+        f"tutorial: foreachBatch + JDBC append{', again' if warm else ''}",
         rows,
         elapsed,
-        {"batches": len(done), "steady_rows_per_s": None if steady is None else round(steady, 1)},
+        {
+            "batches": len(done),
+            "steady_rows_per_s": None if steady is None else round(steady, 1),
+            "cpu_seconds": cpu.groups(),
+        },
     )
 
 
@@ -311,16 +349,17 @@ def sink_cluster(settings: Settings, topic: str, records: int, work: Path, port_
                 "--conf spark.eventLog.compress=false --conf spark.eventLog.rolling.enabled=false "
                 "pyspark-shell",
             }
-            started = time.monotonic()
-            run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600, check=False)  # noqa: S603
-            wall = time.monotonic() - started
+            with CpuSampler() as cpu:
+                started = time.monotonic()
+                run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600, check=False)  # noqa: S603
+                wall = time.monotonic() - started
             (logs / "sink.log").write_text(run.stdout + run.stderr)
             assert run.returncode == 0, run.stderr[-4000:]  # noqa: S101
             timeline = slice_timeline(dsn, topic)
             rows = scalar(dsn, f"SELECT count(*) FROM {spec.table} WHERE kafka_topic = %s", topic)  # noqa: S608
             assert rows == records, (rows, records)  # noqa: S101
-        stats = re.search(r"caught up: SinkStats\((.*)\)", run.stderr)
-        sink_seconds = float(re.search(r"seconds=([\d.]+)", stats.group(1)).group(1)) if stats else wall
+        seconds = re.search(r"caught up: SinkStats\(.*seconds=([\d.]+)", run.stderr)
+        sink_seconds = float(seconds.group(1)) if seconds else wall
         [app] = master.state()["completedapps"]
         per_worker = _executor_figures(events, workers, app["id"])
     finally:
@@ -339,6 +378,7 @@ def sink_cluster(settings: Settings, topic: str, records: int, work: Path, port_
             "steady_rows_per_s": _steady(timeline),
             "app": app["id"],
             "per_worker": per_worker,
+            "cpu_seconds": cpu.groups(),
         },
     )
 
@@ -472,13 +512,13 @@ class ProfiledSink(PipelineSink):
         current["re-read: + rows to Python"] = time.perf_counter() - started
         ProfilingSliceWriter.timings_file = str(self.timings_file)
         original = query_module.SliceWriter
-        query_module.SliceWriter = ProfilingSliceWriter  # the class the sink's _write instantiates
+        query_module.SliceWriter = ProfilingSliceWriter  # type: ignore[misc] # the class the sink's _write instantiates
         started = time.perf_counter()
         try:
             return super()._write(rendered, batch_id)
         finally:
             current["write job (all tasks)"] = time.perf_counter() - started
-            query_module.SliceWriter = original
+            query_module.SliceWriter = original  # type: ignore[misc]
 
     def _commit_batch(self, batch: DataFrame, batch_id: int) -> None:
         self._current = {}
@@ -580,15 +620,19 @@ def main() -> None:
         local, csv_path = sink_local(spark, settings, topic, args.records, work)
         out(f"  done: {local.label}: {local.seconds:.1f} s")
         figures.append(local)
+        figures.append(sink_local(spark, settings, topic, args.records, work, warm=True)[0])
+        out(f"  done: {figures[-1].label}: {figures[-1].seconds:.1f} s")
         if "jdbc" not in args.skip:
-            figures.append(tutorial_jdbc(spark, settings, topic, args.records, work))
-            out(f"  done: {figures[-1].label}: {figures[-1].seconds:.1f} s")
+            for warm in (False, True):
+                figures.append(tutorial_jdbc(spark, settings, topic, args.records, work, warm=warm))
+                out(f"  done: {figures[-1].label}: {figures[-1].seconds:.1f} s")
         profile: list[str] = []
         if args.profile_records:
             profile = profile_sink(spark, settings, args.profile_records, args.partitions, work)
         spark.stop()
         copy = None
         if "copy" not in args.skip:
+            assert csv_path is not None  # noqa: S101 - the first sink run exports its rows
             copy = raw_copy(settings, csv_path, args.records)
             figures.append(copy)
             out(f"  done: {copy.label}: {copy.seconds:.1f} s")
@@ -609,6 +653,12 @@ def main() -> None:
             if steady:
                 figure.extra["steady_ratio_to_copy"] = round(steady / copy.rate, 3)
         out(_row(figure, beside))
+    sampled = [f for f in figures if f.extra.get("cpu_seconds")]
+    if sampled:
+        out("  CPU seconds of each process group during the run (/proc, every 0.25 s; 2 cores = 2 s per second):")
+        for figure in sampled:
+            groups = ", ".join(f"{group} {cpu:.1f}" for group, cpu in figure.extra["cpu_seconds"].items())
+            out(f"    {figure.label:<44} {groups}")
     for figure in figures:
         if "per_worker" in figure.extra:
             app = figure.extra["app"]
