@@ -658,7 +658,7 @@ def main() -> None:
         out("  CPU seconds of each process group during the run (/proc, every 0.25 s; 2 cores = 2 s per second):")
         for figure in sampled:
             groups = ", ".join(f"{group} {cpu:.1f}" for group, cpu in figure.extra["cpu_seconds"].items())
-            out(f"    {figure.label:<44} {groups}")
+            out(f"    {figure.label:<46} {groups}")
     for figure in figures:
         if "per_worker" in figure.extra:
             app = figure.extra["app"]

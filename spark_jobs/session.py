@@ -20,6 +20,8 @@ EXECUTOR_METRICS_PATH = "/metrics/executors/prometheus"
 #: (``DontCompileHugeMethods``): the stage then ran interpreted, at about half the speed (README,
 #: "What changed in the decode stage").
 JVM_OPTIONS = "-XX:-DontCompileHugeMethods"
+#: ``spark.sql.execution.arrow.maxBytesPerBatch`` at which Spark skips the per-row size check (Int.MaxValue).
+ARROW_NO_BYTE_LIMIT = 2**31 - 1
 
 
 def spark_config(
@@ -49,6 +51,9 @@ def spark_config(
         # read when the JVM starts: by PySpark when it launches the driver's JVM, by the cluster for executors
         "spark.driver.extraJavaOptions": JVM_OPTIONS,
         "spark.executor.extraJavaOptions": JVM_OPTIONS,
+        # Arrow batches to Python (the sink's write tasks) are bounded by maxRecordsPerBatch (10,000 rows);
+        # a byte bound too (64 MiB by default) makes Spark measure the batch after every row it adds
+        "spark.sql.execution.arrow.maxBytesPerBatch": str(ARROW_NO_BYTE_LIMIT),
     }
     if jars:
         config["spark.jars"] = ",".join(str(j) for j in jars)

@@ -80,9 +80,16 @@ def wire_schema_id() -> Column:
     return F.conv(F.hex(F.substring(F.col("value"), 2, 4)), 16, 10).cast("long")
 
 
+def _schema_id_in(schema_ids: list[int]) -> Column:
+    """Whether the wire-format header's schema id is one of ``schema_ids``: its 4 bytes compared as they
+    are (per record, cheaper than reading the id as a number through hex and base conversion)."""
+    header = F.substring(F.col("value"), 2, 4)
+    return header.isin(*[F.lit(bytearray(i.to_bytes(4, "big"))) for i in schema_ids])
+
+
 def _is_wire_format() -> Column:
     value = F.col("value")
-    return (F.length(value) >= 5) & (F.hex(F.substring(value, 1, 1)) == F.lit("00"))
+    return (F.length(value) >= 5) & (F.substring(value, 1, 1) == F.lit(bytearray(b"\x00")))
 
 
 def _avro_struct(writer_schemas: Mapping[int, str], contract: Contract) -> Column:
@@ -92,7 +99,7 @@ def _avro_struct(writer_schemas: Mapping[int, str], contract: Contract) -> Colum
     decoded: Column | None = None
     for schema_id, writer in sorted(writer_schemas.items()):
         branch = from_avro(body, writer, options)
-        condition = wire_schema_id() == F.lit(schema_id)
+        condition = _schema_id_in([schema_id])
         decoded = F.when(condition, branch) if decoded is None else decoded.when(condition, branch)
     if decoded is None:  # no schema registered yet: nothing can be decoded
         return F.lit(None).cast(decoding_struct(contract))
@@ -123,7 +130,8 @@ def _text_rules(strings: list[str]) -> list[tuple[Column, str, Column]]:
     if not strings:
         return []
     not_utf8, not_utf8_field = _first_field(strings, lambda c: ~F.is_valid_utf8(c))
-    has_nul, has_nul_field = _first_field(strings, lambda c: F.instr(c, "\u0000") > 0)
+    # contains: a scan of the bytes (U+0000 is the byte 0 alone in UTF-8); instr counts characters as it goes
+    has_nul, has_nul_field = _first_field(strings, lambda c: c.contains("\u0000"))
     return [
         # Postgres stores only valid UTF-8; Spark would pass the bytes on as they are
         (not_utf8, "INVALID_UTF8", F.concat(F.lit("text field "), not_utf8_field, F.lit(" is not valid UTF-8"))),
@@ -156,7 +164,7 @@ def _rules(spec: PipelineSpec, known_ids: list[int]) -> list[tuple[Column, str, 
             F.lit("value is not Confluent wire format (magic byte 0 + 4-byte schema id + Avro body)"),
         ),
         (
-            ~wire_schema_id().isin(*known_ids) if known_ids else F.lit(True),
+            ~_schema_id_in(known_ids) if known_ids else F.lit(True),
             "UNKNOWN_SCHEMA_ID",
             F.concat(
                 F.lit("schema id is not a version of the topic's value subject: "), wire_schema_id().cast("string")
@@ -194,9 +202,14 @@ def _rules(spec: PipelineSpec, known_ids: list[int]) -> list[tuple[Column, str, 
             )
     if strings:
         lengths = [F.length(r[name]) for name in strings]
+        octets = [F.octet_length(r[name]) for name in strings]
+        longest = F.greatest(*lengths) if len(lengths) > 1 else lengths[0]
+        longest_octets = F.greatest(*octets) if len(octets) > 1 else octets[0]
         rules.append(
             (
-                (F.greatest(*lengths) if len(lengths) > 1 else lengths[0]) > F.lit(MAX_TEXT_LENGTH),
+                # a text has at most as many characters as bytes: its characters (a scan of every text) are
+                # counted only when some text has more bytes than the limit (its byte count is known)
+                (longest_octets > F.lit(MAX_TEXT_LENGTH)) & (longest > F.lit(MAX_TEXT_LENGTH)),
                 "FIELD_TOO_LONG",
                 F.lit(f"a text field is longer than {MAX_TEXT_LENGTH} characters"),
             )

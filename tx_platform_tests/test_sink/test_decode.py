@@ -67,9 +67,19 @@ def test_a_contract_with_one_text_field(spark, tmp_path: Path) -> None:  # noqa:
         _wire(spec, {"id": "a\x00", "size": Decimal("1.00"), "at": at}),
         good[:7],
         None,
+        # the limit counts characters, not bytes: 256 two-byte characters pass, 257 do not, nor 257 of four bytes
+        _wire(spec, {"id": "é" * 256, "size": Decimal("1.00"), "at": at}),
+        _wire(spec, {"id": "é" * 257, "size": Decimal("1.00"), "at": at}),
+        _wire(spec, {"id": "\U0001f4b3" * 64, "size": Decimal("1.00"), "at": at}),
+        _wire(spec, {"id": "\U0001f4b3" * 257, "size": Decimal("1.00"), "at": at}),
+        _wire(spec, {"id": "Kö\x00ln", "size": Decimal("1.00"), "at": at}),
+        # a header with schema id 2 (only 1 is known), and one whose id bytes are cut short
+        good[:1] + struct.pack(">I", 2) + good[5:],
+        good[:4],
     ]
     assert _codes(spark, spec, values) == [
         None, "FIELD_TOO_LONG", "MISSING_FIELD", "NUL_CHARACTER", "UNDECODABLE_AVRO", "NULL_VALUE",
+        None, "FIELD_TOO_LONG", None, "FIELD_TOO_LONG", "NUL_CHARACTER", "UNKNOWN_SCHEMA_ID", "NOT_WIRE_FORMAT",
     ]  # fmt: skip
 
 
