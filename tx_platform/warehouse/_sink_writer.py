@@ -46,6 +46,7 @@ from typing import Any
 
 import psycopg2
 from psycopg2.extensions import connection as Connection
+from psycopg2.extensions import encodings
 
 from tx_platform.contract import WAREHOUSE_REJECTED
 from tx_platform.errors import SinkError
@@ -123,11 +124,19 @@ class BatchResult:
 _REASON_CHARS = 300
 
 
+#: Bytes psycopg2 reads from a COPY's buffer at a time.
+_COPY_CHUNK = 1 << 20
+
+
 def _copy(cur: Any, table: str, columns: Iterable[str], lines: list[str]) -> None:  # noqa: ANN401 - a cursor
     if not lines:
         return
-    buffer = io.StringIO("\n".join(lines) + "\n")
-    cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", buffer)
+    # encoded once, as psycopg2 would encode each chunk it reads (in the connection's encoding), and read in
+    # large chunks: half the Python time of a str buffer read 8 kB at a time
+    payload = ("\n".join(lines) + "\n").encode(encodings[cur.connection.encoding])
+    cur.copy_expert(
+        f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", io.BytesIO(payload), size=_COPY_CHUNK
+    )
 
 
 def _pg_message(exc: psycopg2.Error) -> str:
@@ -530,13 +539,15 @@ def _advance(
 #: keeps ``_sum`` monotonic, as Prometheus expects of a histogram. ``{time}``: the spec's.
 #: The bucket: ``width_bucket`` over the negated bounds counts the bounds at or above the observation
 #: (c >= 1, the last bound being +Inf), so the smallest of them is bound number n - c + 1.
+#: The latency histograms of a commit's rows. ``date_part`` computes in float8: ``extract`` (numeric since
+#: PostgreSQL 14) made this statement a third slower over a 50k-row slice (111 ms against 79 ms).
 _LATENCY_SQL = """
 INSERT INTO sink_latency AS l (topic, kind, le, count, sum)
 SELECT %(topic)s, o.kind,
        (%(bounds)s::float8[])[%(n)s - width_bucket(-o.seconds, %(negated)s::float8[]) + 1] AS le,
        count(*), sum(o.seconds)
 FROM (
-    SELECT k.kind, greatest(0, extract(epoch FROM %(at)s - k.t))::float8 AS seconds
+    SELECT k.kind, greatest(0, date_part('epoch', %(at)s - k.t)) AS seconds
     FROM {rows} s
     CROSS JOIN LATERAL (VALUES ('event_time', s.{time}), ('kafka_timestamp', s.kafka_timestamp)) AS k (kind, t)
     WHERE k.t IS NOT NULL
