@@ -24,7 +24,7 @@ from spark_jobs.sink._rules import compile_rule, quoted
 from tx_platform.contract import Contract
 from tx_platform.errors import ContractError
 from tx_platform.pipelines import PipelineSpec
-from tx_platform.warehouse import QUARANTINE_COLUMNS, staged_columns
+from tx_platform.warehouse import QUARANTINE_COLUMNS, latency_instants, staged_columns
 
 #: Longest text accepted in any string field (a guard against oversized records).
 MAX_TEXT_LENGTH = 256
@@ -322,12 +322,13 @@ def _line(sources: dict[str, Column], columns: tuple[str, ...]) -> Column:
 
 
 def render(decoded: DataFrame, spec: PipelineSpec) -> DataFrame:
-    """One pass over a decoded batch: ``(ok, partition, offset, line, key, value)``.
+    """One pass over a decoded batch: ``(ok, partition, offset, line, key, value, event_time, kafka_timestamp)``.
 
     ``line`` is the record as a CSV line for its destination, in the column order the warehouse
     owns: :func:`tx_platform.warehouse.staged_columns` for accepted records, whose raw ``key`` and
     ``value`` bytes travel beside the line (binary, only a duplicate needs them), and
     ``QUARANTINE_COLUMNS`` for rejects, with their raw bytes hex-encoded (``\\x...``) in the line.
+    ``event_time`` and ``kafka_timestamp`` are an accepted record's instants (null for a reject).
     """
     return decoded.select(*_rendered_columns(spec))
 
@@ -343,6 +344,8 @@ def _rendered_columns(spec: PipelineSpec) -> list[Column]:
         line.alias("line"),
         F.when(ok, F.col("key")).alias("key"),
         F.when(ok, F.col("value")).alias("value"),
+        # an accepted record's instants, for the commit's latency histograms (commit_batch's ``times``)
+        *[F.when(ok, sources[column]).alias(kind) for kind, column in latency_instants(spec).items()],
     ]
 
 

@@ -27,7 +27,7 @@ from psycopg2.extensions import connection as Connection
 
 from tx_platform.errors import OffsetGapError, SinkFencedError, TopicRecreatedError
 from tx_platform.pipelines import PipelineSpec
-from tx_platform.warehouse import PartitionRange, RawBytes, commit_batch, connect
+from tx_platform.warehouse import PartitionRange, RawBytes, commit_batch, connect, latency_instants
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +155,21 @@ class SliceWriter:
             good = accepted.column("line").to_pylist()
             bad = part.filter(pc.invert(ok)).column("line").to_pylist()
             raw = ArrowRawBytes(partition, accepted)
+            kinds = [kind for kind in latency_instants(self.spec) if kind in accepted.column_names]
+            times = {kind: accepted.column(kind) for kind in kinds}
             read = time.monotonic() - started
-            result = self.commit(partition, PartitionRange(bounds["min"], bounds["max"]), good, bad, raw)
+            result = self.commit(partition, PartitionRange(bounds["min"], bounds["max"]), good, bad, raw, times or None)
             yield pa.RecordBatch.from_pylist([asdict(result) | {"read_seconds": round(read, 3)}], schema=RESULT_SCHEMA)
             started = time.monotonic()
 
     def commit(
-        self, partition: int, rng: PartitionRange, good: list[str], bad: list[str], raw: RawBytes | None = None
+        self,
+        partition: int,
+        rng: PartitionRange,
+        good: list[str],
+        bad: list[str],
+        raw: RawBytes | None = None,
+        times: Mapping[str, pa.ChunkedArray] | None = None,
     ) -> SliceResult:
         """Commit the slice, retrying a transaction Postgres aborted to resolve a conflict."""
         records = len(good) + len(bad)
@@ -172,7 +180,7 @@ class SliceWriter:
                 try:
                     result = commit_batch(
                         conn, self.spec, self.batch_id, good, bad, {partition: rng},
-                        topic_id=self.topic_id, lease_epoch=self.lease_epoch, fence=self.fence, raw=raw,
+                        topic_id=self.topic_id, lease_epoch=self.lease_epoch, fence=self.fence, raw=raw, times=times,
                     )  # fmt: skip
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                     if isinstance(exc, pg_errors.TransactionRollbackError):

@@ -65,6 +65,7 @@ from tx_platform.warehouse._sink_writer import (
     commit_batch,
     committed_offsets,
     copy_isolating,
+    latency_instants,
     staged_columns,
 )
 
@@ -108,6 +109,7 @@ __all__ = [
     "commit_batch",
     "committed_offsets",
     "connect",
+    "latency_instants",
     "copy_isolating",
     "describe_dsn",
     "ensure_schema",

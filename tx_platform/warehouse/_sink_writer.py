@@ -42,11 +42,15 @@ import io
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg2
+import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import encodings
+from psycopg2.extras import execute_values
 
 from tx_platform.contract import WAREHOUSE_REJECTED
 from tx_platform.errors import SinkError
@@ -215,6 +219,7 @@ def commit_batch(
     lease_epoch: int | None = None,
     fence: bool = True,
     raw: RawBytes | None = None,
+    times: RowTimes | None = None,
 ) -> BatchResult:
     """Commit one micro-batch (or one partition's slice of it) exactly once. The caller owns the
     connection; this commits it.
@@ -224,6 +229,8 @@ def commit_batch(
     ``fence=False`` is for the fault tests' negative control only: it drops the replay filter and
     moves the ledger unconditionally, so a replayed slice is written twice. With ``raw``, the
     accepted lines are staged without raw bytes (:func:`staged_columns`) and ``raw`` holds them.
+    ``times`` (:data:`RowTimes`, one instant per accepted line): when the slice is loaded directly, its
+    latency histograms are computed from them instead of from its rows read back from the table.
     """
     topic, table = spec.topic, spec.table
     columns = table_columns(spec)
@@ -319,7 +326,11 @@ def commit_batch(
         inserted_rows = "stage_tx"
         if direct:
             inserted_rows = f"(SELECT {spec.time_column}, {TIMESTAMP_COLUMN} FROM {table} WHERE {_slice_rows(ranges)})"  # noqa: S608
-        _accumulate_latency(cur, spec, committed_at, seconds, inserted_rows if inserted > 0 else None)
+        # instants for every line, or none (the rows are read back instead)
+        known = direct and times is not None and all(len(instants) == inserted for instants in times.values())
+        _accumulate_latency(
+            cur, spec, committed_at, seconds, inserted_rows if inserted > 0 else None, times if known else None
+        )
     return BatchResult(
         records=records,
         inserted=inserted,
@@ -558,17 +569,68 @@ ON CONFLICT (topic, kind, le) DO UPDATE SET count = l.count + EXCLUDED.count, su
 """
 
 
+#: A commit's rows' instants by histogram kind (``event_time``, ``kafka_timestamp``): Arrow timestamps
+#: (microseconds, UTC; null where there is none), one per inserted row, as the sink's write tasks get them.
+RowTimes = Mapping[str, pa.Array | pa.ChunkedArray]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def latency_instants(spec: PipelineSpec) -> dict[str, str]:
+    """Latency histogram kind -> the staged column holding each row's instant of that kind."""
+    return {"event_time": spec.time_column, "kafka_timestamp": TIMESTAMP_COLUMN}
+
+
+def latency_histograms(committed_at: datetime, times: RowTimes) -> list[tuple[str, float, int, float]]:
+    """``(kind, le, count, sum of seconds)`` of the rows' latencies at ``committed_at``, in (kind, le) order:
+    what :data:`_LATENCY_SQL` computes over the rows in the table, computed from their instants instead.
+
+    Seconds are ``max(0, committed_at - instant)`` in float8 from whole microseconds, as ``date_part``
+    gives them for less than a day (beyond, the bucket is +Inf either way); ``le`` is the smallest bound
+    at or above them (:func:`~tx_platform.metrics.bucket_for`); rows without an instant are not counted.
+    """
+    at = (committed_at - _EPOCH) // timedelta(microseconds=1)
+    bounds = list(LATENCY_BUCKETS)
+    rows: list[tuple[str, float, int, float]] = []
+    for kind in sorted(times):
+        instants = pc.cast(pc.cast(times[kind], pa.timestamp("us", tz="UTC")), pa.int64()).drop_null()
+        if not len(instants):
+            continue
+        waited = pc.divide(pc.cast(pc.subtract(pa.scalar(at, pa.int64()), instants), pa.float64()), 1_000_000.0)
+        waited = pc.max_element_wise(waited, 0.0)
+        # the bucket's index: how many bounds lie below the value (bisect_left)
+        index = pc.cast(pc.greater(waited, bounds[0]), pa.int64())
+        for bound in bounds[1:-1]:
+            index = pc.add(index, pc.cast(pc.greater(waited, bound), pa.int64()))
+        grouped = pa.table({"i": index, "s": waited}).group_by("i").aggregate([("s", "count"), ("s", "sum")])
+        for i, count, total in zip(*(grouped.column(c).to_pylist() for c in ("i", "s_count", "s_sum")), strict=True):
+            rows.append((kind, bounds[i], count, total))
+    return sorted(rows)
+
+
 def _accumulate_latency(
     cur: Any,  # noqa: ANN401 - a cursor
     spec: PipelineSpec,
     committed_at: Any,  # noqa: ANN401 - the transaction's clock_timestamp()
     seconds: float,
     inserted_rows: str | None,
+    times: RowTimes | None = None,
 ) -> None:
     """Add this commit to the cumulative histograms in ``sink_latency`` (in the commit's transaction);
-    ``inserted_rows``: a relation of the rows it inserted (None: it inserted none)."""
+    ``inserted_rows``: a relation of the rows it inserted (None: it inserted none); ``times``: their
+    instants, when the caller has them (then Postgres does not read the rows again)."""
     topic = spec.topic
-    if inserted_rows is not None:
+    if inserted_rows is not None and times is not None:
+        histograms = latency_histograms(committed_at, times)
+        if histograms:
+            # the same rows, in the same (kind, le) order, as the statement below locks them
+            execute_values(
+                cur,
+                "INSERT INTO sink_latency AS l (topic, kind, le, count, sum) VALUES %s ON CONFLICT (topic, kind, le) "
+                "DO UPDATE SET count = l.count + EXCLUDED.count, sum = l.sum + EXCLUDED.sum",
+                [(topic, *row) for row in histograms],
+            )
+    elif inserted_rows is not None:
         sql = _LATENCY_SQL.format(time=spec.time_column, rows=inserted_rows)
         bounds = list(LATENCY_BUCKETS)
         negated = sorted(-b for b in bounds)

@@ -5,11 +5,14 @@ import io
 import math
 from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
 import pytest
 
 from tx_platform.config import Settings
+from tx_platform.metrics import bucket_for
 from tx_platform.pipelines import PipelineSpec
 from tx_platform.warehouse import PartitionRange, commit_batch, connect, ensure_schema
+from tx_platform.warehouse._sink_writer import _accumulate_latency, latency_histograms
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +89,53 @@ def test_latencies_are_bucketed_at_commit_and_accumulate(settings: Settings, spe
     assert len(seconds) == 4 and all(s is not None and 0 <= s < 30 for s in seconds)
     commit_sum = sum(total for (kind, _), (_, total) in rows.items() if kind == "commit")
     assert commit_sum == pytest.approx(sum(seconds))
+
+
+#: Seconds before the commit of each instant, at and around the buckets' bounds (negative: in the future).
+EDGES = [-60, 0, 0.1, 0.100001, 0.25, 0.999999, 1, 1.000001, 2, 4.5, 5, 10, 3600, 3600.000001, 2 * 86400 + 0.5]
+
+
+@pytest.mark.unit
+def test_histograms_from_instants_bucket_as_bucket_for_says() -> None:
+    at = datetime(2026, 11, 26, 9, 0, 0, 123456, tzinfo=UTC)
+    instants = pa.array([at - timedelta(seconds=s) for s in EDGES] + [None], pa.timestamp("us", tz="UTC"))
+    rows = latency_histograms(at, {"kafka_timestamp": instants})
+    expected: dict[float, list[float]] = {}
+    for s in EDGES:
+        expected.setdefault(bucket_for(max(0.0, s)), []).append(max(0.0, s))
+    assert [(kind, le, count) for kind, le, count, _ in rows] == [
+        ("kafka_timestamp", le, len(v)) for le, v in sorted(expected.items())
+    ]
+    assert [total for *_, total in rows] == pytest.approx([sum(v) for _, v in sorted(expected.items())])
+
+
+def test_histograms_from_instants_match_postgres_reading_the_rows(settings: Settings, spec: PipelineSpec) -> None:
+    """The direct load's histograms (from the write task's instants) and the staged path's (Postgres reading
+    the rows) agree row for row: counts exactly, sums to float rounding."""
+    ensure_schema(settings.dsn(), [spec])
+    at = datetime.now(UTC)
+    event = [at - timedelta(seconds=s) for s in EDGES]
+    kafka = [at - timedelta(seconds=s / 3) for s in EDGES[:-1]] + [None]
+    by_topic = {}
+    conn = connect(settings.dsn())
+    with conn, conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE instants (event_time timestamptz, kafka_timestamp timestamptz) ON COMMIT DROP")
+        cur.executemany("INSERT INTO instants VALUES (%s, %s)", list(zip(event, kafka, strict=True)))
+        times = {
+            "event_time": pa.array(event, pa.timestamp("us", tz="UTC")),
+            "kafka_timestamp": pa.array(kafka, pa.timestamp("us", tz="UTC")),
+        }
+        for suffix, given in (("rows", None), ("instants", times)):
+            topic = f"{spec.topic}_{suffix}"
+            _accumulate_latency(cur, spec.with_topic(topic), at, 0.5, "instants", given)
+            cur.execute(
+                "SELECT kind, le, count, sum FROM sink_latency WHERE topic = %s AND kind <> 'commit' ORDER BY 1, 2",
+                (topic,),
+            )
+            by_topic[suffix] = cur.fetchall()
+        conn.rollback()
+    conn.close()
+    read, computed = by_topic["rows"], by_topic["instants"]
+    assert [r[:3] for r in computed] == [r[:3] for r in read]
+    assert sum(count for _, _, count, _ in read) == 2 * len(EDGES) - 1  # one Kafka timestamp is missing
+    assert [r[3] for r in computed] == pytest.approx([r[3] for r in read], rel=1e-12)
