@@ -325,7 +325,8 @@ def commit_batch(
         # the rows this commit inserted: the slice's rows in the table, or what is left in staging
         inserted_rows = "stage_tx"
         if direct:
-            inserted_rows = f"(SELECT {spec.time_column}, {TIMESTAMP_COLUMN} FROM {table} WHERE {_slice_rows(ranges)})"  # noqa: S608
+            instants = ", ".join(latency_instants(spec).values())
+            inserted_rows = f"(SELECT {instants} FROM {table} WHERE {_slice_rows(ranges)})"  # noqa: S608
         # instants for every line, or none (the rows are read back instead)
         known = direct and times is not None and all(len(instants) == inserted for instants in times.values())
         _accumulate_latency(
@@ -542,16 +543,32 @@ def _advance(
         raise SinkError(msg)
 
 
-#: Observations of one commit, bucketed by the smallest upper bound at or above them (``sink_latency.le``).
-#: ``{rows}``: the rows this commit inserted, the slice's rows in the table after a direct load, else
-#: the staged rows left (rows at committed offsets, rows Postgres refused and duplicates are gone
-#: from ``stage_tx`` by now).
+#: A commit's rows' instants by histogram kind (``event_time``, ``kafka_timestamp``): Arrow timestamps
+#: (microseconds, UTC; null where there is none), one per inserted row, as the sink's write tasks get them.
+RowTimes = Mapping[str, pa.Array | pa.ChunkedArray]
+
+
+def latency_instants(spec: PipelineSpec) -> dict[str, str]:
+    """Latency histogram kind -> the staged column holding each row's instant of that kind."""
+    return {"event_time": spec.time_column, "kafka_timestamp": TIMESTAMP_COLUMN}
+
+
+#: Adds a commit's ``(topic, kind, le, count, sum)`` rows to the cumulative ones in ``sink_latency``.
+_LATENCY_ADD = (
+    "ON CONFLICT (topic, kind, le) DO UPDATE SET count = l.count + EXCLUDED.count, sum = l.sum + EXCLUDED.sum"
+)
+
+#: The latency histograms of a commit's rows, bucketed by the smallest upper bound at or above each
+#: observation (``sink_latency.le``). ``{rows}``: the rows this commit inserted, the slice's rows in the
+#: table after a direct load, else the staged rows left (rows at committed offsets, rows Postgres refused
+#: and duplicates are gone from ``stage_tx`` by now); ``{instants}``: ``(kind, s.column)`` per
+#: :func:`latency_instants`; ``{add}``: :data:`_LATENCY_ADD`.
 #: A time in the future (clock skew, event time up to MAX_FUTURE_SECONDS ahead) counts as 0 s, which
-#: keeps ``_sum`` monotonic, as Prometheus expects of a histogram. ``{time}``: the spec's.
-#: The bucket: ``width_bucket`` over the negated bounds counts the bounds at or above the observation
-#: (c >= 1, the last bound being +Inf), so the smallest of them is bound number n - c + 1.
-#: The latency histograms of a commit's rows. ``date_part`` computes in float8: ``extract`` (numeric since
-#: PostgreSQL 14) made this statement a third slower over a 50k-row slice (111 ms against 79 ms).
+#: keeps ``_sum`` monotonic, as Prometheus expects of a histogram. ``date_part`` computes in float8:
+#: ``extract`` (numeric since PostgreSQL 14) made this statement a third slower over a 50k-row slice
+#: (111 ms against 79 ms). The bucket: ``width_bucket`` over the negated bounds counts the bounds at or
+#: above the observation (c >= 1, the last bound being +Inf), so the smallest of them is bound number
+#: n - c + 1.
 _LATENCY_SQL = """
 INSERT INTO sink_latency AS l (topic, kind, le, count, sum)
 SELECT %(topic)s, o.kind,
@@ -560,25 +577,16 @@ SELECT %(topic)s, o.kind,
 FROM (
     SELECT k.kind, greatest(0, date_part('epoch', %(at)s - k.t)) AS seconds
     FROM {rows} s
-    CROSS JOIN LATERAL (VALUES ('event_time', s.{time}), ('kafka_timestamp', s.kafka_timestamp)) AS k (kind, t)
+    CROSS JOIN LATERAL (VALUES {instants}) AS k (kind, t)
     WHERE k.t IS NOT NULL
 ) o
 GROUP BY 2, 3
 ORDER BY 2, 3
-ON CONFLICT (topic, kind, le) DO UPDATE SET count = l.count + EXCLUDED.count, sum = l.sum + EXCLUDED.sum
+{add}
 """
 
 
-#: A commit's rows' instants by histogram kind (``event_time``, ``kafka_timestamp``): Arrow timestamps
-#: (microseconds, UTC; null where there is none), one per inserted row, as the sink's write tasks get them.
-RowTimes = Mapping[str, pa.Array | pa.ChunkedArray]
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def latency_instants(spec: PipelineSpec) -> dict[str, str]:
-    """Latency histogram kind -> the staged column holding each row's instant of that kind."""
-    return {"event_time": spec.time_column, "kafka_timestamp": TIMESTAMP_COLUMN}
 
 
 def latency_histograms(committed_at: datetime, times: RowTimes) -> list[tuple[str, float, int, float]]:
@@ -626,18 +634,18 @@ def _accumulate_latency(
             # the same rows, in the same (kind, le) order, as the statement below locks them
             execute_values(
                 cur,
-                "INSERT INTO sink_latency AS l (topic, kind, le, count, sum) VALUES %s ON CONFLICT (topic, kind, le) "
-                "DO UPDATE SET count = l.count + EXCLUDED.count, sum = l.sum + EXCLUDED.sum",
+                "INSERT INTO sink_latency AS l (topic, kind, le, count, sum) VALUES %s " + _LATENCY_ADD,  # noqa: S608
                 [(topic, *row) for row in histograms],
             )
     elif inserted_rows is not None:
-        sql = _LATENCY_SQL.format(time=spec.time_column, rows=inserted_rows)
+        instants = ", ".join(f"('{kind}', s.{column})" for kind, column in latency_instants(spec).items())
+        sql = _LATENCY_SQL.format(rows=inserted_rows, instants=instants, add=_LATENCY_ADD)
         bounds = list(LATENCY_BUCKETS)
         negated = sorted(-b for b in bounds)
         cur.execute(sql, {"topic": topic, "at": committed_at, "bounds": bounds, "negated": negated, "n": len(bounds)})
     cur.execute(
-        "INSERT INTO sink_latency AS l (topic, kind, le, count, sum) VALUES (%s, 'commit', %s, 1, %s) "
-        "ON CONFLICT (topic, kind, le) DO UPDATE SET count = l.count + 1, sum = l.sum + EXCLUDED.sum",
+        "INSERT INTO sink_latency AS l (topic, kind, le, count, sum) VALUES (%s, 'commit', %s, 1, %s) "  # noqa: S608
+        + _LATENCY_ADD,
         (topic, bucket_for(seconds, COMMIT_BUCKETS), seconds),
     )
 
