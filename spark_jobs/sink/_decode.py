@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.avro.functions import from_avro
 from pyspark.sql.types import DecimalType, StructField, StructType
 
-from spark_jobs.sink._rules import compile_rule, quoted
+from spark_jobs.sink._rules import CLOCK_COLUMN, compile_rule, quoted, with_clock
 from tx_platform.contract import Contract
 from tx_platform.errors import ContractError
 from tx_platform.pipelines import PipelineSpec
@@ -270,11 +270,12 @@ class Decoder:
         broken, in check order (bytes and contract types first, then the spec's rules).
         """
         return (
-            records.withColumn("r", self._r)
+            with_clock(records)
+            .withColumn("r", self._r)
             .withColumn("_violated", self._violated)
             .withColumn("error_code", self._code)
             .withColumn("reason", self._reason)
-            .drop("_violated")
+            .drop("_violated", CLOCK_COLUMN)
         )
 
     def render(self, decoded: DataFrame) -> DataFrame:

@@ -126,12 +126,12 @@ def test_spark_agrees(spark, spec: PipelineSpec, rule: Rule) -> None:  # noqa: A
     from pyspark.sql.types import StructType
 
     from spark_jobs.sink._decode import decoding_struct
-    from spark_jobs.sink._rules import compile_rule, violation
+    from spark_jobs.sink._rules import compile_rule, violation, with_clock
 
     cases = verdicts(spec, rule)
     # the type the sink decodes the field to (decimals at precision 38)
     schema = StructType([decoding_struct(spec.contract)[rule.field]])
-    frame = spark.createDataFrame([(value,) for _, value, _ in cases], schema)
+    frame = with_clock(spark.createDataFrame([(value,) for _, value, _ in cases], schema))
     violated, code, reason = compile_rule(rule, F.struct(F.col(rule.field)))
     rows = frame.select(violation(rule, F.col(rule.field)).alias("v"), violated.alias("c"), reason.alias("r")).collect()
     assert code == rule.code

@@ -87,3 +87,24 @@ def test_a_contract_without_text(spark, tmp_path: Path) -> None:  # noqa: ANN001
     spec = _spec(tmp_path, "no_text")
     good = _wire(spec, {"id": 7, "size": 1.5, "at": datetime(2026, 1, 1, tzinfo=UTC)})
     assert _codes(spark, spec, [good, good[:6], b"\x01" + good[1:]]) == [None, "UNDECODABLE_AVRO", "NOT_WIRE_FORMAT"]
+
+
+def test_decoding_and_rendering_run_as_one_generated_stage(spark) -> None:  # noqa: ANN001
+    """Every projection of the decode and render, the rules included, in one whole-stage generated stage but the
+    clock's own: a projection outside one copies each decoded record into a row and out again."""
+    import re
+
+    from spark_jobs.sink._decode import Decoder
+    from spark_jobs.sink._rules import CLOCK_COLUMN
+    from tx_platform.pipelines import TRANSACTIONS
+
+    rows = spark.sparkContext.parallelize([(b"k", b"\x00", TRANSACTIONS.topic, 0, 0, datetime.now(UTC))])
+    frame = spark.createDataFrame(
+        rows, "key BINARY, value BINARY, topic STRING, partition INT, offset LONG, timestamp TIMESTAMP"
+    )
+    decoder = Decoder(TRANSACTIONS, {1: TRANSACTIONS.contract.schema_str})
+    plan = decoder.render(decoder.decode(frame))._jdf.queryExecution().executedPlan().toString()
+    projects = [line for line in plan.splitlines() if re.search(r"\bProject \[", line)]
+    outside = [line for line in projects if not re.search(r"\*\(\d+\) Project", line)]
+    assert len(projects) > 2, plan
+    assert len(outside) == 1 and CLOCK_COLUMN in outside[0], plan
