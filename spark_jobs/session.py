@@ -6,8 +6,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tx_platform.config import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+    from pyspark.sql.streaming import DataStreamReader
 
 #: Where Spark's PrometheusServlet serves the driver's metrics (streaming queries included).
 DRIVER_METRICS_PATH = "/metrics/prometheus"
@@ -22,6 +27,13 @@ EXECUTOR_METRICS_PATH = "/metrics/executors/prometheus"
 JVM_OPTIONS = "-XX:-DontCompileHugeMethods"
 #: ``spark.sql.execution.arrow.maxBytesPerBatch`` at which Spark skips the per-row size check (Int.MaxValue).
 ARROW_NO_BYTE_LIMIT = 2**31 - 1
+#: ``fetch.max.wait.ms`` of the consumers Spark's Kafka source reads with: how long the broker may hold a
+#: fetch that finds no new record (Kafka's default: 500 ms). A Spark task reads a bounded offset range, all
+#: of it in the log already; yet a micro-batch whose ranges ended near the end of the log waited that long
+#: about twice per task (a 200,000-record range over 4 partitions read in 1.41 s instead of 0.43 s, and the
+#: last 8 records in 1.16 s instead of 0.23 s). A catch-up's last batches and every batch of a continuous
+#: query end there.
+KAFKA_FETCH_MAX_WAIT_MS = 20
 
 
 def spark_config(
@@ -90,3 +102,14 @@ def executor_python() -> str:
     ``tx_platform`` and ``psycopg2`` installed.
     """
     return os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+def kafka_source(spark: SparkSession, bootstrap: str, topic: str) -> DataStreamReader:
+    """A streaming reader of ``topic`` with the consumer settings every query of ours reads Kafka with
+    (:data:`KAFKA_FETCH_MAX_WAIT_MS`); the caller adds its starting offsets and limits."""
+    return (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", bootstrap)
+        .option("subscribe", topic)
+        .option("kafka.fetch.max.wait.ms", str(KAFKA_FETCH_MAX_WAIT_MS))
+    )

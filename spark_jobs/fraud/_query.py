@@ -44,6 +44,7 @@ from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
 
 from spark_jobs.fraud._rules import AccountState, Detector, Tx
+from spark_jobs.session import kafka_source
 from spark_jobs.sink._decode import decode
 from spark_jobs.sink._dlq import OutboxPublisher, Outgoing
 from spark_jobs.sink._query import await_query, drop_uncommitted_batches, set_aside_damaged_checkpoint
@@ -224,9 +225,7 @@ class FraudQuery:
         """The streaming DataFrame of the state function's rows (alerts and offsets)."""
         schemas = WriterSchemas(self.settings.schema_registry_url, self.spec.subject).refresh()
         records = (
-            self.spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", self.settings.kafka_bootstrap)
-            .option("subscribe", self.spec.topic)
+            kafka_source(self.spark, self.settings.kafka_bootstrap, self.spec.topic)
             .option("startingOffsets", "earliest")
             .option("maxOffsetsPerTrigger", self.settings.max_offsets_per_trigger)
             .option("failOnDataLoss", "false")

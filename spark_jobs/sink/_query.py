@@ -33,6 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.streaming import StreamingQuery
 
+from spark_jobs.session import kafka_source
 from spark_jobs.sink._decode import Decoder, wire_schema_id
 from spark_jobs.sink._dlq import DeadLetterPublisher
 from spark_jobs.sink._progress import SinkProgressReporter
@@ -260,9 +261,7 @@ class PipelineSink:
         with closing(connect(self._dsn)) as conn:
             self.stats.dead_lettered += self.dlq.publish(conn)
         stream = (
-            self.spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", self.settings.kafka_bootstrap)
-            .option("subscribe", self.spec.topic)
+            kafka_source(self.spark, self.settings.kafka_bootstrap, self.spec.topic)
             .option("startingOffsets", self.starting_offsets())
             .option("maxOffsetsPerTrigger", self.settings.max_offsets_per_trigger)
             .option("failOnDataLoss", "false")

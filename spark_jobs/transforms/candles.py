@@ -55,6 +55,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import DecimalType, StringType, TimestampType
 
+from spark_jobs.session import kafka_source
 from spark_jobs.sink._decode import decode
 from spark_jobs.sink._query import drop_uncommitted_batches
 from spark_jobs.sink._registry import WriterSchemas
@@ -532,9 +533,7 @@ class CandleStream:
                 schemas=schemas, started_with=set(started_with),
             )  # fmt: skip
             records = (
-                self.spark.readStream.format("kafka")
-                .option("kafka.bootstrap.servers", self.settings.kafka_bootstrap)
-                .option("subscribe", self.spec.topic)
+                kafka_source(self.spark, self.settings.kafka_bootstrap, self.spec.topic)
                 # read only when there is no checkpoint: the query then recomputes every candle
                 .option("startingOffsets", "earliest")
                 # no maxOffsetsPerTrigger: a catch-up reads everything in one batch, so the watermark
