@@ -59,6 +59,14 @@ class Figure:
         )
 
 
+def median_run(runs: list[Figure], label: str) -> Figure:
+    """The run of median seconds among ``runs`` (the lower one of an even count), as ``label``, with every
+    run's seconds, in the order they ran, in its ``runs_seconds``."""
+    chosen = sorted(runs, key=lambda f: f.seconds)[(len(runs) - 1) // 2]
+    extra = {**chosen.extra, "runs_seconds": [round(f.seconds, 2) for f in runs]}
+    return Figure(chosen.bench, chosen.method, label, chosen.records, chosen.seconds, extra)
+
+
 def out(line: str = "") -> None:
     """Print a line of the report now (the runs are long: show progress as it happens)."""
     print(line, flush=True)  # noqa: T201

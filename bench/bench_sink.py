@@ -6,15 +6,16 @@ transactions pipeline (``--records``, default 1M, in ``--partitions`` partitions
 a fresh topic ``bench_sink_*``; every method then reads that same backlog, each into an empty
 warehouse schema of its own (see ``_common``), in this order:
 
-- the sink, ``PipelineSink(...).run_available_now()`` in this process on ``local[2]``, twice: the
-  first run in a new JVM (cold: HotSpot compiles the decode stage's code while it runs), then again
-  on the same session into another empty schema (warm: what a continuously running sink sustains);
-- the tutorial pattern on the same ``local[2]`` session, twice likewise: ``from_avro`` of the same
+- the sink, ``PipelineSink(...).run_available_now()`` in this process on ``local[2]``: the first run
+  in a new JVM (cold: HotSpot compiles the decode stage's code while it runs), then ``--warm-runs``
+  more (3) on the same session, each into another empty schema (warm: what a continuously running
+  sink sustains; HotSpot still compiles during the first of them). The median warm run counts;
+- the tutorial pattern on the same ``local[2]`` session, likewise: ``from_avro`` of the same
   Avro (Confluent header skipped), the table's columns, ``df.write.jdbc(..., mode="append")`` in
   ``foreachBatch`` (PostgreSQL JDBC driver from ``infra/maven``), into ``CREATE TABLE (LIKE
   transactions INCLUDING ALL)``;
 - raw ``COPY`` of the very rows the sink stored (its table's columns as CSV, exported beforehand)
-  into such a table, one transaction: the ceiling;
+  into such a table, one transaction: the ceiling, ``--warm-runs`` times, the median counting;
 - the sink as ``spark_jobs/sink/main.py --available-now`` on a private standalone master with 2
   workers of 1 core each (started here on 127.0.0.1, stopped after), with Spark's event log on: the
   write tasks' Kafka records per executor, and so per worker, are read from it.
@@ -44,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ from _common import (
     SliceTimeline,
     bench_schema,
     fresh_topic,
+    median_run,
     out,
     produce_backlog,
     scalar,
@@ -106,9 +108,9 @@ def warm_up(spark: SparkSession, settings: Settings, topic: str) -> None:
     rows.rdd.mapPartitions(lambda part: [sum(1 for _ in part)]).collect()
 
 
-def local_session(settings: Settings, jars: list[str]) -> SparkSession:
-    """A ``local[2]`` session configured like the sink's (spark_config)."""
-    config = spark_config(settings.model_copy(update={"spark_master": f"local[{CORES}]"}), jars, app_name="bench_sink")
+def local_session(settings: Settings, jars: list[str], master: str = f"local[{CORES}]") -> SparkSession:
+    """A session in this process configured like the sink's (spark_config), on ``local[2]`` or ``master``."""
+    config = spark_config(settings.model_copy(update={"spark_master": master}), jars, app_name="bench_sink")
     builder = SparkSession.builder
     for key, value in config.items():
         builder = builder.config(key, value)
@@ -121,18 +123,30 @@ def local_session(settings: Settings, jars: list[str]) -> SparkSession:
 
 
 def sink_local(
-    spark: SparkSession, settings: Settings, topic: str, records: int, work: Path, *, warm: bool = False
+    spark: SparkSession, settings: Settings, topic: str, records: int, work: Path, *, run: int = 0
 ) -> tuple[Figure, Path | None]:
-    """The sink in this process, the CPU of each process group sampled meanwhile.
+    """The sink in this process on ``local[2]``, the CPU of each process group sampled meanwhile.
 
-    The first run (``warm=False``) exports the rows it stored (table columns, CSV) for the COPY run;
-    ``warm``: the same again in the same session, its JVM's code already compiled by the first.
+    The first run (``run=0``) exports the rows it stored (table columns, CSV) for the COPY run; the
+    next ones do the same again in the same session, its JVM's code compiled by the runs before.
     """
+    export = work / "rows.csv" if run == 0 else None
+    label = f"sink, local[{CORES}], {'again: warm JVM' if run else 'first run: cold JVM'}"
+    figure = sink_in_process(spark, settings, topic, records, work, run, f"local[{CORES}]", export)
+    return Figure(BENCH, "sink_local2_warm" if run else "sink_local2", label, figure.records, figure.seconds,
+                  figure.extra), export  # fmt: skip
+
+
+def sink_in_process(
+    spark: SparkSession, settings: Settings, topic: str, records: int, work: Path, run: int, master: str,
+    export: Path | None = None,
+) -> Figure:  # fmt: skip
+    """``PipelineSink.run_available_now()`` on ``spark`` (whose master is ``master``) into an empty schema;
+    ``export``: where to write the rows it stored, as CSV."""
     spec = TRANSACTIONS.with_topic(topic)
-    csv_path = None
     with bench_schema(settings, "local") as dsn:
         run_settings = settings_for(
-            dsn, checkpoint_dir=work / ("ck_local_warm" if warm else "ck_local"), spark_master=f"local[{CORES}]"
+            dsn, checkpoint_dir=work / f"ck_{len(list(work.glob('ck_*')))}", spark_master=master
         )
         ensure_schema(dsn, [spec])
         with CpuSampler() as cpu:
@@ -140,29 +154,17 @@ def sink_local(
         timeline = slice_timeline(dsn, topic)
         rows = scalar(dsn, f"SELECT count(*) FROM {spec.table} WHERE kafka_topic = %s", topic)  # noqa: S608
         assert rows == records == stats.inserted, (rows, records, stats)  # noqa: S101
-        if not warm:
-            csv_path = work / "rows.csv"
+        if export is not None:
             columns = ", ".join(table_columns(spec))
-            with closing(connect(dsn)) as conn, conn.cursor() as cur, csv_path.open("w") as sink_file:
+            with closing(connect(dsn)) as conn, conn.cursor() as cur, export.open("w") as sink_file:
                 cur.copy_expert(
                     f"COPY (SELECT {columns} FROM {spec.table} ORDER BY kafka_partition, kafka_offset) "  # noqa: S608
                     "TO STDOUT WITH (FORMAT csv)",
                     sink_file,
                 )
-    figure = Figure(
-        BENCH,
-        "sink_local2_warm" if warm else "sink_local2",
-        f"sink, local[{CORES}], {'again: warm JVM' if warm else 'first run: cold JVM'}",
-        rows,
-        stats.seconds,
-        {
-            "batches": stats.batches,
-            "slices": stats.slices,
-            "steady_rows_per_s": _steady(timeline),
-            "cpu_seconds": cpu.groups(),
-        },
-    )
-    return figure, csv_path
+    extra = {"batches": stats.batches, "slices": stats.slices, "steady_rows_per_s": _steady(timeline),
+             "cpu_seconds": cpu.groups()}  # fmt: skip
+    return Figure(BENCH, f"sink_run_{run}", f"sink, run {run}", rows, stats.seconds, extra)
 
 
 # ---------------------------------------------------------------- raw COPY, the ceiling
@@ -216,10 +218,11 @@ def _jdbc_url(dsn: str) -> tuple[str, dict[str, str]]:
 
 
 def tutorial_jdbc(
-    spark: SparkSession, settings: Settings, topic: str, records: int, work: Path, *, warm: bool = False
+    spark: SparkSession, settings: Settings, topic: str, records: int, work: Path, *, run: int = 0
 ) -> Figure:
-    """foreachBatch + from_avro + ``df.write.jdbc(mode="append")`` on the same local session (``warm``:
-    the second such run)."""
+    """foreachBatch + from_avro + ``df.write.jdbc(mode="append")`` on the same local session (``run``: how
+    many such runs came before on it)."""
+    warm = run > 0
     spec = TRANSACTIONS.with_topic(topic)
     fields = spec.contract.field_names
     with bench_schema(settings, "jdbc") as dsn:
@@ -250,7 +253,7 @@ def tutorial_jdbc(
                 .option("maxOffsetsPerTrigger", settings.max_offsets_per_trigger)
                 .load()
                 .writeStream.foreachBatch(write)
-                .option("checkpointLocation", str(work / ("ck_jdbc_warm" if warm else "ck_jdbc")))
+                .option("checkpointLocation", str(work / f"ck_jdbc_{run}"))
                 .trigger(availableNow=True)
                 .start()
             )
@@ -304,8 +307,12 @@ def _executor_figures(events: Path, workers: list[SparkWorker], app_id: str) -> 
     return figures
 
 
-def sink_cluster(settings: Settings, topic: str, records: int, work: Path, port_base: int) -> Figure:
-    """``spark_jobs/sink/main.py --available-now`` against a private master with 2 workers (1 core each)."""
+def sink_cluster(
+    settings: Settings, topic: str, records: int, work: Path, port_base: int, warm_runs: int
+) -> list[Figure]:
+    """``spark_jobs/sink/main.py --available-now`` against a private master with 2 workers (1 core each);
+    then (``warm_runs``) a session in this process on the same cluster runs the sink once to start its
+    executors, and ``warm_runs`` times more on them, warm (the median counts)."""
     base = free_port_block(4, first=port_base, step=5, last=65_000 - 4)
     spark_root = work / "spark"
     logs = work / "logs"
@@ -362,14 +369,31 @@ def sink_cluster(settings: Settings, topic: str, records: int, work: Path, port_
         sink_seconds = float(seconds.group(1)) if seconds else wall
         [app] = master.state()["completedapps"]
         per_worker = _executor_figures(events, workers, app["id"])
+        out(f"  done: sink, standalone cluster, spark-submit: {sink_seconds:.1f} s")
+        warm = None
+        if warm_runs:
+            session = local_session(settings, _jars(settings), master.url)
+            try:
+                first = sink_in_process(session, settings, topic, records, work, 0, master.url)
+                out(f"  done: sink on the cluster from this process, new executors: {first.seconds:.1f} s")
+                label = "sink, standalone cluster (2 workers x 1 core), warm executors"
+
+                def measure(run: int) -> Figure:
+                    figure = sink_in_process(session, settings, topic, records, work, run, master.url)
+                    return Figure(BENCH, "sink_cluster_2_workers_warm", label, figure.records, figure.seconds,
+                                  figure.extra)  # fmt: skip
+
+                warm = repeated(warm_runs, measure)
+            finally:
+                session.stop()
     finally:
         for worker in workers:
             worker.process.stop(timeout=30)
         master.process.stop(timeout=30)
-    return Figure(
+    cold = Figure(
         BENCH,
         "sink_cluster_2_workers",
-        "sink, standalone cluster (2 workers x 1 core)",
+        "sink, standalone cluster (2 workers x 1 core), spark-submit",
         rows,
         sink_seconds,
         {
@@ -381,6 +405,7 @@ def sink_cluster(settings: Settings, topic: str, records: int, work: Path, port_
             "cpu_seconds": cpu.groups(),
         },
     )
+    return [cold] if warm is None else [cold, warm]
 
 
 # ---------------------------------------------------------------- the profile of one sink batch
@@ -587,6 +612,16 @@ def _profile_lines(batches: list[dict[str, Any]], records: int, seconds: float) 
 # ---------------------------------------------------------------- report
 
 
+def repeated(runs: int, measure: Callable[[int], Figure]) -> Figure:
+    """``measure(run)`` for run 1 .. ``runs``, each printed as it ends; the median run, its label saying so."""
+    figures = []
+    for run in range(1, runs + 1):
+        figures.append(measure(run))
+        out(f"  done: {figures[-1].label} ({run} of {runs}): {figures[-1].seconds:.1f} s")
+    label = figures[0].label if runs == 1 else f"{figures[0].label}, median of {runs}"
+    return median_run(figures, label)
+
+
 def _row(figure: Figure, beside: str) -> str:
     steady = figure.extra.get("steady_rows_per_s")
     steady_text = f"{steady:>10,.0f}" if steady else f"{'-':>10}"
@@ -602,6 +637,12 @@ def main() -> None:
     parser.add_argument("--profile-records", type=int, default=100_000, help="backlog of the profiled run (0: none)")
     parser.add_argument("--spark-port", type=int, default=47_077, help="first port tried for the private cluster")
     parser.add_argument("--skip", action="append", default=[], choices=["cluster", "jdbc", "copy"], help="repeatable")
+    parser.add_argument(
+        "--warm-runs",
+        type=int,
+        default=3,
+        help="warm runs of each method, and runs of raw COPY (the median counts)",
+    )
     parser.add_argument("--verbose", action="store_true", help="the sink's own log lines (one per batch)")
     args = parser.parse_args()
     logging.basicConfig(
@@ -620,12 +661,15 @@ def main() -> None:
         local, csv_path = sink_local(spark, settings, topic, args.records, work)
         out(f"  done: {local.label}: {local.seconds:.1f} s")
         figures.append(local)
-        figures.append(sink_local(spark, settings, topic, args.records, work, warm=True)[0])
-        out(f"  done: {figures[-1].label}: {figures[-1].seconds:.1f} s")
+        figures.append(
+            repeated(args.warm_runs, lambda run: sink_local(spark, settings, topic, args.records, work, run=run)[0])
+        )
         if "jdbc" not in args.skip:
-            for warm in (False, True):
-                figures.append(tutorial_jdbc(spark, settings, topic, args.records, work, warm=warm))
-                out(f"  done: {figures[-1].label}: {figures[-1].seconds:.1f} s")
+            figures.append(tutorial_jdbc(spark, settings, topic, args.records, work))
+            out(f"  done: {figures[-1].label}: {figures[-1].seconds:.1f} s")
+            figures.append(
+                repeated(args.warm_runs, lambda run: tutorial_jdbc(spark, settings, topic, args.records, work, run=run))
+            )
         profile: list[str] = []
         if args.profile_records:
             profile = profile_sink(spark, settings, args.profile_records, args.partitions, work)
@@ -633,14 +677,13 @@ def main() -> None:
         copy = None
         if "copy" not in args.skip:
             assert csv_path is not None  # noqa: S101 - the first sink run exports its rows
-            copy = raw_copy(settings, csv_path, args.records)
+            copy = repeated(args.warm_runs, lambda _run: raw_copy(settings, csv_path, args.records))
             figures.append(copy)
-            out(f"  done: {copy.label}: {copy.seconds:.1f} s")
         if "cluster" not in args.skip:
-            figures.append(sink_cluster(settings, topic, args.records, work / "cluster", args.spark_port))
-            out(f"  done: {figures[-1].label}: {figures[-1].seconds:.1f} s")
+            cluster = sink_cluster(settings, topic, args.records, work / "cluster", args.spark_port, args.warm_runs)
+            figures += cluster
 
-    out(f"sink: transactions pipeline, a backlog of {args.records:,} records in {args.partitions} partitions, one run")
+    out(f"sink: transactions pipeline, a backlog of {args.records:,} records in {args.partitions} partitions")
     out(f"  {'method':<46} {'seconds':>10} {'rows/s':>10} {'steady/s':>10}  beside raw COPY")
     for figure in figures:
         if copy is None or figure is copy:
@@ -653,6 +696,10 @@ def main() -> None:
             if steady:
                 figure.extra["steady_ratio_to_copy"] = round(steady / copy.rate, 3)
         out(_row(figure, beside))
+    for figure in figures:
+        if len(figure.extra.get("runs_seconds", ())) > 1:
+            runs = ", ".join(f"{seconds:.2f}" for seconds in figure.extra["runs_seconds"])
+            out(f"  {figure.label}: runs of {runs} s, in order")
     sampled = [f for f in figures if f.extra.get("cpu_seconds")]
     if sampled:
         out("  CPU seconds of each process group during the run (/proc, every 0.25 s; 2 cores = 2 s per second):")
