@@ -250,9 +250,15 @@ class Decoder:
         # the number of the first violated rule (0: none). Every condition is evaluated (an array
         # of booleans, then its first true): less generated code than a 30-deep CASE chain (the
         # stage's method is still over the JIT's size limit: see JVM_OPTIONS in spark_jobs/session.py)
-        self._violated = F.array_position(
+        first = F.array_position(
             F.array(*[F.coalesce(condition, F.lit(False)) for condition, _code, _why in rules]), True
         ).cast("int")
+        # Behind a nondeterministic expression (always true), so that Spark's optimizer pushes no filter
+        # below this projection: a consumer's ``where(error_code IS NULL)`` (the fraud query's, the
+        # candles') would otherwise be rewritten over the rules' conditions themselves, each reference to
+        # ``r`` decoding the Avro body again (79 from_avro calls for one record: the fraud query's JVM
+        # time tripled). ``spark_partition_id`` has generated code, so the projection stays in the stage.
+        self._violated = F.when(F.spark_partition_id() >= 0, first)
         number = F.col("_violated")
         codes = F.array(*[F.lit(error_code) for _condition, error_code, _why in rules])
         # number > 0 only: element_at with index 0 fails, and with NULL Spark 4.1 answers the last element

@@ -108,3 +108,20 @@ def test_decoding_and_rendering_run_as_one_generated_stage(spark) -> None:  # no
     outside = [line for line in projects if not re.search(r"\*\(\d+\) Project", line)]
     assert len(projects) > 2, plan
     assert len(outside) == 1 and CLOCK_COLUMN in outside[0], plan
+
+
+def test_a_filter_on_the_error_code_decodes_each_record_once(spark) -> None:  # noqa: ANN001
+    """A consumer keeping the good records (the fraud query, the candles) must not make Spark push its filter
+    below the rules: rewritten over the rules' conditions, it decoded the Avro body once per reference."""
+    from pyspark.sql import functions as F
+
+    from spark_jobs.sink import decode
+    from tx_platform.pipelines import TRANSACTIONS
+
+    rows = spark.sparkContext.parallelize([(b"k", b"\x00", TRANSACTIONS.topic, 0, 0, datetime.now(UTC))])
+    frame = spark.createDataFrame(
+        rows, "key BINARY, value BINARY, topic STRING, partition INT, offset LONG, timestamp TIMESTAMP"
+    )
+    good = decode(frame, TRANSACTIONS, {1: TRANSACTIONS.contract.schema_str}).where(F.col("error_code").isNull())
+    plan = good.select("r.transaction_id")._jdf.queryExecution().executedPlan().toString()
+    assert plan.count("from_avro(") == 1, plan
