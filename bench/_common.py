@@ -176,7 +176,8 @@ def slice_timeline(dsn: str, topic: str) -> SliceTimeline:
 
 #: Process groups of :class:`CpuSampler`, by command line (first match wins); the rest is "other".
 CPU_GROUPS: tuple[tuple[str, Callable[[str], bool]], ...] = (
-    ("PostgreSQL", lambda cmd: cmd.startswith("postgres:")),
+    # a backend's title ("postgres: <user> <db> ..."), or, just after its fork, the server's own command line
+    ("PostgreSQL", lambda cmd: cmd.startswith("postgres:") or cmd.split(" ", 1)[0].endswith("/bin/postgres")),
     ("Python workers", lambda cmd: "pyspark.daemon" in cmd or "pyspark.worker" in cmd),
     ("Kafka broker", lambda cmd: "kafka.Kafka" in cmd),
     ("Spark JVM", lambda cmd: "org.apache.spark" in cmd),
