@@ -132,22 +132,20 @@ def sink_local(
     """
     export = work / "rows.csv" if run == 0 else None
     label = f"sink, local[{CORES}], {'again: warm JVM' if run else 'first run: cold JVM'}"
-    figure = sink_in_process(spark, settings, topic, records, work, run, f"local[{CORES}]", export)
-    return Figure(BENCH, "sink_local2_warm" if run else "sink_local2", label, figure.records, figure.seconds,
-                  figure.extra), export  # fmt: skip
+    method = "sink_local2_warm" if run else "sink_local2"
+    return sink_in_process(spark, settings, topic, records, work, f"local[{CORES}]", method, label, export), export
 
 
 def sink_in_process(
-    spark: SparkSession, settings: Settings, topic: str, records: int, work: Path, run: int, master: str,
-    export: Path | None = None,
+    spark: SparkSession, settings: Settings, topic: str, records: int, work: Path, master: str, method: str,
+    label: str, export: Path | None = None,
 ) -> Figure:  # fmt: skip
-    """``PipelineSink.run_available_now()`` on ``spark`` (whose master is ``master``) into an empty schema;
-    ``export``: where to write the rows it stored, as CSV."""
+    """``PipelineSink.run_available_now()`` on ``spark`` (whose master is ``master``) into an empty schema,
+    with a checkpoint of its own under ``work``; ``export``: where to write the rows it stored, as CSV."""
     spec = TRANSACTIONS.with_topic(topic)
-    with bench_schema(settings, "local") as dsn:
-        run_settings = settings_for(
-            dsn, checkpoint_dir=work / f"ck_{len(list(work.glob('ck_*')))}", spark_master=master
-        )
+    with bench_schema(settings, method) as dsn:
+        checkpoint = Path(tempfile.mkdtemp(prefix="ck_sink_", dir=work))
+        run_settings = settings_for(dsn, checkpoint_dir=checkpoint, spark_master=master)
         ensure_schema(dsn, [spec])
         with CpuSampler() as cpu:
             stats = PipelineSink(spark, spec, run_settings).run_available_now()
@@ -164,7 +162,7 @@ def sink_in_process(
                 )
     extra = {"batches": stats.batches, "slices": stats.slices, "steady_rows_per_s": _steady(timeline),
              "cpu_seconds": cpu.groups()}  # fmt: skip
-    return Figure(BENCH, f"sink_run_{run}", f"sink, run {run}", rows, stats.seconds, extra)
+    return Figure(BENCH, method, label, rows, stats.seconds, extra)
 
 
 # ---------------------------------------------------------------- raw COPY, the ceiling
@@ -374,14 +372,15 @@ def sink_cluster(
         if warm_runs:
             session = local_session(settings, _jars(settings), master.url)
             try:
-                first = sink_in_process(session, settings, topic, records, work, 0, master.url)
+                method, label = (
+                    "sink_cluster_2_workers_warm",
+                    "sink, standalone cluster (2 workers x 1 core), warm executors",
+                )
+                first = sink_in_process(session, settings, topic, records, work, master.url, method, label)
                 out(f"  done: sink on the cluster from this process, new executors: {first.seconds:.1f} s")
-                label = "sink, standalone cluster (2 workers x 1 core), warm executors"
 
-                def measure(run: int) -> Figure:
-                    figure = sink_in_process(session, settings, topic, records, work, run, master.url)
-                    return Figure(BENCH, "sink_cluster_2_workers_warm", label, figure.records, figure.seconds,
-                                  figure.extra)  # fmt: skip
+                def measure(_run: int) -> Figure:
+                    return sink_in_process(session, settings, topic, records, work, master.url, method, label)
 
                 warm = repeated(warm_runs, measure)
             finally:
