@@ -60,9 +60,13 @@ class Figure:
 
 
 def median_run(runs: list[Figure], label: str) -> Figure:
-    """The run of median seconds among ``runs`` (the lower one of an even count), as ``label``, with every
-    run's seconds, in the order they ran, in its ``runs_seconds``."""
-    chosen = sorted(runs, key=lambda f: f.seconds)[(len(runs) - 1) // 2]
+    """The run of median seconds among an odd number of ``runs`` (an even count has no middle run, and
+    either one beside it would favour one side of a comparison), as ``label``, with every run's seconds,
+    in the order they ran, in its ``runs_seconds``."""
+    if len(runs) % 2 == 0:
+        msg = f"the median run of {len(runs)} runs: give an odd number of runs"
+        raise ValueError(msg)
+    chosen = sorted(runs, key=lambda f: f.seconds)[len(runs) // 2]
     extra = {**chosen.extra, "runs_seconds": [round(f.seconds, 2) for f in runs]}
     return Figure(chosen.bench, chosen.method, label, chosen.records, chosen.seconds, extra)
 

@@ -611,6 +611,15 @@ def _profile_lines(batches: list[dict[str, Any]], records: int, seconds: float) 
 # ---------------------------------------------------------------- report
 
 
+def _odd(text: str) -> int:
+    """``--warm-runs``: a positive odd number, so that one run is the median."""
+    runs = int(text)
+    if runs < 1 or runs % 2 == 0:
+        msg = f"{runs}: give a positive odd number of runs"
+        raise argparse.ArgumentTypeError(msg)
+    return runs
+
+
 def repeated(runs: int, measure: Callable[[int], Figure]) -> Figure:
     """``measure(run)`` for run 1 .. ``runs``, each printed as it ends; the median run, its label saying so."""
     figures = []
@@ -638,9 +647,9 @@ def main() -> None:
     parser.add_argument("--skip", action="append", default=[], choices=["cluster", "jdbc", "copy"], help="repeatable")
     parser.add_argument(
         "--warm-runs",
-        type=int,
+        type=_odd,
         default=3,
-        help="warm runs of each method, and runs of raw COPY (the median counts)",
+        help="warm runs of each method, and runs of raw COPY (odd: the median run counts)",
     )
     parser.add_argument("--verbose", action="store_true", help="the sink's own log lines (one per batch)")
     args = parser.parse_args()
